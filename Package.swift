@@ -1,0 +1,63 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "turnout",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "turnout", targets: ["turnout"]),
+        .library(name: "TurnoutCore", targets: ["TurnoutCore"]),
+        .library(name: "TurnoutServer", targets: ["TurnoutServer"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CNghttp2",
+            pkgConfig: "libnghttp2",
+            providers: [.apt(["libnghttp2-dev"])]
+        ),
+        .systemLibrary(
+            name: "COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
+        .target(
+            name: "TurnoutCore",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .target(
+            name: "TurnoutServer",
+            dependencies: [
+                "TurnoutCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        .executableTarget(
+            name: "turnout",
+            dependencies: [
+                "TurnoutCore",
+                "TurnoutServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(
+            name: "TurnoutCoreTests",
+            dependencies: ["TurnoutCore"]
+        ),
+        .testTarget(
+            name: "TurnoutServerTests",
+            dependencies: ["TurnoutServer", "TurnoutCore"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

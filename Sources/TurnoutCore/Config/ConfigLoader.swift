@@ -1,0 +1,414 @@
+import Foundation
+import Yams
+
+/// Reads a YAML config file into a validated `TurnoutConfig`, collecting every problem with the key
+/// path where it was found (`pools.blue.endpoints[1]: invalid port "99999"`), never only the first.
+public enum ConfigLoader {
+    public static func load(path: String) throws(ConfigErrors) -> TurnoutConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw ConfigErrors(problems: [ConfigProblem("cannot read config file \(path): \(error.localizedDescription)")])
+        }
+        return try parse(yaml: text, baseDirectory: (path as NSString).deletingLastPathComponent)
+    }
+
+    /// Parses config text. Relative file paths in the config (TLS files, token file) are resolved
+    /// against `baseDirectory` when they do not exist relative to the working directory.
+    public static func parse(yaml: String, baseDirectory: String = ".") throws(ConfigErrors) -> TurnoutConfig {
+        var reader = Reader()
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: yaml) else {
+                throw ConfigErrors(problems: [ConfigProblem("the config file is empty")])
+            }
+            root = node
+        } catch let error as ConfigErrors {
+            throw error
+        } catch {
+            throw ConfigErrors(problems: [ConfigProblem("not valid YAML: \(error)")])
+        }
+        let config = reader.readRoot(root)
+        if let config, reader.problems.isEmpty { return config }
+        throw ConfigErrors(problems: reader.problems)
+    }
+}
+
+private struct Reader {
+    var problems: [ConfigProblem] = []
+
+    mutating func fail(_ path: String, _ message: String) {
+        problems.append(ConfigProblem(message, path: path))
+    }
+
+    /// Returns the mapping's entries keyed by string, reporting non-string keys, duplicates and keys
+    /// outside `allowed`.
+    mutating func entries(_ node: Node, _ path: String, allowed: Set<String>?) -> [(String, Node)]? {
+        guard case .mapping(let mapping) = node else {
+            fail(path, "expected a mapping (key: value pairs), got \(describe(node))")
+            return nil
+        }
+        var seen = Set<String>()
+        var out: [(String, Node)] = []
+        for (key, value) in mapping {
+            guard case .scalar(let k) = key else {
+                fail(path, "keys must be plain strings")
+                continue
+            }
+            let name = k.string
+            let childPath = path.isEmpty ? name : "\(path).\(name)"
+            if !seen.insert(name).inserted {
+                fail(childPath, "duplicate key")
+                continue
+            }
+            if let allowed, !allowed.contains(name) {
+                fail(childPath, "unknown key (expected one of: \(allowed.sorted().joined(separator: ", ")))")
+                continue
+            }
+            out.append((name, value))
+        }
+        return out
+    }
+
+    func describe(_ node: Node) -> String {
+        switch node {
+        case .scalar(let s): return "\"\(s.string)\""
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        }
+    }
+
+    mutating func string(_ node: Node, _ path: String) -> String? {
+        guard case .scalar(let s) = node else {
+            fail(path, "expected a string, got \(describe(node))")
+            return nil
+        }
+        return s.string
+    }
+
+    mutating func nonEmptyString(_ node: Node, _ path: String) -> String? {
+        guard let s = string(node, path) else { return nil }
+        if s.isEmpty { fail(path, "must not be empty"); return nil }
+        return s
+    }
+
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        guard case .scalar(let s) = node else { fail(path, "expected true or false, got \(describe(node))"); return nil }
+        switch s.string.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: fail(path, "expected true or false, got \"\(s.string)\""); return nil
+        }
+    }
+
+    mutating func int(_ node: Node, _ path: String, min: Int, max: Int) -> Int? {
+        guard case .scalar(let s) = node, let v = Int(s.string) else {
+            fail(path, "expected a whole number, got \(describe(node))")
+            return nil
+        }
+        guard v >= min, v <= max else { fail(path, "must be between \(min) and \(max), got \(v)"); return nil }
+        return v
+    }
+
+    mutating func duration(_ node: Node, _ path: String, allowZero: Bool = false) -> Int64? {
+        guard case .scalar(let s) = node, let ms = DurationParser.milliseconds(s.string) else {
+            fail(path, "expected a duration such as 500ms, 2s, 1m, got \(describe(node))")
+            return nil
+        }
+        if ms == 0 && !allowZero { fail(path, "must be greater than zero"); return nil }
+        return ms
+    }
+
+    mutating func hostPort(_ node: Node, _ path: String, allowPortZero: Bool) -> HostPort? {
+        guard let text = string(node, path) else { return nil }
+        switch HostPort.parse(text, allowPortZero: allowPortZero) {
+        case .success(let hp): return hp
+        case .failure(let p): fail(path, p.message); return nil
+        }
+    }
+
+    mutating func readRoot(_ root: Node) -> TurnoutConfig? {
+        let allowed: Set<String> = [
+            "workers", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log",
+        ]
+        guard let items = entries(root, "", allowed: allowed) else { return nil }
+        var workers: Int?
+        var listeners: [ListenerConfig] = []
+        var admin = AdminConfig()
+        var stateFile: String?
+        var pools: [PoolConfig] = []
+        var routingNode: Node?
+        var health = HealthConfig()
+        var timeouts = TimeoutConfig()
+        var limits = LimitsConfig()
+        var accessLog = true
+        var sawListeners = false
+        var sawPools = false
+        for (key, value) in items {
+            switch key {
+            case "workers":
+                if case .scalar(let s) = value, s.string == "auto" { workers = nil } else {
+                    workers = int(value, "workers", min: 1, max: 256)
+                }
+            case "listeners":
+                sawListeners = true
+                listeners = readListeners(value)
+            case "admin": admin = readAdmin(value) ?? admin
+            case "state_file": stateFile = nonEmptyString(value, "state_file")
+            case "pools":
+                sawPools = true
+                pools = readPools(value)
+            case "routing": routingNode = value
+            case "health": health = readHealth(value)
+            case "timeouts": timeouts = readTimeouts(value)
+            case "limits": limits = readLimits(value)
+            case "access_log": accessLog = bool(value, "access_log") ?? true
+            default: break
+            }
+        }
+        if !sawListeners { fail("listeners", "at least one listener is required") }
+        if !sawPools { fail("pools", "at least one pool is required") }
+        let routing = readRouting(routingNode, pools: pools)
+        var seenAddresses = Set<String>()
+        for (i, l) in listeners.enumerated() where l.address.port != 0 {
+            if !seenAddresses.insert(l.address.description).inserted {
+                fail("listeners[\(i)].address", "\(l.address) is listed twice")
+            }
+        }
+        if admin.address != nil && admin.tokenFile == nil {
+            fail("admin.token_file", "a TCP admin address requires token_file (the bearer token clients must send)")
+        }
+        return TurnoutConfig(
+            workers: workers, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
+            routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog)
+    }
+
+    mutating func readListeners(_ node: Node) -> [ListenerConfig] {
+        guard case .sequence(let seq) = node else {
+            fail("listeners", "expected a list of listeners, got \(describe(node))")
+            return []
+        }
+        if seq.isEmpty { fail("listeners", "at least one listener is required") }
+        var out: [ListenerConfig] = []
+        for (i, item) in seq.enumerated() {
+            let path = "listeners[\(i)]"
+            guard let fields = entries(item, path, allowed: ["address", "tls"]) else { continue }
+            var address: HostPort?
+            var tls: TLSConfig?
+            for (key, value) in fields {
+                switch key {
+                case "address": address = hostPort(value, "\(path).address", allowPortZero: true)
+                case "tls": tls = readTLS(value, "\(path).tls")
+                default: break
+                }
+            }
+            if !fields.contains(where: { $0.0 == "address" }) { fail("\(path).address", "required") }
+            if let address { out.append(ListenerConfig(address: address, tls: tls)) }
+        }
+        return out
+    }
+
+    mutating func readTLS(_ node: Node, _ path: String) -> TLSConfig? {
+        guard let fields = entries(node, path, allowed: ["certificate", "private_key"]) else { return nil }
+        var cert: String?
+        var key: String?
+        for (k, v) in fields {
+            if k == "certificate" { cert = nonEmptyString(v, "\(path).certificate") }
+            if k == "private_key" { key = nonEmptyString(v, "\(path).private_key") }
+        }
+        if cert == nil && !fields.contains(where: { $0.0 == "certificate" }) { fail("\(path).certificate", "required") }
+        if key == nil && !fields.contains(where: { $0.0 == "private_key" }) { fail("\(path).private_key", "required") }
+        guard let cert, let key else { return nil }
+        return TLSConfig(certificate: cert, privateKey: key)
+    }
+
+    mutating func readAdmin(_ node: Node) -> AdminConfig? {
+        guard let fields = entries(node, "admin", allowed: ["socket", "address", "token_file"]) else { return nil }
+        var admin = AdminConfig()
+        for (k, v) in fields {
+            switch k {
+            case "socket": admin.socket = nonEmptyString(v, "admin.socket") ?? admin.socket
+            case "address": admin.address = hostPort(v, "admin.address", allowPortZero: true)
+            case "token_file": admin.tokenFile = nonEmptyString(v, "admin.token_file")
+            default: break
+            }
+        }
+        return admin
+    }
+
+    mutating func readPools(_ node: Node) -> [PoolConfig] {
+        guard let items = entries(node, "pools", allowed: nil) else { return [] }
+        if items.isEmpty { fail("pools", "at least one pool is required") }
+        var out: [PoolConfig] = []
+        for (name, value) in items {
+            let path = "pools.\(name)"
+            guard isValidPoolName(name) else {
+                fail(path, "pool names use letters, digits, '-' and '_' (at most 64 characters)")
+                continue
+            }
+            guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections"]) else { continue }
+            var endpoints: [HostPort] = []
+            var balance = BalanceMode.roundRobin
+            var maxIdle = 64
+            var sawEndpoints = false
+            for (k, v) in fields {
+                switch k {
+                case "endpoints":
+                    sawEndpoints = true
+                    guard case .sequence(let seq) = v else {
+                        fail("\(path).endpoints", "expected a list of host:port, got \(describe(v))")
+                        continue
+                    }
+                    if seq.isEmpty { fail("\(path).endpoints", "a pool needs at least one endpoint") }
+                    var seen = Set<String>()
+                    for (i, e) in seq.enumerated() {
+                        if let hp = hostPort(e, "\(path).endpoints[\(i)]", allowPortZero: false) {
+                            if seen.insert(hp.description).inserted { endpoints.append(hp) } else {
+                                fail("\(path).endpoints[\(i)]", "\(hp) is listed twice")
+                            }
+                        }
+                    }
+                case "balance":
+                    if let s = string(v, "\(path).balance") {
+                        if let mode = BalanceMode(rawValue: s) { balance = mode } else {
+                            fail("\(path).balance", "expected round_robin or least_outstanding, got \"\(s)\"")
+                        }
+                    }
+                case "max_idle_connections":
+                    maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 100_000) ?? maxIdle
+                default: break
+                }
+            }
+            if !sawEndpoints { fail("\(path).endpoints", "required") }
+            out.append(PoolConfig(name: name, endpoints: endpoints, balance: balance, maxIdleConnections: maxIdle))
+        }
+        return out
+    }
+
+    mutating func readRouting(_ node: Node?, pools: [PoolConfig]) -> RoutingConfig {
+        var weights: [String: Int] = [:]
+        var sticky: StickyKey?
+        var preview: String?
+        var failover = true
+        var sawWeights = false
+        if let node, let fields = entries(node, "routing", allowed: ["weights", "sticky", "preview_header", "failover"]) {
+            for (k, v) in fields {
+                switch k {
+                case "weights":
+                    sawWeights = true
+                    guard let ws = entries(v, "routing.weights", allowed: nil) else { continue }
+                    var ok = true
+                    for (pool, w) in ws {
+                        let path = "routing.weights.\(pool)"
+                        if !pools.contains(where: { $0.name == pool }) {
+                            fail(path, "no pool named \"\(pool)\" (pools: \(pools.map(\.name).joined(separator: ", ")))")
+                            ok = false
+                            continue
+                        }
+                        guard case .scalar(let s) = w else { fail(path, "expected a percentage"); ok = false; continue }
+                        switch Percent.parseBasisPoints(s.string) {
+                        case .success(let bp): weights[pool] = bp
+                        case .failure(let p): fail(path, p.message); ok = false
+                        }
+                    }
+                    if ok {
+                        let sum = weights.values.reduce(0, +)
+                        if sum != 10_000 {
+                            fail("routing.weights", "weights must sum to 100, they sum to \(Percent.format(basisPoints: sum))")
+                        }
+                    }
+                case "sticky":
+                    guard let sf = entries(v, "routing.sticky", allowed: ["cookie", "header"]) else { continue }
+                    if sf.count != 1 {
+                        fail("routing.sticky", "give exactly one of cookie or header")
+                        continue
+                    }
+                    let (kind, val) = sf[0]
+                    guard let name = nonEmptyString(val, "routing.sticky.\(kind)") else { continue }
+                    guard HTTPSyntax.isToken(name) else {
+                        fail("routing.sticky.\(kind)", "\"\(name)\" is not a valid \(kind) name")
+                        continue
+                    }
+                    sticky = kind == "cookie" ? .cookie(name) : .header(name)
+                case "preview_header":
+                    if let name = nonEmptyString(v, "routing.preview_header") {
+                        if HTTPSyntax.isToken(name) { preview = name } else {
+                            fail("routing.preview_header", "\"\(name)\" is not a valid header name")
+                        }
+                    }
+                case "failover": failover = bool(v, "routing.failover") ?? true
+                default: break
+                }
+            }
+        }
+        if !sawWeights, let first = pools.first(where: { $0.name == "blue" }) ?? pools.first {
+            weights[first.name] = 10_000
+        }
+        for p in pools where weights[p.name] == nil { weights[p.name] = 0 }
+        return RoutingConfig(weights: weights, sticky: sticky, previewHeader: preview, failover: failover)
+    }
+
+    mutating func readHealth(_ node: Node) -> HealthConfig {
+        var h = HealthConfig()
+        guard let fields = entries(node, "health", allowed: ["path", "interval", "timeout", "rise", "fall"]) else { return h }
+        for (k, v) in fields {
+            switch k {
+            case "path":
+                if let p = nonEmptyString(v, "health.path") {
+                    if p.hasPrefix("/") && HTTPSyntax.isValidOriginTarget(p) { h.path = p } else {
+                        fail("health.path", "must be a path starting with /, got \"\(p)\"")
+                    }
+                }
+            case "interval": h.intervalMs = duration(v, "health.interval") ?? h.intervalMs
+            case "timeout": h.timeoutMs = duration(v, "health.timeout") ?? h.timeoutMs
+            case "rise": h.rise = int(v, "health.rise", min: 1, max: 100) ?? h.rise
+            case "fall": h.fall = int(v, "health.fall", min: 1, max: 100) ?? h.fall
+            default: break
+            }
+        }
+        return h
+    }
+
+    mutating func readTimeouts(_ node: Node) -> TimeoutConfig {
+        var t = TimeoutConfig()
+        let allowed: Set<String> = ["connect", "upstream_response", "client_header", "idle", "drain", "upstream_idle"]
+        guard let fields = entries(node, "timeouts", allowed: allowed) else { return t }
+        for (k, v) in fields {
+            let path = "timeouts.\(k)"
+            switch k {
+            case "connect": t.connectMs = duration(v, path) ?? t.connectMs
+            case "upstream_response": t.upstreamResponseMs = duration(v, path) ?? t.upstreamResponseMs
+            case "client_header": t.clientHeaderMs = duration(v, path) ?? t.clientHeaderMs
+            case "idle": t.idleMs = duration(v, path) ?? t.idleMs
+            case "drain": t.drainMs = duration(v, path, allowZero: true) ?? t.drainMs
+            case "upstream_idle": t.upstreamIdleMs = duration(v, path) ?? t.upstreamIdleMs
+            default: break
+            }
+        }
+        return t
+    }
+
+    mutating func readLimits(_ node: Node) -> LimitsConfig {
+        var l = LimitsConfig()
+        let allowed: Set<String> = ["max_request_head_bytes", "max_header_count", "max_body_bytes", "max_client_connections"]
+        guard let fields = entries(node, "limits", allowed: allowed) else { return l }
+        for (k, v) in fields {
+            let path = "limits.\(k)"
+            switch k {
+            case "max_request_head_bytes": l.maxRequestHeadBytes = int(v, path, min: 1024, max: 1 << 20) ?? l.maxRequestHeadBytes
+            case "max_header_count": l.maxHeaderCount = int(v, path, min: 1, max: 10_000) ?? l.maxHeaderCount
+            case "max_body_bytes": l.maxBodyBytes = int(v, path, min: 0, max: Int.max).map(Int64.init)
+            case "max_client_connections": l.maxClientConnections = int(v, path, min: 1, max: 10_000_000) ?? l.maxClientConnections
+            default: break
+            }
+        }
+        return l
+    }
+
+    func isValidPoolName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 64
+            && name.unicodeScalars.allSatisfy { ($0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0))) || $0 == "-" || $0 == "_" }
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+
+/// The whole configuration of one Turnout process, as read from the YAML file and validated.
+/// Every field is already checked: code that receives a `TurnoutConfig` never re-validates it.
+public struct TurnoutConfig: Sendable, Equatable {
+    /// Number of event loops; `nil` means `auto` (one per core).
+    public var workers: Int?
+    public var listeners: [ListenerConfig]
+    public var admin: AdminConfig
+    public var stateFile: String?
+    /// Pools in the order the config file lists them.
+    public var pools: [PoolConfig]
+    public var routing: RoutingConfig
+    public var health: HealthConfig
+    public var timeouts: TimeoutConfig
+    public var limits: LimitsConfig
+    public var accessLog: Bool
+
+    public init(
+        workers: Int? = nil, listeners: [ListenerConfig], admin: AdminConfig = AdminConfig(),
+        stateFile: String? = nil, pools: [PoolConfig], routing: RoutingConfig,
+        health: HealthConfig = HealthConfig(), timeouts: TimeoutConfig = TimeoutConfig(),
+        limits: LimitsConfig = LimitsConfig(), accessLog: Bool = true
+    ) {
+        self.workers = workers
+        self.listeners = listeners
+        self.admin = admin
+        self.stateFile = stateFile
+        self.pools = pools
+        self.routing = routing
+        self.health = health
+        self.timeouts = timeouts
+        self.limits = limits
+        self.accessLog = accessLog
+    }
+
+    /// The number of event loops to run, resolving `auto` to the number of active cores.
+    public var effectiveWorkers: Int {
+        workers ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
+    }
+
+    public func pool(named name: String) -> PoolConfig? { pools.first { $0.name == name } }
+}
+
+/// `host:port` as written in the config. The host may be an IP literal or a DNS name.
+public struct HostPort: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: UInt16
+
+    public init(host: String, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `127.0.0.1:9001`, `[::1]:9001` or `app.internal:80`.
+    public static func parse(_ text: String, allowPortZero: Bool = false) -> Result<HostPort, ConfigProblem> {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else {
+                return .failure(ConfigProblem("an IPv6 address must look like [::1]:8080"))
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            let rest = text[text.index(after: close)...]
+            guard rest.hasPrefix(":") else { return .failure(ConfigProblem("missing :port after \(text[...close])")) }
+            portText = rest.dropFirst()
+        } else {
+            guard let colon = text.lastIndex(of: ":") else {
+                return .failure(ConfigProblem("expected host:port, got \"\(text)\""))
+            }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            if host.contains(":") {
+                return .failure(ConfigProblem("write IPv6 addresses in brackets, e.g. [::1]:8080"))
+            }
+        }
+        guard !host.isEmpty else { return .failure(ConfigProblem("missing host in \"\(text)\"")) }
+        guard host.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == ":" || $0 == "_" }) else {
+            return .failure(ConfigProblem("invalid host \"\(host)\""))
+        }
+        guard let port = Int(portText), port >= (allowPortZero ? 0 : 1), port <= 65535 else {
+            return .failure(ConfigProblem("invalid port \"\(portText)\" (expected \(allowPortZero ? 0 : 1)-65535)"))
+        }
+        return .success(HostPort(host: String(host), port: UInt16(port)))
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+public struct ListenerConfig: Sendable, Equatable {
+    public var address: HostPort
+    public var tls: TLSConfig?
+    public init(address: HostPort, tls: TLSConfig? = nil) {
+        self.address = address
+        self.tls = tls
+    }
+}
+
+public struct TLSConfig: Sendable, Equatable {
+    public var certificate: String
+    public var privateKey: String
+}
+
+public struct AdminConfig: Sendable, Equatable {
+    public static let defaultSocket = "/tmp/turnout-admin.sock"
+    public var socket: String
+    public var address: HostPort?
+    public var tokenFile: String?
+    public init(socket: String = AdminConfig.defaultSocket, address: HostPort? = nil, tokenFile: String? = nil) {
+        self.socket = socket
+        self.address = address
+        self.tokenFile = tokenFile
+    }
+}
+
+/// How a pool spreads requests over its healthy endpoints.
+public enum BalanceMode: String, Sendable, Equatable, CaseIterable {
+    case roundRobin = "round_robin"
+    case leastOutstanding = "least_outstanding"
+}
+
+public struct PoolConfig: Sendable, Equatable {
+    public var name: String
+    public var endpoints: [HostPort]
+    public var balance: BalanceMode
+    /// Idle keep-alive connections kept per endpoint per event loop.
+    public var maxIdleConnections: Int
+    public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int = 64) {
+        self.name = name
+        self.endpoints = endpoints
+        self.balance = balance
+        self.maxIdleConnections = maxIdleConnections
+    }
+}
+
+public enum StickyKey: Sendable, Equatable {
+    case cookie(String)
+    case header(String)
+}
+
+public struct RoutingConfig: Sendable, Equatable {
+    /// Weights in basis points (hundredths of a percent): 100% is 10_000.
+    public var weights: [String: Int]
+    public var sticky: StickyKey?
+    public var previewHeader: String?
+    public var failover: Bool
+    public init(weights: [String: Int], sticky: StickyKey? = nil, previewHeader: String? = nil, failover: Bool = true) {
+        self.weights = weights
+        self.sticky = sticky
+        self.previewHeader = previewHeader
+        self.failover = failover
+    }
+}
+
+public struct HealthConfig: Sendable, Equatable {
+    public var path: String = "/healthz"
+    public var intervalMs: Int64 = 2000
+    public var timeoutMs: Int64 = 1000
+    public var rise: Int = 2
+    public var fall: Int = 3
+    public init() {}
+}
+
+public struct TimeoutConfig: Sendable, Equatable {
+    public var connectMs: Int64 = 2000
+    public var upstreamResponseMs: Int64 = 30_000
+    public var clientHeaderMs: Int64 = 10_000
+    public var idleMs: Int64 = 60_000
+    public var drainMs: Int64 = 30_000
+    public var upstreamIdleMs: Int64 = 15_000
+    public init() {}
+}
+
+/// Size limits that protect the proxy from oversized input.
+public struct LimitsConfig: Sendable, Equatable {
+    /// Largest request head (request line plus header fields) accepted; larger gets 431.
+    public var maxRequestHeadBytes: Int = 64 * 1024
+    /// Most header fields in one request; more gets 431.
+    public var maxHeaderCount: Int = 100
+    /// Largest request body accepted (nil: unlimited); larger gets 413.
+    public var maxBodyBytes: Int64? = nil
+    /// Most client connections open at once per process; past it, accepting pauses.
+    public var maxClientConnections: Int = 10_000
+    public init() {}
+}
+
+/// One problem found in a config file, with the key path it was found at.
+public struct ConfigProblem: Error, Sendable, Equatable, CustomStringConvertible {
+    public var path: String
+    public var message: String
+    public init(_ message: String, path: String = "") {
+        self.message = message
+        self.path = path
+    }
+    public var description: String { path.isEmpty ? message : "\(path): \(message)" }
+}
+
+/// Every problem found in a config file. Loading never stops at the first one.
+public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
+    public var problems: [ConfigProblem]
+    public var description: String { problems.map(\.description).joined(separator: "\n") }
+}

@@ -1,0 +1,49 @@
+/// What Turnout believes about an endpoint's health.
+public enum HealthStatus: String, Sendable, Equatable, Codable {
+    /// No probe has finished yet: the endpoint takes no traffic.
+    case unknown
+    case healthy
+    case unhealthy
+}
+
+/// The rise/fall state machine of one endpoint. It only decides; the prober acts on transitions.
+///
+/// Start-up rule: an endpoint in `unknown` becomes healthy on its first passing probe (so a freshly
+/// started proxy serves at once) and unhealthy on its first failing one. After that, `rise`
+/// consecutive passes are needed to become healthy and `fall` consecutive failures to become
+/// unhealthy.
+public struct HealthTracker: Sendable, Equatable {
+    public let rise: Int
+    public let fall: Int
+    public private(set) var status: HealthStatus = .unknown
+    public private(set) var consecutivePasses = 0
+    public private(set) var consecutiveFailures = 0
+
+    public init(rise: Int, fall: Int) {
+        self.rise = max(1, rise)
+        self.fall = max(1, fall)
+    }
+
+    /// Records a probe result and returns the new status when it changed.
+    public mutating func record(passed: Bool) -> HealthStatus? {
+        if passed {
+            consecutivePasses += 1
+            consecutiveFailures = 0
+        } else {
+            consecutiveFailures += 1
+            consecutivePasses = 0
+        }
+        let next: HealthStatus
+        switch status {
+        case .unknown:
+            next = passed ? .healthy : .unhealthy
+        case .healthy:
+            next = consecutiveFailures >= fall ? .unhealthy : .healthy
+        case .unhealthy:
+            next = consecutivePasses >= rise ? .healthy : .unhealthy
+        }
+        guard next != status else { return nil }
+        status = next
+        return next
+    }
+}

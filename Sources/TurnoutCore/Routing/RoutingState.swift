@@ -1,0 +1,39 @@
+/// The operator-controlled part of routing: which pool is live and the current split. This is
+/// what the state file persists and what admin mutations change.
+public struct RoutingState: Sendable, Equatable, Codable {
+    public var generation: UInt64
+    public var live: String
+    /// Weights in basis points by pool name; every configured pool is present.
+    public var weights: [String: Int]
+    /// The state before the last change, for rollback.
+    public var previousWeights: [String: Int]?
+    public var previousLive: String?
+
+    public init(generation: UInt64, live: String, weights: [String: Int],
+                previousWeights: [String: Int]? = nil, previousLive: String? = nil) {
+        self.generation = generation
+        self.live = live
+        self.weights = weights
+        self.previousWeights = previousWeights
+        self.previousLive = previousLive
+    }
+
+    /// The state a config file starts with when no state file exists. The live pool is the one at
+    /// 100%, or else the one with the largest weight (config order breaks ties).
+    public static func initial(from config: TurnoutConfig) -> RoutingState {
+        let weights = config.routing.weights
+        var live = config.pools[0].name
+        var best = -1
+        for p in config.pools {
+            let w = weights[p.name] ?? 0
+            if w > best { best = w; live = p.name }
+        }
+        return RoutingState(generation: 1, live: live, weights: weights)
+    }
+
+    /// The live pool after weights change: a pool at 100% becomes live; otherwise live stays.
+    public static func liveAfter(weights: [String: Int], currentLive: String) -> String {
+        for (name, w) in weights where w == Percent.whole { return name }
+        return currentLive
+    }
+}

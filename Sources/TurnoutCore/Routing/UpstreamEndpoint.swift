@@ -1,0 +1,30 @@
+import Synchronization
+
+/// One upstream `host:port` of a pool. The object lives as long as the config that names it, so
+/// counters on it (in-flight requests) survive routing-table swaps.
+public final class UpstreamEndpoint: Sendable, CustomStringConvertible {
+    /// Process-wide unique id, stable for the endpoint's life.
+    public let id: Int
+    public let pool: String
+    public let address: HostPort
+    /// Requests currently being served by this endpoint, across all event loops.
+    public let inFlight = Atomic<Int>(0)
+
+    public init(id: Int, pool: String, address: HostPort) {
+        self.id = id
+        self.pool = pool
+        self.address = address
+    }
+
+    public var description: String { address.description }
+}
+
+extension UpstreamEndpoint {
+    /// Counts a request that starts being served by this endpoint.
+    @inline(__always)
+    public func requestStarted() { inFlight.wrappingAdd(1, ordering: .relaxed) }
+
+    /// Counts a request that stopped being served by this endpoint (finished, failed or moved).
+    @inline(__always)
+    public func requestEnded() { inFlight.wrappingSubtract(1, ordering: .relaxed) }
+}

@@ -1,0 +1,126 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Foundation
+import Logging
+import TurnoutCore
+
+/// Errors that stop the proxy from starting, each with a message for the operator.
+public struct StartupError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A running proxy: event loops, listeners, upstream pools and the health prober, wired to one
+/// routing store. `start()` returns once the listeners accept; `drain()` shuts down gracefully.
+public final class ProxyServer: @unchecked Sendable {
+    public let config: TurnoutConfig
+    public let store: RoutingStore
+    let context: ProxyContext
+    let group: EventLoopGroup
+    let pools: [UpstreamPool]
+    let prober: HealthProber
+    private var listeners: [Listener] = []
+    private let registry = ConnectionRegistry()
+    private let logger: Logger
+
+    public init(config: TurnoutConfig, state: RoutingState, logger: Logger) {
+        self.config = config
+        self.logger = logger
+        self.store = RoutingStore(config: config, state: state)
+        self.context = ProxyContext(config: config, store: store, logger: logger)
+        self.group = EventLoopGroup(count: config.effectiveWorkers)
+        var pools: [UpstreamPool] = []
+        for loop in group.loops {
+            let pool = UpstreamPool(loop: loop, context: context)
+            loop.tickHooks.append { now in pool.tick(now: now) }
+            pools.append(pool)
+        }
+        self.pools = pools
+        self.prober = HealthProber(context: context)
+    }
+
+    /// The addresses the listeners are bound to (useful with port 0).
+    public var boundAddresses: [SocketAddress] { listeners.map(\.address) }
+
+    /// Binds every listener, runs a first round of health probes (so the first requests do not
+    /// meet unknown endpoints), then starts accepting.
+    public func start() throws {
+        signal(SIGPIPE, SIG_IGN)
+        for (i, l) in config.listeners.enumerated() where l.tls != nil {
+            throw StartupError("listeners[\(i)] (\(l.address)) has a tls block, but TLS termination is not available in this build yet")
+        }
+        for l in config.listeners {
+            do {
+                listeners.append(try Listener(config: l, group: group, context: context, pools: pools, registry: registry))
+            } catch {
+                for opened in listeners { opened.close() }
+                throw StartupError("cannot listen on \(l.address): \(error)")
+            }
+        }
+        let firstRound = DispatchSemaphore(value: 0)
+        prober.start { firstRound.signal() }
+        let waitMs = Int(config.health.timeoutMs) + 500
+        if firstRound.wait(timeout: .now() + .milliseconds(waitMs)) == .timedOut {
+            logger.warning("first health probes did not finish within \(waitMs) ms; starting anyway")
+        }
+        for l in listeners {
+            l.start()
+            logger.notice("listening on \(l.address)")
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to `timeouts.drain`), closes idle
+    /// connections, then calls `completion` with the number of connections that had to be cut.
+    public func drain(completion: @escaping @Sendable (Int) -> Void) {
+        context.draining.store(true, ordering: .relaxed)
+        for l in listeners { l.close() }
+        prober.stop()
+        for (i, loop) in group.loops.enumerated() {
+            let pool = pools[i]
+            loop.execute {
+                loop.forEachRegistered { ($0 as? ClientConnection)?.beginDrain() }
+                pool.closeAllIdle()
+            }
+        }
+        let deadline = DispatchTime.now() + .milliseconds(Int(config.timeouts.drainMs))
+        let context = self.context
+        let queue = DispatchQueue(label: "turnout.drain")
+        @Sendable func poll() {
+            let open = context.openClientConnections.load(ordering: .relaxed)
+            if open == 0 {
+                completion(0)
+            } else if DispatchTime.now() >= deadline {
+                completion(open)
+            } else {
+                queue.asyncAfter(deadline: .now() + .milliseconds(20)) { poll() }
+            }
+        }
+        queue.async { poll() }
+    }
+
+    /// Runs until SIGTERM or SIGINT, then drains and exits the process with status 0.
+    public func runUntilSignalled(extraShutdown: (@Sendable () -> Void)? = nil) -> Never {
+        let signalQueue = DispatchQueue(label: "turnout.signals")
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
+            let logger = self.logger
+            s.setEventHandler { [self] in
+                logger.notice("received signal \(sig), draining (up to \(DurationParser.format(milliseconds: config.timeouts.drainMs)))")
+                drain { cut in
+                    if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
+                    extraShutdown?()
+                    logger.notice("stopped")
+                    exit(0)
+                }
+            }
+            s.activate()
+            sources.append(s)
+        }
+        withExtendedLifetime(sources) { dispatchMain() }
+    }
+}

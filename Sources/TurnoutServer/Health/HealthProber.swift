@@ -1,0 +1,179 @@
+import Dispatch
+import Logging
+import TurnoutCore
+
+/// Probes every endpoint with `GET health.path` every `interval`, on its own event loop (never a
+/// serving loop), feeds the results to each endpoint's `HealthTracker`, and publishes transitions
+/// to the routing store. Probes are spread over the interval so many endpoints never fire at once.
+final class HealthProber: @unchecked Sendable {
+    let loop: EventLoop
+    let context: ProxyContext
+    private var trackers: [Int: HealthTracker] = [:]
+    private var endpoints: [UpstreamEndpoint]
+    private var firstRoundPending: Set<Int> = []
+    private var firstRoundDone: (@Sendable () -> Void)?
+    private var stopped = false
+
+    init(context: ProxyContext) {
+        self.context = context
+        self.loop = EventLoop(index: 0, label: "turnout.health")
+        self.endpoints = context.store.allEndpoints
+        for e in endpoints {
+            trackers[e.id] = HealthTracker(rise: context.config.health.rise, fall: context.config.health.fall)
+        }
+    }
+
+    /// Starts probing. `firstRoundDone` runs once every endpoint has a first result.
+    func start(firstRoundDone: @escaping @Sendable () -> Void) {
+        loop.execute { [self] in
+            self.firstRoundDone = firstRoundDone
+            self.firstRoundPending = Set(endpoints.map(\.id))
+            if endpoints.isEmpty { finishFirstRound() }
+            let spreadMs = min(context.config.health.intervalMs, 200)
+            for (i, e) in endpoints.enumerated() {
+                let offset = spreadMs * Int64(i) / Int64(max(1, endpoints.count))
+                loop.queue.asyncAfter(deadline: .now() + .milliseconds(Int(offset))) { [self] in self.probe(e) }
+            }
+        }
+    }
+
+    func stop() {
+        loop.execute { [self] in self.stopped = true }
+    }
+
+    private func finishFirstRound() {
+        if let done = firstRoundDone {
+            firstRoundDone = nil
+            done()
+        }
+    }
+
+    private func probe(_ endpoint: UpstreamEndpoint) {
+        guard !stopped else { return }
+        let started = DispatchTime.now()
+        let next: @Sendable () -> Void = { [self] in
+            let interval = DispatchTimeInterval.milliseconds(Int(context.config.health.intervalMs))
+            loop.queue.asyncAfter(deadline: started + interval) { [self] in self.probe(endpoint) }
+        }
+        if SocketAddress.literal(endpoint.address.host, port: endpoint.address.port) == nil {
+            // DNS names are resolved off every loop, then the probe continues on the health loop.
+            let host = endpoint.address.host
+            let port = endpoint.address.port
+            DispatchQueue.global().async { [self] in
+                let result = Result { try SocketAddress.resolve(host, port: port) }
+                loop.execute { [self] in
+                    switch result {
+                    case .success(let addresses):
+                        context.addresses.set(endpoint.id, addresses)
+                        runProbe(endpoint, then: next)
+                    case .failure(let error):
+                        record(endpoint, passed: false, detail: "\(error)")
+                        next()
+                    }
+                }
+            }
+        } else {
+            runProbe(endpoint, then: next)
+        }
+    }
+
+    private func runProbe(_ endpoint: UpstreamEndpoint, then next: @escaping @Sendable () -> Void) {
+        guard let address = context.addresses.addresses(endpoint.id).first else {
+            record(endpoint, passed: false, detail: "no address")
+            next()
+            return
+        }
+        let probe = ProbeConnection(loop: loop, address: address, host: endpoint.address.description,
+                                    path: context.config.health.path, timeoutMs: context.config.health.timeoutMs) { [self] passed, detail in
+            record(endpoint, passed: passed, detail: detail)
+            next()
+        }
+        probe.start()
+    }
+
+    private func record(_ endpoint: UpstreamEndpoint, passed: Bool, detail: String) {
+        guard !stopped, var tracker = trackers[endpoint.id] else { return }
+        let transition = tracker.record(passed: passed)
+        trackers[endpoint.id] = tracker
+        if let transition {
+            context.store.setHealth(endpointID: endpoint.id, transition)
+            if transition == .healthy {
+                context.logger.notice("endpoint \(endpoint.address) of pool \(endpoint.pool) is healthy (\(detail))")
+            } else {
+                context.logger.warning("endpoint \(endpoint.address) of pool \(endpoint.pool) is unhealthy: \(detail)")
+            }
+        }
+        if firstRoundPending.remove(endpoint.id) != nil && firstRoundPending.isEmpty {
+            finishFirstRound()
+        }
+    }
+}
+
+/// One health probe: connect, send `GET path`, read the status line, close. 2xx passes.
+final class ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
+    private let loop: EventLoop
+    private let address: SocketAddress
+    private let request: [UInt8]
+    private let deadline: UInt64
+    private var channel: SocketChannel?
+    private var buffer: [UInt8] = []
+    private var completion: ((Bool, String) -> Void)?
+
+    init(loop: EventLoop, address: SocketAddress, host: String, path: String, timeoutMs: Int64,
+         completion: @escaping (Bool, String) -> Void) {
+        self.loop = loop
+        self.address = address
+        self.request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nUser-Agent: turnout-health\r\nConnection: close\r\n\r\n".utf8)
+        self.deadline = EventLoop.now() + UInt64(timeoutMs) * 1_000_000
+        self.completion = completion
+    }
+
+    func start() {
+        loop.register(self)
+        do {
+            let (fd, inProgress) = try Sockets.connect(to: address)
+            let ch = SocketChannel(fd: fd, loop: loop, connecting: inProgress)
+            channel = ch
+            ch.delegate = self
+            ch.start()
+            if !inProgress { ch.write(request) }
+        } catch {
+            finish(false, "\(error)")
+        }
+    }
+
+    func checkTimeouts(now: UInt64) {
+        if now >= deadline { finish(false, "probe timed out") }
+    }
+
+    func channelConnected(_ channel: SocketChannel) { channel.write(request) }
+
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        buffer.append(contentsOf: bytes)
+        guard let end = try? HTTPHeadParser.findHeadEnd(buffer, start: 0, end: buffer.count, limit: 64 * 1024) else {
+            if buffer.count >= 64 * 1024 { finish(false, "response head too large") }
+            return
+        }
+        do {
+            let head = try HTTPHeadParser.parseResponse(buffer, start: 0, end: end)
+            finish((200..<300).contains(head.status), "status \(head.status)")
+        } catch {
+            finish(false, "malformed response: \(error.message)")
+        }
+    }
+
+    func channelEOF(_ channel: SocketChannel) { finish(false, "connection closed before a response") }
+
+    func channelError(_ channel: SocketChannel, _ error: SystemError) { finish(false, "\(error)") }
+
+    func channelDrained(_ channel: SocketChannel) {}
+
+    private func finish(_ passed: Bool, _ detail: String) {
+        guard let completion else { return }
+        self.completion = nil
+        loop.unregister(self)
+        channel?.close()
+        channel = nil
+        completion(passed, detail)
+    }
+}

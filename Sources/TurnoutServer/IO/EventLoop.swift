@@ -1,0 +1,83 @@
+import Dispatch
+import Foundation
+
+/// Something owned by an event loop that has deadlines; the loop's tick asks it to check them.
+protocol LoopTimed: AnyObject {
+    func checkTimeouts(now: UInt64)
+}
+
+/// One event loop: a serial Dispatch queue that owns a set of connections. Every connection, its
+/// sources and its buffers are touched only on this queue. A 100 ms tick drives all timeouts.
+public final class EventLoop: @unchecked Sendable {
+    public let queue: DispatchQueue
+    public let index: Int
+    /// Scratch buffer for reads; whatever a read handler needs beyond the call is copied out.
+    let readBuffer: UnsafeMutableRawBufferPointer
+    private var timed: [ObjectIdentifier: LoopTimed] = [:]
+    private var tickTimer: DispatchSourceTimer?
+    static let tickMs = 100
+    /// Work to run on each tick (upstream pool expiry and the like).
+    var tickHooks: [(UInt64) -> Void] = []
+
+    public init(index: Int, label: String = "turnout.loop") {
+        self.index = index
+        self.queue = DispatchQueue(label: "\(label).\(index)")
+        self.readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(20))
+        timer.setEventHandler { [unowned self] in self.tick() }
+        timer.activate()
+        tickTimer = timer
+    }
+
+    deinit {
+        readBuffer.deallocate()
+    }
+
+    @inline(__always)
+    func assertOnLoop() {
+        dispatchPrecondition(condition: .onQueue(queue))
+    }
+
+    public func execute(_ work: @escaping @Sendable () -> Void) { queue.async(execute: work) }
+
+    /// Monotonic time in nanoseconds.
+    @inline(__always)
+    static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    func register(_ object: LoopTimed) { timed[ObjectIdentifier(object)] = object }
+    func unregister(_ object: LoopTimed) { timed.removeValue(forKey: ObjectIdentifier(object)) }
+    var registeredCount: Int { timed.count }
+    func forEachRegistered(_ body: (LoopTimed) -> Void) { for o in Array(timed.values) { body(o) } }
+
+    private func tick() {
+        let now = Self.now()
+        for object in Array(timed.values) { object.checkTimeouts(now: now) }
+        for hook in tickHooks { hook(now) }
+    }
+
+    /// Stops the tick timer; used when a loop is shut down for good.
+    func stop() {
+        tickTimer?.cancel()
+        tickTimer = nil
+    }
+}
+
+/// A fixed set of event loops; connections are spread over them round-robin.
+public final class EventLoopGroup: @unchecked Sendable {
+    public let loops: [EventLoop]
+    private var next = 0
+    private let lock = NSLock()
+
+    public init(count: Int, label: String = "turnout.loop") {
+        loops = (0..<max(1, count)).map { EventLoop(index: $0, label: label) }
+    }
+
+    public func nextLoop() -> EventLoop {
+        lock.lock()
+        defer { lock.unlock() }
+        let loop = loops[next % loops.count]
+        next &+= 1
+        return loop
+    }
+}

@@ -1,0 +1,320 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+
+/// Receives a channel's events, always on the channel's loop.
+protocol ChannelDelegate: AnyObject, Sendable {
+    /// Bytes arrived. `bytes` points into the loop's scratch buffer: copy what must outlive the call.
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer)
+    /// The peer closed its side.
+    func channelEOF(_ channel: SocketChannel)
+    /// The connection failed (reset, refused, broken pipe...). The channel is already closed.
+    func channelError(_ channel: SocketChannel, _ error: SystemError)
+    /// Everything queued was written.
+    func channelDrained(_ channel: SocketChannel)
+    /// A non-blocking connect finished successfully.
+    func channelConnected(_ channel: SocketChannel)
+}
+
+extension ChannelDelegate {
+    func channelConnected(_ channel: SocketChannel) {}
+}
+
+/// A non-blocking socket driven by Dispatch read and write sources on one event loop.
+///
+/// Source hygiene: handlers are set before activation; the write source exists only while there is
+/// something to write and is suspended, never recreated, when the queue drains; before cancelling,
+/// suspended sources are resumed; the fd is closed only after both sources' cancel handlers ran.
+final class SocketChannel: @unchecked Sendable {
+    let fd: Int32
+    unowned let loop: EventLoop
+    var delegate: ChannelDelegate?
+
+    private var readSource: DispatchSourceRead?
+    private var writeSource: DispatchSourceWrite?
+    private var readSuspended = false
+    private var writeSuspended = false
+    private var pending: [[UInt8]] = []
+    private var pendingHead = 0
+    private var pendingOffset = 0
+    /// Bytes queued in user space, not yet accepted by the kernel.
+    private(set) var pendingBytes = 0
+    private(set) var isClosed = false
+    private(set) var isConnecting = false
+    private(set) var sawEOF = false
+    private var readPausedByUser = false
+    private var finishAfterFlush = false
+    private var lingering = false
+    private var closer: FDCloser?
+
+    /// Above this many queued bytes a producer should stop feeding the channel.
+    static let highWatermark = 256 * 1024
+
+    init(fd: Int32, loop: EventLoop, connecting: Bool = false) {
+        self.fd = fd
+        self.loop = loop
+        self.isConnecting = connecting
+    }
+
+    /// Installs the sources. Call once, on the loop, after setting the delegate.
+    func start() {
+        loop.assertOnLoop()
+        let closer = FDCloser(fd: fd)
+        self.closer = closer
+        let rs = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
+        rs.setEventHandler { [unowned self] in self.handleReadable() }
+        closer.retain()
+        rs.setCancelHandler { closer.release() }
+        readSource = rs
+        if isConnecting {
+            // Wait for writability to learn the connect's outcome; reading starts with it.
+            rs.activate()
+            rs.suspend()
+            readSuspended = true
+            armWrite()
+        } else {
+            rs.activate()
+        }
+    }
+
+    var hasPendingWrites: Bool { pendingBytes > 0 }
+
+    // MARK: reading
+
+    func pauseReading() {
+        readPausedByUser = true
+        updateReadSource()
+    }
+
+    func resumeReading() {
+        readPausedByUser = false
+        updateReadSource()
+    }
+
+    private func updateReadSource() {
+        guard let rs = readSource, !isClosed, !isConnecting else { return }
+        let shouldRun = (!readPausedByUser || lingering) && !sawEOF
+        if shouldRun && readSuspended {
+            readSuspended = false
+            rs.resume()
+        } else if !shouldRun && !readSuspended {
+            readSuspended = true
+            rs.suspend()
+        }
+    }
+
+    private func handleReadable() {
+        guard !isClosed, !readSuspended else { return }
+        let result: IOResult
+        do {
+            result = try Syscall.read(fd, loop.readBuffer.baseAddress!, loop.readBuffer.count)
+        } catch {
+            fail(error)
+            return
+        }
+        switch result {
+        case .wouldBlock:
+            return
+        case .processed(0):
+            sawEOF = true
+            updateReadSource()
+            if lingering {
+                close()
+            } else {
+                delegate?.channelEOF(self)
+            }
+        case .processed(let n):
+            if lingering { return }  // discarding input while closing gracefully
+            delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+        }
+    }
+
+    // MARK: writing
+
+    /// Queues bytes for writing, sending as much as the kernel takes right away.
+    func write(_ bytes: UnsafeRawBufferPointer) {
+        guard !isClosed, !bytes.isEmpty, !finishAfterFlush else { return }
+        var offset = 0
+        if pendingBytes == 0 && !isConnecting {
+            sending: while offset < bytes.count {
+                do {
+                    switch try Syscall.send(fd, bytes.baseAddress! + offset, bytes.count - offset) {
+                    case .processed(let n): offset += n
+                    case .wouldBlock: break sending
+                    }
+                } catch {
+                    failLater(error)
+                    return
+                }
+            }
+        }
+        if offset < bytes.count {
+            pending.append(Array(bytes[offset...]))
+            pendingBytes += bytes.count - offset
+            armWrite()
+        }
+    }
+
+    func write(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { write($0) }
+    }
+
+    func write(_ bytes: ArraySlice<UInt8>) {
+        bytes.withUnsafeBytes { write($0) }
+    }
+
+    private func armWrite() {
+        guard !isClosed else { return }
+        if let ws = writeSource {
+            if writeSuspended {
+                writeSuspended = false
+                ws.resume()
+            }
+            return
+        }
+        let ws = DispatchSource.makeWriteSource(fileDescriptor: fd, queue: loop.queue)
+        ws.setEventHandler { [unowned self] in self.handleWritable() }
+        closer?.retain()
+        let closer = self.closer
+        ws.setCancelHandler { closer?.release() }
+        writeSource = ws
+        ws.activate()
+    }
+
+    private func disarmWrite() {
+        if let ws = writeSource, !writeSuspended {
+            writeSuspended = true
+            ws.suspend()
+        }
+    }
+
+    private func handleWritable() {
+        guard !isClosed else { return }
+        if isConnecting {
+            isConnecting = false
+            let err = Syscall.socketError(fd)
+            if err != 0 {
+                fail(SystemError("connect", errno: err))
+                return
+            }
+            if pendingBytes == 0 { disarmWrite() }
+            updateReadSource()
+            delegate?.channelConnected(self)
+            if isClosed { return }
+        }
+        while pendingBytes > 0 {
+            let chunk = pending[pendingHead]
+            let result: IOResult
+            do {
+                let offset = pendingOffset
+                result = try chunk.withUnsafeBytes { p in
+                    try Syscall.send(fd, p.baseAddress! + offset, p.count - offset)
+                }
+            } catch let error as SystemError {
+                fail(error)
+                return
+            } catch {
+                fail(SystemError("send", errno: EIO))
+                return
+            }
+            guard case .processed(let n) = result else { return }
+            pendingOffset += n
+            pendingBytes -= n
+            if pendingOffset == chunk.count {
+                pending[pendingHead] = []
+                pendingHead += 1
+                pendingOffset = 0
+                if pendingHead > 32 || pendingHead == pending.count {
+                    pending.removeFirst(pendingHead)
+                    pendingHead = 0
+                }
+            }
+        }
+        disarmWrite()
+        if finishAfterFlush {
+            beginLingeringClose()
+            return
+        }
+        delegate?.channelDrained(self)
+    }
+
+    // MARK: closing
+
+    /// Closes after everything queued is written: half-closes the write side, then discards input
+    /// until the peer closes (or the linger time passes), so a response is never cut by a reset.
+    func finish() {
+        guard !isClosed, !finishAfterFlush else { return }
+        finishAfterFlush = true
+        if pendingBytes == 0 && !isConnecting { beginLingeringClose() }
+    }
+
+    private(set) var lingerDeadline: UInt64 = 0
+
+    private func beginLingeringClose() {
+        guard !isClosed, !lingering else { return }
+        lingering = true
+        _ = Glibc.shutdown(fd, Int32(SHUT_WR))
+        if sawEOF {
+            close()
+            return
+        }
+        lingerDeadline = EventLoop.now() + 2_000_000_000
+        updateReadSource()
+    }
+
+    var isLingering: Bool { lingering }
+
+    /// Closes now. Queued bytes are dropped. With `reset`, the peer gets a TCP reset.
+    func close(reset: Bool = false) {
+        guard !isClosed else { return }
+        isClosed = true
+        if reset {
+            var l = linger(l_onoff: 1, l_linger: 0)
+            _ = setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, socklen_t(MemoryLayout<linger>.size))
+        }
+        pending = []
+        pendingBytes = 0
+        if let rs = readSource {
+            if readSuspended { rs.resume() }
+            rs.cancel()
+        }
+        if let ws = writeSource {
+            if writeSuspended { ws.resume() }
+            ws.cancel()
+        }
+        readSource = nil
+        writeSource = nil
+        closer?.release()
+        closer = nil
+        delegate = nil
+    }
+
+    private func fail(_ error: SystemError) {
+        let d = delegate
+        close()
+        d?.channelError(self, error)
+    }
+
+    /// A write failed inside a call from the delegate: report it once that call has returned.
+    private func failLater(_ error: SystemError) {
+        let d = delegate
+        close()
+        loop.queue.async { d?.channelError(self, error) }
+    }
+}
+
+/// Closes a file descriptor once every holder (the channel and each source's cancel handler) let go.
+final class FDCloser: @unchecked Sendable {
+    private let fd: Int32
+    private var holders = 1
+
+    init(fd: Int32) { self.fd = fd }
+
+    func retain() { holders += 1 }
+
+    func release() {
+        holders -= 1
+        if holders == 0 { Glibc.close(fd) }
+    }
+}

@@ -1,0 +1,155 @@
+import TurnoutCore
+
+/// Builds the heads Turnout sends: requests to upstreams and responses to clients. Hop-by-hop
+/// fields are dropped, framing is regenerated, and forwarding fields are added (SPEC "What clients
+/// see from the data path").
+enum HeaderRewriter {
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection",
+    ]
+
+    static func connectionNamed(_ headers: HTTPHeaders) -> Set<String> {
+        Set(headers.tokens("connection"))
+    }
+
+    /// The request head for the upstream, always HTTP/1.1.
+    static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String) -> [UInt8] {
+        var out = ""
+        out.reserveCapacity(256 + head.headers.count * 32)
+        out += head.method
+        out += " "
+        out += head.target
+        out += " HTTP/1.1\r\n"
+        let named = connectionNamed(head.headers)
+        var forwardedFor: [String] = []
+        var via: [String] = []
+        var sawHost = false
+        for f in head.headers {
+            let lower = f.name.lowercased()
+            if hopByHop.contains(lower) || named.contains(lower) { continue }
+            switch lower {
+            case "content-length", "x-forwarded-proto", "x-forwarded-host": continue
+            case "x-forwarded-for": forwardedFor.append(f.value); continue
+            case "via": via.append(f.value); continue
+            case "host": sawHost = true
+            default: break
+            }
+            out += f.name
+            out += ": "
+            out += f.value
+            out += "\r\n"
+        }
+        if !sawHost { out += "Host: \(fallbackHost)\r\n" }
+        forwardedFor.append(clientIP)
+        out += "X-Forwarded-For: \(forwardedFor.joined(separator: ", "))\r\n"
+        out += "X-Forwarded-Proto: \(scheme)\r\n"
+        if let host = head.host { out += "X-Forwarded-Host: \(host)\r\n" }
+        via.append(head.version == .http10 ? "1.0 turnout" : "1.1 turnout")
+        out += "Via: \(via.joined(separator: ", "))\r\n"
+        switch head.framing {
+        case .length(let n): out += "Content-Length: \(n)\r\n"
+        case .chunked: out += "Transfer-Encoding: chunked\r\n"
+        case .none, .untilClose:
+            if head.headers.contains("content-length") { out += "Content-Length: 0\r\n" }
+        }
+        out += "\r\n"
+        return Array(out.utf8)
+    }
+
+    /// The response head for the client. `framing` is what the client will receive.
+    static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
+                               clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
+        var out = "HTTP/1.1 \(head.status) \(head.reason)\r\n"
+        let named = connectionNamed(head.headers)
+        var via: [String] = []
+        let keepLength: Bool
+        if case .none = clientFraming { keepLength = true } else { keepLength = false }
+        for f in head.headers {
+            let lower = f.name.lowercased()
+            if hopByHop.contains(lower) || named.contains(lower) { continue }
+            if lower == "content-length" && !keepLength { continue }
+            if lower == "via" { via.append(f.value); continue }
+            out += f.name
+            out += ": "
+            out += f.value
+            out += "\r\n"
+        }
+        via.append(head.version == .http10 ? "1.0 turnout" : "1.1 turnout")
+        out += "Via: \(via.joined(separator: ", "))\r\n"
+        if let setCookie { out += "Set-Cookie: \(setCookie)\r\n" }
+        switch clientFraming {
+        case .length(let n): out += "Content-Length: \(n)\r\n"
+        case .chunked: out += "Transfer-Encoding: chunked\r\n"
+        case .none, .untilClose: break
+        }
+        if !keepAlive {
+            out += "Connection: close\r\n"
+        } else if clientVersion == .http10 {
+            out += "Connection: keep-alive\r\n"
+        }
+        out += "\r\n"
+        return Array(out.utf8)
+    }
+
+    /// An interim (1xx) response for an HTTP/1.1 client.
+    static func informational(_ head: HTTPResponseHead) -> [UInt8] {
+        var out = "HTTP/1.1 \(head.status) \(head.reason)\r\n"
+        let named = connectionNamed(head.headers)
+        for f in head.headers {
+            let lower = f.name.lowercased()
+            if hopByHop.contains(lower) || named.contains(lower) { continue }
+            out += "\(f.name): \(f.value)\r\n"
+        }
+        out += "\r\n"
+        return Array(out.utf8)
+    }
+
+    /// A response Turnout makes itself (errors): small plain-text body.
+    static func errorResponse(status: Int, message: String, close: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
+        let body = "\(status) \(reasonPhrase(status)): \(message)\n"
+        var out = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
+        out += "Content-Type: text/plain; charset=utf-8\r\n"
+        out += "Content-Length: \(body.utf8.count)\r\n"
+        out += "Cache-Control: no-store\r\n"
+        for (k, v) in extraHeaders { out += "\(k): \(v)\r\n" }
+        if close { out += "Connection: close\r\n" }
+        out += "\r\n"
+        out += body
+        return Array(out.utf8)
+    }
+
+    static func reasonPhrase(_ status: Int) -> String {
+        switch status {
+        case 100: return "Continue"
+        case 200: return "OK"
+        case 400: return "Bad Request"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 408: return "Request Timeout"
+        case 413: return "Content Too Large"
+        case 414: return "URI Too Long"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Status \(status)"
+        }
+    }
+
+    /// The value of cookie `name` in the request's Cookie headers.
+    static func cookie(_ name: String, in headers: HTTPHeaders) -> String? {
+        for value in headers.values("cookie") {
+            for pair in value.split(separator: ";") {
+                let p = pair.trimmingHTTPWhitespace()
+                guard let eq = p.firstIndex(of: "=") else { continue }
+                if p[..<eq] == name {
+                    let v = String(p[p.index(after: eq)...])
+                    return v.isEmpty ? nil : v
+                }
+            }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,123 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Logging
+import TurnoutCore
+
+/// A listening socket. Accepts on its own queue and hands each connection to the next event loop,
+/// which owns it from then on. Accepting pauses while `limits.max_client_connections` are open.
+final class Listener: @unchecked Sendable {
+    let fd: Int32
+    let address: SocketAddress
+    private let queue: DispatchQueue
+    private var source: DispatchSourceRead?
+    private var suspended = false
+    private var closed = false
+    private let group: EventLoopGroup
+    private let context: ProxyContext
+    private let pools: [UpstreamPool]
+    private let registry: ConnectionRegistry
+
+    init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
+         registry: ConnectionRegistry) throws {
+        let addresses = try SocketAddress.resolve(config.address.host, port: config.address.port)
+        self.fd = try Sockets.listen(on: addresses[0])
+        self.address = Sockets.localAddress(fd) ?? addresses[0]
+        self.queue = DispatchQueue(label: "turnout.accept.\(address)")
+        self.group = group
+        self.context = context
+        self.pools = pools
+        self.registry = registry
+    }
+
+    /// Starts accepting connections.
+    func start() {
+        let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
+        s.setEventHandler { [unowned self] in self.acceptBatch() }
+        let fd = self.fd
+        s.setCancelHandler { Glibc.close(fd) }
+        source = s
+        s.activate()
+        let queue = self.queue
+        registry.addWaiter { [weak self] in
+            queue.async { [weak self] in self?.resumeIfRoom() }
+        }
+    }
+
+    private func acceptBatch() {
+        for _ in 0..<64 {
+            if context.openClientConnections.load(ordering: .relaxed) >= context.config.limits.maxClientConnections {
+                pause()
+                return
+            }
+            var ss = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let result: IOResult
+            do {
+                result = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
+                    try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp throws(SystemError) in
+                        try Syscall.accept(fd, sp, &len)
+                    }
+                }
+            } catch {
+                // EMFILE and friends: back off for a moment instead of spinning.
+                context.logger.error("accept on \(address) failed: \(error)")
+                pause()
+                queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [weak self] in self?.resumeIfRoom() }
+                return
+            }
+            guard case .processed(let cfd) = result else { return }
+            let client = Int32(cfd)
+            Syscall.setOption(client, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            let peer = SocketAddress.from(storage: ss)?.ipString ?? "unknown"
+            context.openClientConnections.wrappingIncrement(ordering: .relaxed)
+            let loop = group.nextLoop()
+            let pool = pools[loop.index]
+            let context = self.context
+            let registry = self.registry
+            loop.execute {
+                let channel = SocketChannel(fd: client, loop: loop)
+                let conn = ClientConnection(channel: channel, loop: loop, context: context, pool: pool, clientIP: peer) { _ in
+                    context.openClientConnections.wrappingDecrement(ordering: .relaxed)
+                    registry.connectionClosed()
+                }
+                conn.start()
+                if context.isDraining { conn.beginDrain() }
+            }
+        }
+    }
+
+    private func pause() {
+        guard !suspended, let s = source else { return }
+        suspended = true
+        s.suspend()
+    }
+
+    private func resumeIfRoom() {
+        guard suspended, !closed, let s = source else { return }
+        if context.openClientConnections.load(ordering: .relaxed) < context.config.limits.maxClientConnections {
+            suspended = false
+            s.resume()
+        }
+    }
+
+    /// Stops accepting and closes the socket.
+    func close() {
+        queue.sync {
+            guard !closed, let s = source else { return }
+            closed = true
+            if suspended { s.resume() }
+            s.cancel()
+            source = nil
+        }
+    }
+}
+
+/// Tells listeners when a connection closed, so a paused accept can resume.
+final class ConnectionRegistry: @unchecked Sendable {
+    private var waiters: [@Sendable () -> Void] = []
+    /// Called at start-up, before any connection exists.
+    func addWaiter(_ w: @escaping @Sendable () -> Void) { waiters.append(w) }
+    func connectionClosed() { for w in waiters { w() } }
+}

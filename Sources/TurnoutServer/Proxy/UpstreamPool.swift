@@ -1,0 +1,106 @@
+import TurnoutCore
+
+/// The idle keep-alive connections of one event loop, per endpoint. Bounded by the pool's
+/// `max_idle_connections`, closed after `timeouts.upstream_idle`, and emptied for endpoints that
+/// are no longer healthy. Loop-confined: no locks.
+final class UpstreamPool: @unchecked Sendable {
+    unowned let loop: EventLoop
+    let context: ProxyContext
+    private var idle: [Int: [UpstreamConnection]] = [:]
+    /// Open connections per endpoint id on this loop (idle and busy).
+    private(set) var openCount: [Int: Int] = [:]
+    private var connectRotation: [Int: Int] = [:]
+
+    init(loop: EventLoop, context: ProxyContext) {
+        self.loop = loop
+        self.context = context
+    }
+
+    /// The most recently used idle connection to the endpoint, if any.
+    func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
+        while var list = idle[endpoint.id], let c = list.popLast() {
+            idle[endpoint.id] = list
+            if !c.isClosed { return c }
+        }
+        return nil
+    }
+
+    /// Opens a new connection to the endpoint.
+    func connect(_ endpoint: UpstreamEndpoint, owner: UpstreamOwner) throws(SystemError) -> UpstreamConnection {
+        let addresses = context.addresses.addresses(endpoint.id)
+        guard !addresses.isEmpty else { throw SystemError("resolve \(endpoint.address.host)", errno: EHOSTUNREACH_) }
+        let k = connectRotation[endpoint.id, default: 0]
+        connectRotation[endpoint.id] = k &+ 1
+        let address = addresses[k % addresses.count]
+        let (fd, inProgress) = try Sockets.connect(to: address)
+        let channel = SocketChannel(fd: fd, loop: loop, connecting: inProgress)
+        let conn = UpstreamConnection(endpoint: endpoint, channel: channel, pool: self, connected: !inProgress)
+        conn.owner = owner
+        channel.delegate = conn
+        channel.start()
+        openCount[endpoint.id, default: 0] += 1
+        return conn
+    }
+
+    /// Takes back a connection whose exchange ended cleanly.
+    func release(_ conn: UpstreamConnection) {
+        conn.owner = nil
+        conn.requestsServed += 1
+        let limit = context.poolOfEndpoint[conn.endpoint.id]?.maxIdleConnections ?? 0
+        let list = idle[conn.endpoint.id, default: []]
+        guard !conn.isClosed, list.count < limit, isHealthy(conn.endpoint), !context.isDraining else {
+            conn.close()
+            return
+        }
+        conn.idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.upstreamIdleMs) * 1_000_000
+        conn.channel.resumeReading()
+        idle[conn.endpoint.id] = list + [conn]
+    }
+
+    func connectionClosed(_ conn: UpstreamConnection) {
+        if let n = openCount[conn.endpoint.id] {
+            openCount[conn.endpoint.id] = n > 1 ? n - 1 : nil
+        }
+    }
+
+    func idleConnectionLost(_ conn: UpstreamConnection) {
+        conn.close()
+        if var list = idle[conn.endpoint.id] {
+            list.removeAll { $0 === conn }
+            idle[conn.endpoint.id] = list
+        }
+    }
+
+    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
+
+    private func isHealthy(_ endpoint: UpstreamEndpoint) -> Bool {
+        let table = context.store.table
+        for p in table.pools where p.name == endpoint.pool {
+            return p.healthy.contains { p.endpoints[$0].id == endpoint.id }
+        }
+        return false
+    }
+
+    /// Closes expired idle connections and those to endpoints that are no longer healthy.
+    func tick(now: UInt64) {
+        for (id, list) in idle where !list.isEmpty {
+            let healthy = list.first.map { isHealthy($0.endpoint) } ?? true
+            var keep: [UpstreamConnection] = []
+            for c in list {
+                if c.isClosed { continue }
+                if !healthy || now >= c.idleDeadline || context.isDraining { c.close() } else { keep.append(c) }
+            }
+            idle[id] = keep
+        }
+    }
+
+    func closeAllIdle() {
+        for (_, list) in idle { for c in list { c.close() } }
+        idle = [:]
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+let EHOSTUNREACH_ = EHOSTUNREACH
+#endif

@@ -1,0 +1,171 @@
+import ArgumentParser
+import Foundation
+import Logging
+import TurnoutCore
+import TurnoutServer
+
+@main
+struct Turnout: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "turnout",
+        abstract: "A reverse proxy that switches traffic between blue and green application pools.",
+        discussion: """
+            Run the proxy with `turnout serve --config FILE`, or try it with `turnout demo`.
+            See README.md for the config file reference.
+            """,
+        version: TurnoutVersion.text,
+        subcommands: [Serve.self, Demo.self, CheckConfig.self]
+    )
+}
+
+enum TurnoutVersion {
+    static let text = "turnout 0.1.0"
+}
+
+/// Options shared by the commands that run a proxy.
+struct LogOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func bootstrap() throws -> Logger {
+        guard let level = Logger.Level(rawValue: logLevel) else {
+            throw ValidationError("unknown log level \"\(logLevel)\"")
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        var logger = Logger(label: "turnout")
+        logger.logLevel = level
+        return logger
+    }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the proxy.",
+        discussion: """
+            Loads and validates FILE, probes every endpoint once, then starts accepting on every
+            listener. SIGTERM or SIGINT drains: listeners close, in-flight requests finish (up to
+            timeouts.drain), then turnout exits 0.
+            """
+    )
+
+    @Option(name: .shortAndLong, help: "The YAML config file.")
+    var config: String
+
+    @OptionGroup var log: LogOptions
+
+    func run() throws {
+        let logger = try log.bootstrap()
+        let cfg: TurnoutConfig
+        do {
+            cfg = try ConfigLoader.load(path: config)
+        } catch {
+            FileHandle.standardError.write(Data("turnout: invalid config \(config):\n\(error.description)\n".utf8))
+            throw ExitCode(1)
+        }
+        let server = ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
+        do {
+            try server.start()
+        } catch {
+            FileHandle.standardError.write(Data("turnout: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        server.runUntilSignalled()
+    }
+}
+
+struct Demo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the proxy with two built-in demo apps (blue and green).",
+        discussion: """
+            Starts a blue and a green app on free loopback ports (they answer / with their colour and
+            /healthz with 200) and the proxy on 127.0.0.1:8080 with all traffic on blue.
+            """
+    )
+
+    @Option(help: "Port for the proxy.")
+    var port: Int = 8080
+
+    @Option(help: "Initial weights, e.g. blue=90,green=10.")
+    var weights: String = "blue=100,green=0"
+
+    @OptionGroup var log: LogOptions
+
+    func run() throws {
+        let logger = try log.bootstrap()
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1-65535") }
+        let blue = try DemoApp(colour: "blue")
+        let green = try DemoApp(colour: "green")
+        blue.start()
+        green.start()
+        var ws = ""
+        for part in weights.split(separator: ",") {
+            let kv = part.split(separator: "=")
+            guard kv.count == 2 else { throw ValidationError("--weights takes pool=percent pairs, e.g. blue=90,green=10") }
+            ws += "    \(kv[0]): \(kv[1])\n"
+        }
+        let yaml = """
+            workers: auto
+            listeners:
+              - address: 127.0.0.1:\(port)
+            pools:
+              blue: { endpoints: ["\(blue.address)"] }
+              green: { endpoints: ["\(green.address)"] }
+            routing:
+              weights:
+            \(ws)
+              preview_header: X-Turnout-Pool
+            health: { interval: 1s, timeout: 500ms, rise: 2, fall: 2 }
+            """
+        let cfg: TurnoutConfig
+        do {
+            cfg = try ConfigLoader.parse(yaml: yaml)
+        } catch {
+            throw ValidationError("invalid demo settings:\n\(error.description)")
+        }
+        let server = ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
+        do {
+            try server.start()
+        } catch {
+            FileHandle.standardError.write(Data("turnout: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let banner = """
+            Turnout demo
+              proxy:     http://127.0.0.1:\(port)/
+              blue app:  http://\(blue.address)/
+              green app: http://\(green.address)/
+            Try: curl http://127.0.0.1:\(port)/        (Ctrl-C to stop)
+
+            """
+        FileHandle.standardOutput.write(Data(banner.utf8))
+        server.runUntilSignalled()
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Validate a config file.",
+        discussion: "Exits 0 when FILE is valid; otherwise prints every problem with its key path and exits 1."
+    )
+
+    @Argument(help: "The YAML config file.")
+    var file: String
+
+    func run() throws {
+        do {
+            let cfg = try ConfigLoader.load(path: file)
+            print("\(file): OK (\(cfg.listeners.count) listener(s), pools: \(cfg.pools.map(\.name).joined(separator: ", ")))")
+        } catch {
+            FileHandle.standardError.write(Data("\(file): \(error.problems.count) problem(s)\n".utf8))
+            for p in error.problems {
+                FileHandle.standardError.write(Data("  \(p)\n".utf8))
+            }
+            throw ExitCode(1)
+        }
+    }
+}
