@@ -32,7 +32,7 @@ struct LogOptions: ParsableArguments {
             throw ValidationError("unknown log level \"\(logLevel)\"")
         }
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
+            var h = AsyncLogHandler(label: label)
             h.logLevel = level
             return h
         }

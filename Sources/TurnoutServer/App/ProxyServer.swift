@@ -115,6 +115,7 @@ public final class ProxyServer: @unchecked Sendable {
                     if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
                     extraShutdown?()
                     logger.notice("stopped")
+                    AsyncLogHandler.flush()
                     exit(0)
                 }
             }

@@ -67,14 +67,11 @@ final class SocketChannel: @unchecked Sendable {
         closer.retain()
         rs.setCancelHandler { closer.release() }
         readSource = rs
+        rs.activate()
         if isConnecting {
-            // Wait for writability to learn the connect's outcome; reading starts with it.
-            rs.activate()
-            rs.suspend()
-            readSuspended = true
+            // Writability tells the connect's outcome; a refused connect may only wake the read
+            // source (EPOLLERR/EPOLLHUP), which is why reading is on from the start.
             armWrite()
-        } else {
-            rs.activate()
         }
     }
 
@@ -93,40 +90,81 @@ final class SocketChannel: @unchecked Sendable {
     }
 
     private func updateReadSource() {
-        guard let rs = readSource, !isClosed, !isConnecting else { return }
+        guard let rs = readSource, !isClosed else { return }
         let shouldRun = (!readPausedByUser || lingering) && !sawEOF
         if shouldRun && readSuspended {
             readSuspended = false
             rs.resume()
+            // Bytes that arrived while suspended may not raise a new event: look now.
+            scheduleRead()
         } else if !shouldRun && !readSuspended {
             readSuspended = true
             rs.suspend()
         }
     }
 
+    /// Learns how a non-blocking connect ended. Returns false when it failed (the channel is closed).
+    private func completeConnect() -> Bool {
+        isConnecting = false
+        let err = Syscall.socketError(fd)
+        if err != 0 {
+            fail(SystemError("connect", errno: err))
+            return false
+        }
+        if pendingBytes == 0 { disarmWrite() }
+        delegate?.channelConnected(self)
+        return !isClosed
+    }
+
+    /// Reads until the socket would block (Dispatch sources on Linux may not fire again for data
+    /// that was already there), within a budget so one busy connection cannot starve its loop;
+    /// past the budget the rest is read in a later turn of the loop.
     private func handleReadable() {
         guard !isClosed, !readSuspended else { return }
-        let result: IOResult
-        do {
-            result = try Syscall.read(fd, loop.readBuffer.baseAddress!, loop.readBuffer.count)
-        } catch {
-            fail(error)
-            return
+        if isConnecting {
+            guard completeConnect() else { return }
+            if readSuspended { return }
         }
-        switch result {
-        case .wouldBlock:
-            return
-        case .processed(0):
-            sawEOF = true
-            updateReadSource()
-            if lingering {
-                close()
-            } else {
-                delegate?.channelEOF(self)
+        var budget = 16
+        while budget > 0 {
+            budget -= 1
+            guard !isClosed, !readSuspended else { return }
+            let result: IOResult
+            do {
+                result = try Syscall.read(fd, loop.readBuffer.baseAddress!, loop.readBuffer.count)
+            } catch {
+                fail(error)
+                return
             }
-        case .processed(let n):
-            if lingering { return }  // discarding input while closing gracefully
-            delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+            switch result {
+            case .wouldBlock:
+                return
+            case .processed(0):
+                sawEOF = true
+                updateReadSource()
+                if lingering {
+                    close()
+                } else {
+                    delegate?.channelEOF(self)
+                }
+                return
+            case .processed(let n):
+                if lingering { continue }  // discarding input while closing gracefully
+                delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+            }
+        }
+        scheduleRead()
+    }
+
+    private var readScheduled = false
+
+    /// Runs the read handler again in a later turn of the loop.
+    private func scheduleRead() {
+        guard !readScheduled else { return }
+        readScheduled = true
+        loop.queue.async { [self] in
+            readScheduled = false
+            handleReadable()
         }
     }
 
@@ -192,16 +230,7 @@ final class SocketChannel: @unchecked Sendable {
     private func handleWritable() {
         guard !isClosed else { return }
         if isConnecting {
-            isConnecting = false
-            let err = Syscall.socketError(fd)
-            if err != 0 {
-                fail(SystemError("connect", errno: err))
-                return
-            }
-            if pendingBytes == 0 { disarmWrite() }
-            updateReadSource()
-            delegate?.channelConnected(self)
-            if isClosed { return }
+            guard completeConnect() else { return }
         }
         while pendingBytes > 0 {
             let chunk = pending[pendingHead]

@@ -1,0 +1,44 @@
+# Turnout: `make demo` and `make test` work on a fresh Debian 12 machine (as root, or with sudo).
+SWIFT      ?= swift
+PYTHON     ?= python3
+SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+# Debian packages the build and the tests need.
+APT_PACKAGES := pkg-config libnghttp2-dev libssl-dev curl iproute2 python3 python3-pip
+RELEASE_BIN := .build/release/turnout
+
+.PHONY: all deps build build-debug demo test unit-test integration-test check-config bench-switch clean
+
+all: build
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(SWIFT) >/dev/null || { echo "swift 6.1 or newer is required (https://www.swift.org/install/linux/)"; exit 1; }
+	@$(PYTHON) -c 'import pytest' 2>/dev/null || $(PYTHON) -m pip install -q pytest 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest; }
+
+build: deps
+	$(SWIFT) build -c release --product turnout
+
+build-debug: deps
+	$(SWIFT) build
+
+demo: build
+	$(RELEASE_BIN) demo
+
+test: unit-test integration-test
+
+unit-test: deps
+	$(SWIFT) test
+
+integration-test: build
+	TURNOUT_BIN=$(CURDIR)/$(RELEASE_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
+
+check-config: build
+	$(RELEASE_BIN) check-config config/turnout.yaml
+
+clean:
+	rm -rf .build

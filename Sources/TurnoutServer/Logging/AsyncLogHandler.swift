@@ -1,0 +1,106 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+/// A swift-log handler that formats on the caller's thread and writes on a dedicated queue, so an
+/// event loop never blocks on a slow stderr. The backlog is bounded: when the writer falls more
+/// than `maxBacklog` lines behind, lines are dropped and the drop count is reported once it
+/// catches up.
+public struct AsyncLogHandler: LogHandler {
+    final class Sink: Sendable {
+        let queue = DispatchQueue(label: "turnout.log")
+        let backlog = Mutex<(pending: Int, dropped: Int)>((0, 0))
+        let maxBacklog = 10_000
+        let fd: Int32
+
+        init(fd: Int32) { self.fd = fd }
+
+        func write(_ line: String) {
+            let accepted = backlog.withLock { b -> Bool in
+                if b.pending >= maxBacklog {
+                    b.dropped += 1
+                    return false
+                }
+                b.pending += 1
+                return true
+            }
+            guard accepted else { return }
+            queue.async { [self] in
+                var text = line
+                let dropped = backlog.withLock { b -> Int in
+                    b.pending -= 1
+                    let d = b.dropped
+                    b.dropped = 0
+                    return d
+                }
+                if dropped > 0 { text = "turnout: log backlog full, dropped \(dropped) line(s)\n" + text }
+                text.withUTF8 { p in
+                    var off = 0
+                    while off < p.count {
+                        let n = Glibc.write(fd, p.baseAddress! + off, p.count - off)
+                        if n <= 0 { if errno == EINTR { continue }; return }
+                        off += n
+                    }
+                }
+            }
+        }
+
+        /// Waits until every accepted line is written.
+        func flush() { queue.sync {} }
+    }
+
+    static let standardError = Sink(fd: 2)
+
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+    private let label: String
+    private let sink: Sink
+
+    public init(label: String) {
+        self.label = label
+        self.sink = Self.standardError
+    }
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    public func log(event: LogEvent) {
+        var merged = metadata
+        if let m = event.metadata { merged.merge(m) { $1 } }
+        var line = Self.timestamp()
+        line += " "
+        line += event.level.rawValue
+        line += " "
+        line += label
+        line += ": "
+        if !merged.isEmpty {
+            line += merged.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            line += " "
+        }
+        line += event.message.description
+        line += "\n"
+        sink.write(line)
+    }
+
+    /// Writes out everything logged so far; call before exiting.
+    public static func flush() { standardError.flush() }
+
+    static func timestamp() -> String {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var tmv = tm()
+        var t = ts.tv_sec
+        gmtime_r(&t, &tmv)
+        var buf = [Int8](repeating: 0, count: 32)
+        let n = strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tmv)
+        let base = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let ms = Int(ts.tv_nsec / 1_000_000)
+        return base + "." + (ms < 10 ? "00" : ms < 100 ? "0" : "") + "\(ms)Z"
+    }
+}

@@ -1,0 +1,170 @@
+"""Starts real Turnout processes and upstreams on 127.0.0.1 for the integration tests."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+
+
+def turnout_binary():
+    path = os.environ.get("TURNOUT_BIN") or os.path.join(ROOT, ".build", "release", "turnout")
+    if not os.path.exists(path):
+        raise RuntimeError(f"turnout binary not found at {path}; run `make build` first")
+    return path
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    """Polls `predicate` until it returns a truthy value; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Upstream:
+    """An upstream.py process."""
+
+    def __init__(self, name, port=None, unhealthy_file=None):
+        self.name = name
+        self.port = port or free_port()
+        self.unhealthy_file = unhealthy_file
+        self.proc = None
+        self.start()
+
+    def start(self):
+        args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(self.port), "--name", self.name]
+        if self.unhealthy_file:
+            args += ["--unhealthy-file", self.unhealthy_file]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"upstream {self.name} did not start: {line!r}")
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stats(self):
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.address}/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+
+class Turnout:
+    """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
+
+    def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
+                 timeouts="", workers=2, args=()):
+        self.dir = tempfile.mkdtemp(prefix="turnout-test-")
+        self.config_path = os.path.join(self.dir, "turnout.yaml")
+        pool_lines = "\n".join(
+            f"  {name}: {{ endpoints: [{', '.join(json.dumps(e) for e in eps)}] }}" for name, eps in pools.items())
+        weight_text = ""
+        if weights:
+            weight_text = "  weights: { " + ", ".join(f"{k}: {v}" for k, v in weights.items()) + " }\n"
+        self.config = (
+            f"workers: {workers}\n"
+            "listeners:\n  - address: 127.0.0.1:0\n"
+            f"admin:\n  socket: {self.dir}/admin.sock\n"
+            f"state_file: {self.dir}/state.json\n"
+            f"pools:\n{pool_lines}\n"
+            f"routing:\n{weight_text}  preview_header: X-Turnout-Pool\n{extra}"
+            f"health: {health}\n"
+            + (f"timeouts: {timeouts}\n" if timeouts else "")
+        )
+        with open(self.config_path, "w") as f:
+            f.write(self.config)
+        self.args = list(args)
+        self.log_path = os.path.join(self.dir, "turnout.log")
+        self.proc = None
+        self.port = None
+        self.start()
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.log_offset = os.path.getsize(self.log_path)
+        self.proc = subprocess.Popen([turnout_binary(), "serve", "--config", self.config_path] + self.args,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        m = wait_for(lambda: self._listening(), timeout=20, what="turnout to listen")
+        self.port = int(m)
+
+    def _listening(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"turnout exited with {self.proc.returncode}:\n{self.read_log()}")
+        found = re.findall(r"listening on 127\.0\.0\.1:(\d+)", self.read_log()[self.log_offset:])
+        return found[-1] if found else None
+
+    def read_log(self):
+        with open(self.log_path, "r", errors="replace") as f:
+            return f.read()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def fd_count(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def stop(self, sig=signal.SIGTERM, timeout=40):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def raw_exchange(port, data, timeout=5.0, read_until_close=True):
+    """Sends raw bytes and returns everything received until the server closes (or timeout)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not read_until_close:
+                break
+        return out
+    finally:
+        s.close()

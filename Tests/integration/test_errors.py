@@ -1,0 +1,145 @@
+"""What clients see when things go wrong (SPEC "What clients see from the data path")."""
+import http.client
+import socket
+import subprocess
+import time
+
+from harness import Turnout, Upstream, free_port, raw_exchange, wait_for
+
+
+def status_of(resp):
+    return int(resp.split(b" ", 2)[1]) if resp.startswith(b"HTTP/1.1 ") else None
+
+
+def test_malformed_request_gets_400_and_the_connection_closes(blue_green):
+    t, _, _ = blue_green()
+    for bad in [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]:
+        resp = raw_exchange(t.port, bad + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status_of(resp) == 400, (bad, resp)
+        assert b"Connection: close" in resp
+        assert resp.count(b"HTTP/1.1") == 1, "the connection must close after a 400"
+    # Still serving.
+    assert raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"blue\n")
+
+
+def test_limits_answer_with_their_status(blue_green):
+    t, _, _ = blue_green()
+    huge = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 70000 + b"\r\n\r\n"
+    assert status_of(raw_exchange(t.port, huge)) == 431
+    long_uri = b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert status_of(raw_exchange(t.port, long_uri)) == 414
+    assert status_of(raw_exchange(t.port, b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")) == 505
+
+
+def test_no_healthy_endpoint_gives_503_with_retry_after(cleanup):
+    dead = free_port()
+    t = Turnout({"blue": [f"127.0.0.1:{dead}"]})
+    cleanup.append(t)
+    resp = raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 503
+    assert b"Retry-After: 1\r\n" in resp
+
+
+def test_a_refusing_upstream_gives_502_after_a_retry(cleanup):
+    up = Upstream("blue")
+    cleanup.append(up)
+    t = Turnout({"blue": [up.address]}, health="{ interval: 1m, timeout: 500ms }")
+    cleanup.append(t)
+    assert status_of(raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 200
+    up.kill()  # the prober will not notice for a minute
+    resp = raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 502
+
+
+def test_garbage_from_upstream_is_a_502_never_forwarded(blue_green):
+    t, _, _ = blue_green()
+    resp = raw_exchange(t.port, b"GET /garbage HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 502
+    assert b"THIS IS NOT HTTP" not in resp
+
+
+def test_reset_before_the_head_is_a_502(blue_green):
+    t, _, _ = blue_green()
+    # POST is not replayable, so the reset surfaces as a 502 rather than a retry.
+    resp = raw_exchange(t.port, b"POST /reset HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 502
+
+
+def test_a_response_cut_mid_body_never_looks_complete(blue_green):
+    t, _, _ = blue_green()
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", f"{t.url}/partial"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0, "curl must see a transfer that ended early"
+    assert "18" in out.stderr or "closed" in out.stderr.lower() or out.returncode == 18
+
+
+def test_slow_upstream_gives_504(cleanup):
+    up = Upstream("blue")
+    cleanup.append(up)
+    t = Turnout({"blue": [up.address]}, timeouts="{ upstream_response: 500ms }")
+    cleanup.append(t)
+    started = time.monotonic()
+    resp = raw_exchange(t.port, b"GET /slow?ms=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=10)
+    assert status_of(resp) == 504
+    assert time.monotonic() - started < 2.5
+
+
+def test_client_that_never_finishes_its_head_gets_408(cleanup):
+    up = Upstream("blue")
+    cleanup.append(up)
+    t = Turnout({"blue": [up.address]}, timeouts="{ client_header: 500ms }")
+    cleanup.append(t)
+    resp = raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\n", timeout=5)
+    assert status_of(resp) == 408
+
+
+def test_idle_keep_alive_connections_are_closed(cleanup):
+    up = Upstream("blue")
+    cleanup.append(up)
+    t = Turnout({"blue": [up.address]}, timeouts="{ idle: 300ms }")
+    cleanup.append(t)
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while not data.endswith(b"blue\n"):
+        data += s.recv(4096)
+    assert s.recv(4096) == b"", "turnout should close the idle connection"
+    s.close()
+
+
+def test_unhealthy_endpoint_takes_no_traffic_and_failover_spills(cleanup, tmp_path):
+    flag = tmp_path / "blue-down"
+    blue = Upstream("blue", unhealthy_file=str(flag))
+    green = Upstream("green")
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]}, weights={"blue": 100, "green": 0})
+    cleanup.append(t)
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"blue\n"
+    flag.write_text("down")
+    wait_for(lambda: "of pool blue is unhealthy" in t.read_log(), what="blue to go down")
+    for _ in range(10):
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.read() == b"green\n"
+    flag.unlink()
+    wait_for(lambda: f"endpoint {blue.address} of pool blue is healthy" in t.read_log().split("unhealthy")[-1],
+             what="blue to come back")
+    c.request("GET", "/")
+    assert c.getresponse().read() == b"blue\n"
+
+
+def test_fd_count_returns_to_baseline_after_many_failures(blue_green):
+    t, _, _ = blue_green()
+    base = t.fd_count()
+    for i in range(300):
+        path = ["/garbage", "/partial", "/reset"][i % 3]
+        raw_exchange(t.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(), timeout=5)
+    wait_for(lambda: t.fd_count() <= base + 2, what=f"fds back near {base} (now {t.fd_count()})", timeout=10)

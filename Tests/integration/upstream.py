@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""A scriptable HTTP/1.1 upstream for Turnout's integration tests.
+
+Run: upstream.py --port PORT --name NAME [--unhealthy-file PATH]
+
+Paths:
+  /healthz            200 "ok" (500 while --unhealthy-file exists)
+  /echo               JSON: method, path, version, headers, body length and sha256
+  /big?bytes=N[&chunked=1]   N bytes of a fixed pattern (Content-Length, or chunked)
+  /slow?ms=N          answers after N ms
+  /status?code=N      answers with that status (no body for 1xx/204/304)
+  /garbage            sends something that is not HTTP, then closes
+  /reset              closes the connection with a TCP reset, no response
+  /partial            promises 100 bytes, sends 10, closes
+  /stats              JSON: data connections accepted and requests served (probes excluded)
+  anything else       200 with the server's name as body and X-Served-By header
+"""
+import argparse
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+PATTERN = bytes(range(256)) * 4096  # 1 MiB
+
+
+def pattern_bytes(n):
+    full, rest = divmod(n, len(PATTERN))
+    for _ in range(full):
+        yield PATTERN
+    if rest:
+        yield PATTERN[:rest]
+
+
+class Stats:
+    lock = threading.Lock()
+    connections = 0
+    requests = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server_version = "upstream"
+    name = "upstream"
+    unhealthy_file = None
+
+    def setup(self):
+        super().setup()
+        self.counted = False
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def read_body(self):
+        h = hashlib.sha256()
+        n = 0
+        te = self.headers.get("Transfer-Encoding", "")
+        if te.lower() == "chunked":
+            while True:
+                line = self.rfile.readline(1024)
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    chunk = self.rfile.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise ConnectionError("eof in chunk")
+                    h.update(chunk)
+                    n += len(chunk)
+                    left -= len(chunk)
+                self.rfile.readline(3)
+        else:
+            left = int(self.headers.get("Content-Length", "0") or 0)
+            while left:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ConnectionError("eof in body")
+                h.update(chunk)
+                n += len(chunk)
+                left -= len(chunk)
+        return n, h.hexdigest()
+
+    def send_plain(self, code, body, extra=()):
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("X-Served-By", self.name)
+        for k, v in extra:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_any(self):
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path != "/healthz" and not self.counted:
+            self.counted = True
+            with Stats.lock:
+                Stats.connections += 1
+        if url.path != "/healthz":
+            with Stats.lock:
+                Stats.requests += 1
+        if url.path == "/healthz":
+            self.read_body()
+            if self.unhealthy_file and os.path.exists(self.unhealthy_file):
+                self.send_plain(500, b"unhealthy\n")
+            else:
+                self.send_plain(200, b"ok\n")
+            return
+        if url.path == "/echo":
+            n, digest = self.read_body()
+            body = json.dumps({
+                "name": self.name, "method": self.command, "path": self.path,
+                "version": self.request_version, "headers": [[k, v] for k, v in self.headers.items()],
+                "body_length": n, "body_sha256": digest,
+            }).encode()
+            self.send_plain(200, body, [("Content-Type", "application/json")])
+            return
+        n, _ = self.read_body()
+        if url.path == "/big":
+            total = int(q.get("bytes", "0"))
+            self.send_response(200)
+            self.send_header("X-Served-By", self.name)
+            chunked = q.get("chunked") == "1"
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.send_header("Content-Length", str(total))
+            self.end_headers()
+            for block in pattern_bytes(total):
+                if chunked:
+                    self.wfile.write(b"%x\r\n" % len(block) + block + b"\r\n")
+                else:
+                    self.wfile.write(block)
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+            return
+        if url.path == "/slow":
+            time.sleep(int(q.get("ms", "1000")) / 1000)
+            self.send_plain(200, f"{self.name} slow\n".encode())
+            return
+        if url.path == "/status":
+            code = int(q.get("code", "200"))
+            self.send_response(code)
+            self.send_header("X-Served-By", self.name)
+            if code in (204, 304) or code < 200:
+                self.end_headers()
+            else:
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(b"abc")
+            return
+        if url.path == "/garbage":
+            self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
+            self.close_connection = True
+            return
+        if url.path == "/reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if url.path == "/partial":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        if url.path == "/stats":
+            with Stats.lock:
+                body = json.dumps({"connections": Stats.connections, "requests": Stats.requests}).encode()
+            self.send_plain(200, body, [("Content-Type", "application/json")])
+            return
+        self.send_plain(200, f"{self.name}\n".encode())
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = handle_any
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--unhealthy-file")
+    a = p.parse_args()
+    Handler.name = a.name
+    Handler.unhealthy_file = a.unhealthy_file
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer.allow_reuse_address = True
+    ThreadingHTTPServer.request_queue_size = 512
+    srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    print(f"ready {a.port}", flush=True)
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
