@@ -14,8 +14,23 @@ struct Turnout: ParsableCommand {
             See README.md for the config file reference.
             """,
         version: TurnoutVersion.text,
-        subcommands: [Serve.self, Demo.self, CheckConfig.self]
+        subcommands: [Serve.self, Demo.self, CheckConfig.self, Status.self, Switch.self, Weights.self, Rollback.self]
     )
+
+    /// Exit status: 0 success, 1 refused or failed, 2 bad usage (ArgumentParser's 64 becomes 2).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 enum TurnoutVersion {
@@ -55,6 +70,9 @@ struct Serve: ParsableCommand {
     @Option(name: .shortAndLong, help: "The YAML config file.")
     var config: String
 
+    @Flag(help: "Discard an unreadable state file and start from the config's weights.")
+    var resetState = false
+
     @OptionGroup var log: LogOptions
 
     func run() throws {
@@ -66,14 +84,16 @@ struct Serve: ParsableCommand {
             FileHandle.standardError.write(Data("turnout: invalid config \(config):\n\(error.description)\n".utf8))
             throw ExitCode(1)
         }
-        let server = ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
         do {
+            let state = try ProxyServer.initialState(config: cfg, resetState: resetState, logger: logger)
+            let server = try ProxyServer(config: cfg, state: state, logger: logger)
             try server.start()
+            server.runUntilSignalled()
         } catch {
+            AsyncLogHandler.flush()
             FileHandle.standardError.write(Data("turnout: \(error)\n".utf8))
             throw ExitCode(1)
         }
-        server.runUntilSignalled()
     }
 }
 
@@ -91,6 +111,9 @@ struct Demo: ParsableCommand {
 
     @Option(help: "Initial weights, e.g. blue=90,green=10.")
     var weights: String = "blue=100,green=0"
+
+    @Option(help: "Admin API socket, for `turnout status`, `switch`, `weights` and `rollback`.")
+    var adminSocket: String = AdminConfig.defaultSocket
 
     @OptionGroup var log: LogOptions
 
@@ -119,6 +142,7 @@ struct Demo: ParsableCommand {
             \(ws)
               preview_header: X-Turnout-Pool
             health: { interval: 1s, timeout: 500ms, rise: 2, fall: 2 }
+            admin: { socket: \(adminSocket) }
             """
         let cfg: TurnoutConfig
         do {
@@ -126,10 +150,12 @@ struct Demo: ParsableCommand {
         } catch {
             throw ValidationError("invalid demo settings:\n\(error.description)")
         }
-        let server = ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
+        let server: ProxyServer
         do {
+            server = try ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
             try server.start()
         } catch {
+            AsyncLogHandler.flush()
             FileHandle.standardError.write(Data("turnout: \(error)\n".utf8))
             throw ExitCode(1)
         }
@@ -138,7 +164,8 @@ struct Demo: ParsableCommand {
               proxy:     http://127.0.0.1:\(port)/
               blue app:  http://\(blue.address)/
               green app: http://\(green.address)/
-            Try: curl http://127.0.0.1:\(port)/        (Ctrl-C to stop)
+              admin:     unix:\(adminSocket)
+            Try: curl http://127.0.0.1:\(port)/   then   turnout switch green   (Ctrl-C to stop)
 
             """
         FileHandle.standardOutput.write(Data(banner.utf8))

@@ -88,3 +88,41 @@ public final class RoutingStore: Sendable {
                             sticky: routing.sticky, previewHeader: routing.previewHeader, failover: routing.failover)
     }
 }
+
+extension RoutingStore {
+    /// Pool names in config order and which pools have a healthy endpoint, for admin commands.
+    public func poolView(health: [Int: HealthStatus]) -> RoutingCommands.PoolView {
+        var healthy = Set<String>()
+        for entry in endpoints where entry.endpoints.contains(where: { health[$0.id] == .healthy }) {
+            healthy.insert(entry.pool.name)
+        }
+        return RoutingCommands.PoolView(names: endpoints.map(\.pool.name), healthy: healthy)
+    }
+
+    public var poolNames: [String] { endpoints.map(\.pool.name) }
+
+    /// The document `GET /v1/state` returns: generation, live pool, weights, previous weights, and
+    /// every endpoint with its health and in-flight count.
+    public func stateJSON(ramp: String = "null") -> String {
+        let (state, health) = snapshot()
+        let order = poolNames
+        var out = "{\"generation\":\(state.generation),\"live\":\(JSONWriter.quote(state.live))"
+        out += ",\"weights\":\(JSONWriter.weights(state.weights, order: order))"
+        out += ",\"previous\":" + (state.previousWeights.map { JSONWriter.weights($0, order: order) } ?? "null")
+        out += ",\"pools\":{"
+        out += endpoints.map { entry in
+            let eps = entry.endpoints.map { e -> String in
+                let h = health[e.id] ?? .unknown
+                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\",\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))}"
+            }
+            return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]}"
+        }.joined(separator: ",")
+        out += "},\"ramp\":\(ramp)}"
+        return out
+    }
+
+    /// The state and endpoint health, read together.
+    public func snapshot() -> (RoutingState, [Int: HealthStatus]) {
+        inner.withLock { ($0.state, $0.health) }
+    }
+}

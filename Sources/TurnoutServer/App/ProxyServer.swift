@@ -25,12 +25,23 @@ public final class ProxyServer: @unchecked Sendable {
     private var listeners: [Listener] = []
     private let registry = ConnectionRegistry()
     private let logger: Logger
+    let admin: AdminServer
 
-    public init(config: TurnoutConfig, state: RoutingState, logger: Logger) {
+    /// - Parameter adminEnabled: false runs without the admin API (used by nothing but tests of
+    ///   the data path that share one machine-wide socket path).
+    public init(config: TurnoutConfig, state: RoutingState, logger: Logger) throws {
         self.config = config
         self.logger = logger
         self.store = RoutingStore(config: config, state: state)
         self.context = ProxyContext(config: config, store: store, logger: logger)
+        let context = self.context
+        let router = AdminRouter(store: store, stateFile: config.stateFile, logger: logger,
+                                 isDraining: { context.isDraining })
+        var token: String?
+        if let tokenFile = config.admin.tokenFile {
+            token = try AdminServer.readToken(path: tokenFile)
+        }
+        self.admin = AdminServer(router: router, logger: logger, token: token)
         self.group = EventLoopGroup(count: config.effectiveWorkers)
         var pools: [UpstreamPool] = []
         for loop in group.loops {
@@ -44,6 +55,28 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// The addresses the listeners are bound to (useful with port 0).
     public var boundAddresses: [SocketAddress] { listeners.map(\.address) }
+
+    /// The routing state to start with: the state file when it exists (it wins over the config's
+    /// weights), else the config's. A state file that cannot be used stops start-up, unless
+    /// `resetState`, which starts from the config and overwrites the file.
+    public static func initialState(config: TurnoutConfig, resetState: Bool, logger: Logger) throws -> RoutingState {
+        let fromConfig = RoutingState.initial(from: config)
+        guard let path = config.stateFile else { return fromConfig }
+        if resetState {
+            try StateFile.write(fromConfig, to: path)
+            logger.notice("--reset-state: state file \(path) reset to the config's weights")
+            return fromConfig
+        }
+        do {
+            if let state = try StateFile.load(path: path, config: config) {
+                logger.notice("restored state from \(path): generation \(state.generation), live \(state.live)")
+                return state
+            }
+        } catch {
+            throw StartupError("\(error)\nstart with --reset-state to discard it and use the config's weights")
+        }
+        return fromConfig
+    }
 
     /// Binds every listener, runs a first round of health probes (so the first requests do not
     /// meet unknown endpoints), then starts accepting.
@@ -60,6 +93,16 @@ public final class ProxyServer: @unchecked Sendable {
                 throw StartupError("cannot listen on \(l.address): \(error)")
             }
         }
+        do {
+            try admin.listenUnix(path: config.admin.socket)
+            if let address = config.admin.address { try admin.listenTCP(address: address) }
+        } catch {
+            for opened in listeners { opened.close() }
+            admin.stop()
+            throw error
+        }
+        admin.start()
+        logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")
         let firstRound = DispatchSemaphore(value: 0)
         prober.start { firstRound.signal() }
         let waitMs = Int(config.health.timeoutMs) + 500
@@ -114,6 +157,7 @@ public final class ProxyServer: @unchecked Sendable {
                 drain { cut in
                     if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
                     extraShutdown?()
+                    self.admin.stop()
                     logger.notice("stopped")
                     AsyncLogHandler.flush()
                     exit(0)

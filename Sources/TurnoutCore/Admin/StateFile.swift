@@ -1,0 +1,109 @@
+import Foundation
+
+/// The routing state on disk. Written as JSON with write, fsync, rename (and an fsync of the
+/// directory), so a crash at any moment leaves either the old or the new file, never a torn one.
+public enum StateFile {
+    public static let format = 1
+
+    struct Document: Codable {
+        var format: Int
+        var generation: UInt64
+        var live: String
+        var weights_bp: [String: Int]
+        var previous_weights_bp: [String: Int]?
+        var previous_live: String?
+        var updated_at: String?
+    }
+
+    public struct LoadError: Error, CustomStringConvertible, Sendable {
+        public let path: String
+        public let reason: String
+        public var description: String { "state file \(path): \(reason)" }
+    }
+
+    /// Reads the state file. Returns nil when it does not exist.
+    public static func load(path: String, config: TurnoutConfig) throws(LoadError) -> RoutingState? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let data: Data
+        do {
+            data = try Data(contentsOf: URL(fileURLWithPath: path))
+        } catch {
+            throw LoadError(path: path, reason: "cannot be read (\(error.localizedDescription))")
+        }
+        let doc: Document
+        do {
+            doc = try JSONDecoder().decode(Document.self, from: data)
+        } catch {
+            throw LoadError(path: path, reason: "is not a valid Turnout state file (\(error))")
+        }
+        guard doc.format == format else {
+            throw LoadError(path: path, reason: "has format \(doc.format); this turnout reads format \(format)")
+        }
+        let names = Set(config.pools.map(\.name))
+        let unknown = Set(doc.weights_bp.keys).union([doc.live]).subtracting(names)
+        if !unknown.isEmpty {
+            throw LoadError(path: path, reason: "names pools that are not in the config: \(unknown.sorted().joined(separator: ", ")) (edit the config, or start with --reset-state)")
+        }
+        guard doc.weights_bp.values.allSatisfy({ (0...Percent.whole).contains($0) }),
+              doc.weights_bp.values.reduce(0, +) == Percent.whole
+        else {
+            throw LoadError(path: path, reason: "holds weights that are not 0-100 or do not sum to 100")
+        }
+        var weights = doc.weights_bp
+        for n in names where weights[n] == nil { weights[n] = 0 }
+        var previous = doc.previous_weights_bp?.filter { names.contains($0.key) }
+        if var p = previous {
+            for n in names where p[n] == nil { p[n] = 0 }
+            previous = p.values.reduce(0, +) == Percent.whole ? p : nil
+        }
+        return RoutingState(generation: doc.generation, live: doc.live, weights: weights,
+                            previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil })
+    }
+
+    public struct WriteError: Error, CustomStringConvertible, Sendable {
+        public let path: String
+        public let reason: String
+        public var description: String { "cannot write state file \(path): \(reason)" }
+    }
+
+    /// Writes the state durably: temp file, fsync, rename over the old file, fsync the directory.
+    public static func write(_ state: RoutingState, to path: String) throws(WriteError) {
+        let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
+                           previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
+                           updated_at: ISO8601DateFormatter().string(from: Date()))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
+        let data: Data
+        do { data = try encoder.encode(doc) } catch { throw WriteError(path: path, reason: "\(error)") }
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = "\(path).tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw WriteError(path: path, reason: String(cString: strerror(errno))) }
+        var ok = data.withUnsafeBytes { p -> Bool in
+            var off = 0
+            while off < p.count {
+                let n = Foundation.write(fd, p.baseAddress! + off, p.count - off)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                off += n
+            }
+            return true
+        }
+        let err = errno
+        if ok { ok = fsync(fd) == 0 }
+        close(fd)
+        guard ok else {
+            unlink(tmp)
+            throw WriteError(path: path, reason: String(cString: strerror(err != 0 ? err : errno)))
+        }
+        guard rename(tmp, path) == 0 else {
+            let e = errno
+            unlink(tmp)
+            throw WriteError(path: path, reason: String(cString: strerror(e)))
+        }
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            _ = fsync(dfd)
+            close(dfd)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import TurnoutCore
+
+/// Where the admin API is: a Unix socket path or an `http://host:port` address.
+public enum AdminEndpoint: CustomStringConvertible, Sendable, Equatable {
+    case unix(String)
+    case tcp(HostPort)
+
+    /// Parses `unix:/path`, `/path`, `./path` or `http://host:port`.
+    public static func parse(_ text: String) -> AdminEndpoint? {
+        if text.hasPrefix("http://") {
+            var rest = String(text.dropFirst("http://".count))
+            if rest.hasSuffix("/") { rest.removeLast() }
+            guard case .success(let hp) = HostPort.parse(rest) else { return nil }
+            return .tcp(hp)
+        }
+        if text.hasPrefix("https://") { return nil }
+        if text.hasPrefix("unix:") { return .unix(String(text.dropFirst("unix:".count))) }
+        return text.isEmpty ? nil : .unix(text)
+    }
+
+    public var description: String {
+        switch self {
+        case .unix(let p): return "unix:\(p)"
+        case .tcp(let hp): return "http://\(hp)"
+        }
+    }
+}
+
+/// A blocking HTTP/1.1 client for the admin API, used by the CLI (never by the proxy itself).
+public struct AdminClient: Sendable {
+    public let endpoint: AdminEndpoint
+    public let token: String?
+    public var timeoutSeconds = 10
+
+    public init(endpoint: AdminEndpoint, token: String?) {
+        self.endpoint = endpoint
+        self.token = token
+    }
+
+    public struct Unreachable: Error, CustomStringConvertible {
+        public let endpoint: AdminEndpoint
+        public let reason: String
+        public var description: String { "cannot reach the admin API at \(endpoint): \(reason)" }
+    }
+
+    public struct Response: Sendable {
+        public let status: Int
+        public let headers: HTTPHeaders
+        public let body: String
+    }
+
+    public func request(_ method: String, _ path: String, json: String? = nil, headers: [(String, String)] = []) throws(Unreachable) -> Response {
+        let fd = try connectSocket()
+        defer { close(fd) }
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: turnout\r\nUser-Agent: turnout-cli\r\nConnection: close\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        for (k, v) in headers { head += "\(k): \(v)\r\n" }
+        let body = Array((json ?? "").utf8)
+        if json != nil { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
+        head += "\r\n"
+        let out = Array(head.utf8) + body
+        var off = 0
+        while off < out.count {
+            let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + off, out.count - off, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
+            }
+            off += n
+        }
+        var input: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n == 0 { break }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Unreachable(endpoint: endpoint, reason: errno == EAGAIN ? "no answer within \(timeoutSeconds)s" : String(cString: strerror(errno)))
+            }
+            input += buf[0..<n]
+        }
+        guard let end = try? HTTPHeadParser.findHeadEnd(input, start: 0, end: input.count, limit: 64 * 1024),
+              let resp = try? HTTPHeadParser.parseResponse(input, start: 0, end: end)
+        else {
+            throw Unreachable(endpoint: endpoint, reason: "the answer was not HTTP (is this a turnout admin endpoint?)")
+        }
+        return Response(status: resp.status, headers: resp.headers, body: String(decoding: input[end...], as: UTF8.self))
+    }
+
+    private func connectSocket() throws(Unreachable) -> Int32 {
+        switch endpoint {
+        case .unix(let path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno))) }
+            setTimeouts(fd)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+                close(fd)
+                throw Unreachable(endpoint: endpoint, reason: "socket path too long")
+            }
+            withUnsafeMutableBytes(of: &addr.sun_path) { p in
+                for (i, b) in bytes.enumerated() { p[i] = b }
+                p[bytes.count] = 0
+            }
+            let rc = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if rc != 0 {
+                let e = errno
+                close(fd)
+                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(e)) + (e == ENOENT ? " (is turnout running?)" : ""))
+            }
+            return fd
+        case .tcp(let hp):
+            let addresses: [SocketAddress]
+            do { addresses = try SocketAddress.resolve(hp.host, port: hp.port) } catch {
+                throw Unreachable(endpoint: endpoint, reason: "\(error)")
+            }
+            let address = addresses[0]
+            let fd = socket(address.family, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno))) }
+            setTimeouts(fd)
+            let rc = address.withSockAddr { Glibc.connect(fd, $0, $1) }
+            if rc != 0 {
+                let e = errno
+                close(fd)
+                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(e)))
+            }
+            return fd
+        }
+    }
+
+    private func setTimeouts(_ fd: Int32) {
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+}

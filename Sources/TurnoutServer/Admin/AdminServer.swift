@@ -1,0 +1,289 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import Foundation
+import Logging
+import TurnoutCore
+
+/// The admin API: HTTP/1.1 + JSON on a Unix socket (mode 0600) and optionally on TCP with a bearer
+/// token. Runs on its own event loop, so it answers even while the serving loops are busy.
+final class AdminServer: @unchecked Sendable {
+    let loop: EventLoop
+    let router: AdminRouter
+    let logger: Logger
+    private let token: [UInt8]?
+    private var listeners: [(fd: Int32, source: DispatchSourceRead, requiresToken: Bool)] = []
+    private(set) var socketPath: String?
+    private(set) var tcpAddress: SocketAddress?
+
+    init(router: AdminRouter, logger: Logger, token: String?) {
+        self.loop = EventLoop(index: 0, label: "turnout.admin")
+        self.router = router
+        self.logger = logger
+        self.token = token.map { Array($0.utf8) }
+    }
+
+    /// Reads and checks the token file: it must exist, be non-empty and not readable by others.
+    static func readToken(path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path),
+              let text = String(data: data, encoding: .utf8)
+        else {
+            throw StartupError("admin.token_file \(path) cannot be read")
+        }
+        let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard token.count >= 16 else {
+            throw StartupError("admin.token_file \(path) must hold a token of at least 16 characters")
+        }
+        return token
+    }
+
+    /// Binds the Unix socket, replacing a stale socket file but never a live one or another file.
+    func listenUnix(path: String) throws {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
+                throw StartupError("admin.socket \(path) exists and is not a socket; remove it or choose another path")
+            }
+            if Self.unixSocketAnswers(path) {
+                throw StartupError("admin.socket \(path) is in use by a running process (another turnout?)")
+            }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket", errno: errno) }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw StartupError("admin.socket path is too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        // The socket file is created with mode 0600: only this user can talk to the admin API.
+        let oldMask = umask(0o177)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        umask(oldMask)
+        if rc != 0 {
+            let e = errno
+            close(fd)
+            throw StartupError("cannot bind admin.socket \(path): \(SystemError("bind", errno: e))")
+        }
+        chmod(path, 0o600)
+        guard Glibc.listen(fd, 64) == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemError("listen", errno: e)
+        }
+        socketPath = path
+        addListener(fd: fd, requiresToken: false)
+    }
+
+    func listenTCP(address: HostPort) throws {
+        let addresses = try SocketAddress.resolve(address.host, port: address.port)
+        let fd = try Sockets.listen(on: addresses[0], backlog: 64)
+        tcpAddress = Sockets.localAddress(fd)
+        addListener(fd: fd, requiresToken: true)
+    }
+
+    private func addListener(fd: Int32, requiresToken: Bool) {
+        let source = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
+        source.setEventHandler { [unowned self] in self.accept(fd: fd, requiresToken: requiresToken) }
+        source.setCancelHandler { Glibc.close(fd) }
+        listeners.append((fd, source, requiresToken))
+    }
+
+    func start() {
+        for l in listeners { l.source.activate() }
+    }
+
+    /// Stops listening and removes the socket file.
+    func stop() {
+        loop.queue.sync {
+            for l in listeners { l.source.cancel() }
+            listeners = []
+            if let socketPath { unlink(socketPath) }
+        }
+    }
+
+    private func accept(fd: Int32, requiresToken: Bool) {
+        for _ in 0..<32 {
+            let cfd = Glibc.accept(fd, nil, nil)
+            if cfd < 0 { return }
+            _ = fcntl(cfd, F_SETFL, fcntl(cfd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(cfd, F_SETFD, FD_CLOEXEC)
+            let conn = AdminConnection(channel: SocketChannel(fd: cfd, loop: loop), server: self, requiresToken: requiresToken)
+            conn.start()
+        }
+    }
+
+    /// Compares a presented bearer token with the configured one in constant time.
+    func authorized(_ headers: HTTPHeaders) -> Bool {
+        guard let token else { return false }
+        guard let auth = headers.first("authorization") else { return false }
+        let prefix = "bearer "
+        guard auth.count > prefix.count, auth.lowercased().hasPrefix(prefix) else { return false }
+        let presented = Array(auth.utf8.dropFirst(prefix.count))
+        var diff = UInt8(presented.count == token.count ? 0 : 1)
+        for i in 0..<token.count {
+            diff |= token[i] ^ (i < presented.count ? presented[i] : 0)
+        }
+        return diff == 0
+    }
+
+    static func unixSocketAnswers(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in
+            for (i, b) in bytes.enumerated() { p[i] = b }
+            p[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return rc == 0
+    }
+}
+
+/// One admin client connection: reads a request (body at most 64 KiB), answers, keeps alive.
+final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
+    let channel: SocketChannel
+    unowned let server: AdminServer
+    let requiresToken: Bool
+    private var input: [UInt8] = []
+    private var deadline: UInt64 = 0
+    private var closed = false
+
+    init(channel: SocketChannel, server: AdminServer, requiresToken: Bool) {
+        self.channel = channel
+        self.server = server
+        self.requiresToken = requiresToken
+    }
+
+    func start() {
+        server.loop.register(self)
+        channel.delegate = self
+        channel.start()
+        deadline = EventLoop.now() + 30_000_000_000
+    }
+
+    func checkTimeouts(now: UInt64) {
+        if now >= deadline || (closed && channel.isClosed) { shut() }
+    }
+
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        guard !closed else { return }
+        input.append(contentsOf: bytes)
+        process()
+    }
+
+    private func process() {
+        while !closed {
+            let headEnd: Int?
+            do {
+                headEnd = try HTTPHeadParser.findHeadEnd(input, start: 0, end: input.count, limit: 16 * 1024)
+            } catch {
+                reply(.error(AdminError(431, "head_too_large", "request head too large")), close: true)
+                return
+            }
+            guard let headEnd else { return }
+            let head: HTTPRequestHead
+            do {
+                head = try HTTPHeadParser.parseRequest(input, start: 0, end: headEnd)
+            } catch {
+                reply(.error(AdminError(error.status, "bad_request", error.message)), close: true)
+                return
+            }
+            var body: [UInt8] = []
+            var consumed = headEnd
+            switch head.framing {
+            case .none, .untilClose:
+                break
+            case .length(let n):
+                if n > AdminRouter.maxBody {
+                    reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
+                    return
+                }
+                guard input.count - headEnd >= Int(n) else { return }
+                body = Array(input[headEnd..<(headEnd + Int(n))])
+                consumed = headEnd + Int(n)
+            case .chunked:
+                var decoder = ChunkedDecoder()
+                var index = headEnd
+                var done = false
+                do {
+                    decode: while true {
+                        switch try decoder.next(input, index: &index, end: input.count) {
+                        case .data(let r):
+                            body += input[r]
+                            if body.count > AdminRouter.maxBody {
+                                reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
+                                return
+                            }
+                        case .end(let e):
+                            consumed = e
+                            done = true
+                            break decode
+                        case .needMore:
+                            break decode
+                        }
+                    }
+                } catch {
+                    reply(.error(AdminError(400, "bad_request", error.message)), close: true)
+                    return
+                }
+                if !done {
+                    if input.count - headEnd > AdminRouter.maxBody + 4096 {
+                        reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
+                    }
+                    return
+                }
+            }
+            input.removeFirst(consumed)
+            let response: AdminResponse
+            if requiresToken && !server.authorized(head.headers) {
+                response = .error(AdminError(401, "unauthorized", "send Authorization: Bearer <token> (the token in admin.token_file)"))
+            } else {
+                response = server.router.handle(AdminRequest(method: head.method, path: head.target, headers: head.headers, body: body))
+            }
+            reply(response, close: !head.keepAlive, head: head.method == "HEAD")
+            deadline = EventLoop.now() + 30_000_000_000
+        }
+    }
+
+    private func reply(_ r: AdminResponse, close: Bool, head: Bool = false) {
+        let body = Array((r.body + "\n").utf8)
+        var out = "HTTP/1.1 \(r.status) \(HeaderRewriter.reasonPhrase(r.status))\r\n"
+        out += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\nCache-Control: no-store\r\n"
+        for (k, v) in r.headers { out += "\(k): \(v)\r\n" }
+        if close { out += "Connection: close\r\n" }
+        out += "\r\n"
+        channel.write(Array(out.utf8) + (head ? [] : body))
+        if close {
+            closed = true
+            channel.finish()
+        }
+    }
+
+    func channelEOF(_ channel: SocketChannel) { shut() }
+    func channelError(_ channel: SocketChannel, _ error: SystemError) { shut() }
+    func channelDrained(_ channel: SocketChannel) {}
+
+    private func shut() {
+        closed = true
+        channel.close()
+        server.loop.unregister(self)
+    }
+}
