@@ -42,3 +42,8 @@ check-config: build
 
 clean:
 	rm -rf .build
+
+# Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
+bench-switch: build
+	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+	$(PYTHON) Benchmarks/switch_latency.py --switches 500

@@ -115,6 +115,9 @@ struct Demo: ParsableCommand {
     @Option(help: "Admin API socket, for `turnout status`, `switch`, `weights` and `rollback`.")
     var adminSocket: String = AdminConfig.defaultSocket
 
+    @Option(help: "Persist routing state in this file (default: none, every demo starts fresh).")
+    var stateFile: String?
+
     @OptionGroup var log: LogOptions
 
     func run() throws {
@@ -143,6 +146,7 @@ struct Demo: ParsableCommand {
               preview_header: X-Turnout-Pool
             health: { interval: 1s, timeout: 500ms, rise: 2, fall: 2 }
             admin: { socket: \(adminSocket) }
+            \(stateFile.map { "state_file: \($0)" } ?? "")
             """
         let cfg: TurnoutConfig
         do {
@@ -152,7 +156,8 @@ struct Demo: ParsableCommand {
         }
         let server: ProxyServer
         do {
-            server = try ProxyServer(config: cfg, state: RoutingState.initial(from: cfg), logger: logger)
+            let state = try ProxyServer.initialState(config: cfg, resetState: false, logger: logger)
+            server = try ProxyServer(config: cfg, state: state, logger: logger)
             try server.start()
         } catch {
             AsyncLogHandler.flush()

@@ -76,7 +76,7 @@ class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
-                 timeouts="", workers=2, args=()):
+                 timeouts="", workers=2, args=(), admin_extra=""):
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.config_path = os.path.join(self.dir, "turnout.yaml")
         pool_lines = "\n".join(
@@ -87,7 +87,7 @@ class Turnout:
         self.config = (
             f"workers: {workers}\n"
             "listeners:\n  - address: 127.0.0.1:0\n"
-            f"admin:\n  socket: {self.dir}/admin.sock\n"
+            f"admin:\n  socket: {self.dir}/admin.sock\n{admin_extra}"
             f"state_file: {self.dir}/state.json\n"
             f"pools:\n{pool_lines}\n"
             f"routing:\n{weight_text}  preview_header: X-Turnout-Pool\n{extra}"
@@ -97,6 +97,8 @@ class Turnout:
         with open(self.config_path, "w") as f:
             f.write(self.config)
         self.args = list(args)
+        self.admin_socket = f"{self.dir}/admin.sock"
+        self.state_file = f"{self.dir}/state.json"
         self.log_path = os.path.join(self.dir, "turnout.log")
         self.proc = None
         self.port = None
@@ -168,3 +170,43 @@ def raw_exchange(port, data, timeout=5.0, read_until_close=True):
         return out
     finally:
         s.close()
+
+
+class UnixHTTPConnection(__import__("http.client").client.HTTPConnection):
+    """http.client over a Unix socket (for the admin API)."""
+
+    def __init__(self, path, timeout=10):
+        super().__init__("turnout", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def admin_call(turnout, method, path, body=None, headers=None, raw_body=None):
+    """One admin request over the Unix socket. Returns (status, parsed JSON or text, headers)."""
+    c = UnixHTTPConnection(turnout.admin_socket)
+    h = dict(headers or {})
+    data = raw_body
+    if body is not None:
+        data = json.dumps(body).encode()
+        h.setdefault("Content-Type", "application/json")
+    c.request(method, path, body=data, headers=h)
+    r = c.getresponse()
+    text = r.read()
+    c.close()
+    try:
+        return r.status, json.loads(text), r
+    except ValueError:
+        return r.status, text, r
+
+
+def run_cli(*args, env=None, timeout=20):
+    full_env = dict(os.environ)
+    full_env.pop("TURNOUT_ADMIN", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run([turnout_binary(), *args], capture_output=True, text=True, timeout=timeout, env=full_env)

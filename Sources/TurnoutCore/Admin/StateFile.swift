@@ -66,8 +66,11 @@ public enum StateFile {
         public var description: String { "cannot write state file \(path): \(reason)" }
     }
 
-    /// Writes the state durably: temp file, fsync, rename over the old file, fsync the directory.
-    public static func write(_ state: RoutingState, to path: String) throws(WriteError) {
+    /// Writes the state: temp file, fsync, rename over the old file (SPEC: write, fsync, rename).
+    /// A crash at any moment leaves the old or the new file. With `syncDirectory` the directory is
+    /// fsynced too, so the rename itself survives a power loss; callers on a latency-sensitive
+    /// path pass false and call `syncDirectory(of:)` afterwards, off that path.
+    public static func write(_ state: RoutingState, to path: String, syncDirectory: Bool = true) throws(WriteError) {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
                            updated_at: ISO8601DateFormatter().string(from: Date()))
@@ -100,6 +103,13 @@ public enum StateFile {
             unlink(tmp)
             throw WriteError(path: path, reason: String(cString: strerror(e)))
         }
+        if syncDirectory { Self.syncDirectory(of: path) }
+        _ = dir
+    }
+
+    /// fsyncs the directory holding `path`, making a completed rename durable.
+    public static func syncDirectory(of path: String) {
+        let dir = (path as NSString).deletingLastPathComponent
         let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if dfd >= 0 {
             _ = fsync(dfd)

@@ -118,16 +118,36 @@ final class AdminRouter: @unchecked Sendable {
         }, persist: { (next: RoutingState) throws(AdminError) in
             guard let stateFile else { return }
             do {
-                try StateFile.write(next, to: stateFile)
+                try StateFile.write(next, to: stateFile, syncDirectory: false)
             } catch {
                 throw AdminError(500, "state_write_failed", "\(error); nothing was changed")
             }
         })
         if next.generation != before {
+            if let stateFile { scheduleDirectorySync(stateFile) }
             let weights = store.poolNames.map { "\($0)=\(Percent.format(basisPoints: next.weights[$0] ?? 0))" }.joined(separator: " ")
             logger.notice("\(action): generation \(next.generation), live \(next.live), weights \(weights)")
         }
         return stateResponse(status: 200)
+    }
+
+    private let syncQueue = DispatchQueue(label: "turnout.state-sync", qos: .utility)
+    private var syncPending = false
+    private let syncLock = NSLock()
+
+    /// Makes the last rename durable across power loss without delaying the answer; several
+    /// mutations in a row share one directory fsync.
+    private func scheduleDirectorySync(_ path: String) {
+        syncLock.lock()
+        defer { syncLock.unlock() }
+        guard !syncPending else { return }
+        syncPending = true
+        syncQueue.async { [self] in
+            syncLock.lock()
+            syncPending = false
+            syncLock.unlock()
+            StateFile.syncDirectory(of: path)
+        }
     }
 
     private func stateResponse(status: Int) -> AdminResponse {

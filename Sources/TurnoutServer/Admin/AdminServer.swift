@@ -18,7 +18,8 @@ final class AdminServer: @unchecked Sendable {
     private(set) var tcpAddress: SocketAddress?
 
     init(router: AdminRouter, logger: Logger, token: String?) {
-        self.loop = EventLoop(index: 0, label: "turnout.admin")
+        // Operators' calls should not queue behind data-path work where the OS honours priorities.
+        self.loop = EventLoop(index: 0, label: "turnout.admin", qos: .userInteractive)
         self.router = router
         self.logger = logger
         self.token = token.map { Array($0.utf8) }

@@ -19,9 +19,9 @@ public final class EventLoop: @unchecked Sendable {
     /// Work to run on each tick (upstream pool expiry and the like).
     var tickHooks: [(UInt64) -> Void] = []
 
-    public init(index: Int, label: String = "turnout.loop") {
+    public init(index: Int, label: String = "turnout.loop", qos: DispatchQoS = .unspecified) {
         self.index = index
-        self.queue = DispatchQueue(label: "\(label).\(index)")
+        self.queue = DispatchQueue(label: "\(label).\(index)", qos: qos)
         self.readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(20))
