@@ -157,3 +157,12 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
         #expect(throws: HTTPParseError.self) { try decode(text) }
     }
 }
+
+@Suite struct HeadLimitTests {
+    @Test func endlessEmptyLinesHitTheHeadLimit() {
+        let crlfs = [UInt8](repeating: 0, count: 70_000).enumerated().map { $0.offset % 2 == 0 ? 13 : 10 } as [UInt8]
+        #expect(throws: HTTPParseError.headTooLarge) {
+            try HTTPHeadParser.findHeadEnd(crlfs, start: 0, end: crlfs.count, limit: 64 * 1024)
+        }
+    }
+}

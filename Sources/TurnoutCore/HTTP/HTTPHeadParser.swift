@@ -12,7 +12,7 @@ public enum HTTPHeadParser {
         var i = start
         // Leading empty lines before a request line are ignored (RFC 9112 2.2).
         while i + 1 < end, buffer[i] == 13, buffer[i + 1] == 10 { i += 2 }
-        let searchEnd = min(end, i + limit)
+        let searchEnd = min(end, start + limit)
         let found: Int? = buffer.withUnsafeBufferPointer { p -> Int? in
             var j = i
             while j + 3 < searchEnd {
@@ -29,7 +29,8 @@ public enum HTTPHeadParser {
             return nil
         }
         if let found { return found }
-        if end - i >= limit { throw .headTooLarge }
+        // Leading empty lines count against the limit too, so they cannot grow a buffer forever.
+        if end - start >= limit { throw .headTooLarge }
         return nil
     }
 

@@ -97,19 +97,9 @@ public struct AdminClient: Sendable {
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
             guard fd >= 0 else { throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno))) }
             setTimeouts(fd)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            guard let rc = UnixSocketAddress.with(path: path, { Glibc.connect(fd, $0, $1) }) else {
                 close(fd)
                 throw Unreachable(endpoint: endpoint, reason: "socket path too long")
-            }
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in
-                for (i, b) in bytes.enumerated() { p[i] = b }
-                p[bytes.count] = 0
-            }
-            let rc = withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
             if rc != 0 {
                 let e = errno

@@ -55,23 +55,14 @@ final class AdminServer: @unchecked Sendable {
         guard fd >= 0 else { throw SystemError("socket", errno: errno) }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+        // The socket file is created with mode 0600: only this user can talk to the admin API.
+        let oldMask = umask(0o177)
+        let bound = UnixSocketAddress.with(path: path) { bind(fd, $0, $1) }
+        umask(oldMask)
+        guard let rc = bound else {
             close(fd)
             throw StartupError("admin.socket path is too long: \(path)")
         }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-            p[bytes.count] = 0
-        }
-        // The socket file is created with mode 0600: only this user can talk to the admin API.
-        let oldMask = umask(0o177)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        umask(oldMask)
         if rc != 0 {
             let e = errno
             close(fd)
@@ -143,18 +134,7 @@ final class AdminServer: @unchecked Sendable {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { return false }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in bytes.enumerated() { p[i] = b }
-            p[bytes.count] = 0
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        return rc == 0
+        return UnixSocketAddress.with(path: path) { connect(fd, $0, $1) } == 0
     }
 }
 

@@ -82,6 +82,7 @@ public final class ProxyServer: @unchecked Sendable {
     /// meet unknown endpoints), then starts accepting.
     public func start() throws {
         signal(SIGPIPE, SIG_IGN)
+        Self.raiseFileLimit(logger: logger, wanted: config.limits.maxClientConnections * 2 + 256)
         for (i, l) in config.listeners.enumerated() where l.tls != nil {
             throw StartupError("listeners[\(i)] (\(l.address)) has a tls block, but TLS termination is not available in this build yet")
         }
@@ -112,6 +113,21 @@ public final class ProxyServer: @unchecked Sendable {
         for l in listeners {
             l.start()
             logger.notice("listening on \(l.address)")
+        }
+    }
+
+    /// Raises the soft open-files limit towards the hard limit: each client connection needs one
+    /// descriptor and usually one upstream descriptor.
+    static func raiseFileLimit(logger: Logger, wanted: Int) {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return }
+        let target = min(rlim_t(wanted), rl.rlim_max)
+        if rl.rlim_cur < target {
+            rl.rlim_cur = target
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
+        }
+        if Int(rl.rlim_cur) < wanted {
+            logger.warning("open-files limit is \(rl.rlim_cur); limits.max_client_connections \(wanted / 2 - 128) may need about \(wanted) (raise it with ulimit -n)")
         }
     }
 

@@ -517,15 +517,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
 
     private func writeBody(_ ex: Exchange, _ bytes: ArraySlice<UInt8>) {
         guard !bytes.isEmpty else { return }
-        if ex.chunkToClient {
-            var framed = ChunkedEncoder.chunkHeader(size: bytes.count)
-            framed.append(contentsOf: bytes)
-            framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
-            channel.write(framed)
-        } else {
-            channel.write(bytes)
-        }
-        ex.bytesToClient += Int64(bytes.count)
+        bytes.withUnsafeBytes { writeBody(ex, $0) }
     }
 
     private func writeBody(_ ex: Exchange, _ bytes: UnsafeRawBufferPointer) {
