@@ -86,7 +86,8 @@ enum StateTable {
         let weights = s["weights"] as? [String: Any] ?? [:]
         let pools = s["pools"] as? [String: Any] ?? [:]
         var lines: [String] = []
-        lines.append("live: \(s["live"] as? String ?? "?")   generation: \(s["generation"] ?? "?")   ramp: \(s["ramp"] is NSNull || s["ramp"] == nil ? "none" : "running")")
+        let ramp = (s["ramp"] as? [String: Any]).map { "\($0["pool"] ?? "?") \($0["status"] ?? "?")" } ?? "none"
+        lines.append("live: \(s["live"] as? String ?? "?")   generation: \(s["generation"] ?? "?")   ramp: \(ramp)")
         var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "IN-FLIGHT"]]
         for name in pools.keys.sorted() {
             let eps = (pools[name] as? [String: Any])?["endpoints"] as? [[String: Any]] ?? []
@@ -124,7 +125,10 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let state = try callAdmin(options, "GET", "/v1/state")
-        if !options.json { print(StateTable.render(state)) }
+        if !options.json {
+            print(StateTable.render(state))
+            if let ramp = state["ramp"] as? [String: Any] { print(RampText.render(ramp)) }
+        }
     }
 }
 
@@ -191,5 +195,133 @@ struct Rollback: ParsableCommand {
     func run() throws {
         let state = try callAdmin(options, "POST", "/v1/rollback", ifMatch: ifMatch)
         if !options.json { print("rolled back: " + StateTable.summary(state)) }
+    }
+}
+
+struct Ramp: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Ramp a canary up step by step, rolling back on its own when a gate is breached.",
+        discussion: """
+            turnout ramp POOL --steps 1,5,25,50,100 --interval 30s [--max-error-rate 1%] [--max-p99 500ms] [--min-requests 100]
+            turnout ramp pause | resume | abort | status
+
+            Each step holds for --interval. At its end the canary's 5xx rate and p99 over the step are
+            checked (once --min-requests were seen; with fewer the step holds and says so). A breach
+            rolls back to the pre-ramp weights at once. Reaching 100% makes POOL live. While a ramp
+            runs, switch and weights are refused unless forced. "abort" restores the pre-ramp weights.
+            """
+    )
+    @Argument(help: ArgumentHelp("The pool to ramp up, or pause, resume, abort, status.", valueName: "POOL|ACTION"))
+    var target: String
+    @Option(help: "Canary percentages, comma-separated, strictly increasing.") var steps: String?
+    @Option(help: "How long each step holds, e.g. 30s.") var interval: String?
+    @Option(help: "Largest 5xx share per step, e.g. 1% or 0.01 (default 1%).") var maxErrorRate: String?
+    @Option(help: "Largest p99 latency per step, e.g. 500ms (default: not checked).") var maxP99: String?
+    @Option(help: "Fewest canary requests before a step is judged (default 100).") var minRequests: Int?
+    @OptionGroup var options: AdminOptions
+
+    func run() throws {
+        switch target {
+        case "pause", "resume":
+            let r = try callAdmin(options, "POST", "/v1/ramp/\(target)")
+            if !options.json { print(RampText.render(r)) }
+        case "abort":
+            let r = try callAdmin(options, "DELETE", "/v1/ramp")
+            if !options.json { print(RampText.render(r)) }
+        case "status":
+            let r = try callAdmin(options, "GET", "/v1/ramp")
+            if !options.json { print(RampText.render(r)) }
+        default:
+            guard let steps else { throw ValidationError("give --steps, e.g. --steps 1,5,25,50,100") }
+            var stepList: [String] = []
+            for s in steps.split(separator: ",") {
+                let t = s.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "")
+                guard case .success = Percent.parseBasisPoints(t) else { throw ValidationError("--steps: \"\(s)\" is not a percentage") }
+                stepList.append(t)
+            }
+            if let interval, DurationParser.milliseconds(interval) == nil { throw ValidationError("--interval: \"\(interval)\" is not a duration such as 30s") }
+            var gates: [String] = []
+            if let maxErrorRate {
+                let pct = maxErrorRate.hasSuffix("%")
+                guard let v = Double(pct ? String(maxErrorRate.dropLast()) : maxErrorRate) else {
+                    throw ValidationError("--max-error-rate: expected e.g. 1% or 0.01")
+                }
+                gates.append("\"max_error_rate\":\(pct ? v / 100 : v)")
+            }
+            if let maxP99 {
+                guard DurationParser.milliseconds(maxP99) != nil else { throw ValidationError("--max-p99: expected a duration such as 500ms") }
+                gates.append("\"max_p99\":\(JSONWriter.quote(maxP99))")
+            }
+            if let minRequests { gates.append("\"min_requests\":\(minRequests)") }
+            let body = "{\"pool\":\(JSONWriter.quote(target)),\"steps\":[\(stepList.joined(separator: ","))],\"interval\":\(JSONWriter.quote(interval ?? "30s")),\"gates\":{\(gates.joined(separator: ","))}}"
+            let r = try callAdmin(options, "POST", "/v1/ramp", json: body)
+            if !options.json { print(RampText.render(r)) }
+        }
+    }
+}
+
+/// Renders a ramp document as text.
+enum RampText {
+    static func num(_ v: Any?, _ fmt: String) -> String {
+        guard let n = v as? NSNumber else { return "-" }
+        return String(format: fmt, n.doubleValue)
+    }
+
+    static func render(_ r: [String: Any]) -> String {
+        let steps = (r["steps"] as? [Any] ?? []).map { "\($0)" }.joined(separator: ",")
+        var lines = ["ramp \(r["pool"] ?? "?"): \(r["status"] ?? "?"), step \(r["step"] ?? "?") of \((r["steps"] as? [Any])?.count ?? 0) at \(r["weight"] ?? "?")% (steps \(steps), interval \(r["interval"] ?? "?"))"]
+        if let reason = r["reason"] as? String { lines.append("reason: \(reason)") }
+        lines.append("STEP  WEIGHT  REQUESTS  ERROR-RATE  P99      VERDICT")
+        for (i, s) in (r["steps_observed"] as? [[String: Any]] ?? []).enumerated() {
+            let rate = (s["error_rate"] as? NSNumber).map { String(format: "%.2f%%", $0.doubleValue * 100) } ?? "-"
+            let p99 = (s["p99_ms"] as? NSNumber).map { String(format: "%.1fms", $0.doubleValue) } ?? "-"
+            let cols = ["\(i + 1)", "\(s["weight"] ?? "?")%", "\(s["requests"] ?? 0)", rate, p99, "\(s["verdict"] ?? "?")"]
+            let widths = [6, 8, 10, 12, 9, 0]
+            lines.append(zip(cols, widths).map { $1 == 0 ? $0 : $0.padding(toLength: max($1, $0.count + 1), withPad: " ", startingAt: 0) }.joined())
+        }
+        return lines.joined(separator: "\n")
+    }
+}
+
+struct Events: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Follow the event stream: switches, weight changes, rollbacks, ramp steps and gate verdicts, health changes.",
+        discussion: "Prints one line per event until interrupted (with --json, the event's JSON)."
+    )
+    @OptionGroup var options: AdminOptions
+
+    func run() throws {
+        let client = try options.client()
+        do {
+            try client.stream("/v1/events") { line in
+                guard line.hasPrefix("data: ") else {
+                    if line.hasPrefix("event: overflow") {
+                        FileHandle.standardError.write(Data("turnout: this reader fell behind and was dropped by the proxy\n".utf8))
+                    }
+                    return
+                }
+                let json = String(line.dropFirst(6))
+                // Unbuffered, so a pipe sees each event as it happens.
+                FileHandle.standardOutput.write(Data(((options.json ? json : EventText.render(json)) + "\n").utf8))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("turnout: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+    }
+}
+
+enum EventText {
+    static func render(_ json: String) -> String {
+        guard let e = (try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any] else { return json }
+        var parts = ["\(e["time"] ?? "")", "gen \(e["generation"] ?? "?")", "\(e["kind"] ?? "?")"]
+        for key in ["pool", "endpoint", "health", "step", "weight", "verdict", "requests", "error_rate", "p99_ms", "live"] {
+            if let v = e[key], !(v is NSNull) { parts.append("\(key)=\(v)") }
+        }
+        if let w = e["weights"] as? [String: Any] {
+            parts.append("weights=" + w.keys.sorted().map { "\($0):\(w[$0]!)" }.joined(separator: ","))
+        }
+        if let reason = e["reason"] as? String, !reason.isEmpty { parts.append("(\(reason))") }
+        return parts.joined(separator: " ")
     }
 }

@@ -41,10 +41,11 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 class Upstream:
     """An upstream.py process."""
 
-    def __init__(self, name, port=None, unhealthy_file=None):
+    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None):
         self.name = name
         self.port = port or free_port()
         self.unhealthy_file = unhealthy_file
+        self.fail_file = fail_file
         self.proc = None
         self.start()
 
@@ -52,6 +53,8 @@ class Upstream:
         args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(self.port), "--name", self.name]
         if self.unhealthy_file:
             args += ["--unhealthy-file", self.unhealthy_file]
+        if self.fail_file:
+            args += ["--fail-file", self.fail_file]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):

@@ -12,6 +12,7 @@ Paths:
   /garbage            sends something that is not HTTP, then closes
   /reset              closes the connection with a TCP reset, no response
   /partial            promises 100 bytes, sends 10, closes
+  /                   with --fail-file: 500 for the fraction of requests written in that file
   /stats              JSON: data connections accepted and requests served (probes excluded)
   anything else       200 with the server's name as body and X-Served-By header
 """
@@ -50,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "upstream"
     name = "upstream"
     unhealthy_file = None
+    fail_file = None
+    fail_counter = 0
 
     def setup(self):
         super().setup()
@@ -128,6 +131,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_plain(200, body, [("Content-Type", "application/json")])
             return
         n, _ = self.read_body()
+        if self.fail_file and url.path == "/" and os.path.exists(self.fail_file):
+            # Answer 500 to every k-th request, k = 1 / the fraction in the file.
+            every = max(1, round(1 / float(open(self.fail_file).read().strip() or "1")))
+            with Stats.lock:
+                Handler.fail_counter += 1
+                failing = Handler.fail_counter % every == 0
+            if failing:
+                self.send_plain(500, b"injected failure\n")
+                return
         if url.path == "/big":
             total = int(q.get("bytes", "0"))
             self.send_response(200)
@@ -191,9 +203,11 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--unhealthy-file")
+    p.add_argument("--fail-file", help="while it exists, answer 500 to this fraction of / requests")
     a = p.parse_args()
     Handler.name = a.name
     Handler.unhealthy_file = a.unhealthy_file
+    Handler.fail_file = a.fail_file
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.request_queue_size = 512

@@ -20,7 +20,7 @@ public enum AdminJSON {
         return obj
     }
 
-    static func isBool(_ v: Any) -> Bool {
+    public static func isBool(_ v: Any) -> Bool {
         // JSON true/false arrive as boolean NSNumbers (objCType "c"); 0 and 1 arrive as integers.
         if let n = v as? NSNumber {
             return String(cString: n.objCType) == "c" || String(describing: type(of: v)).contains("Boolean")

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The routing mutations of the admin API as pure functions: each takes the current state (and
 /// endpoint health) and returns the next state or an `AdminError`. They never touch I/O; the
 /// routing store runs them under its lock and persists what they return.
@@ -21,8 +23,21 @@ public enum RoutingCommands {
         }
     }
 
+    /// Refuses routing changes while a ramp runs, unless forced (which aborts the ramp).
+    static func checkNoRamp(_ state: RoutingState, force: Bool, what: String) throws(AdminError) -> RoutingState {
+        guard state.rampIsActive else { return state }
+        guard force else {
+            throw AdminError(409, "ramp_running", "a ramp of \(state.ramp!.plan.pool) is running; abort it first (turnout ramp abort) or force the \(what)")
+        }
+        var s = state
+        s.ramp?.status = .aborted
+        s.ramp?.reason = "overridden by a forced \(what)"
+        return s
+    }
+
     /// Atomic cutover: 100% to `pool`, which becomes live.
     public static func switchTo(_ pool: String, force: Bool, state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        let state = try checkNoRamp(state, force: force, what: "switch")
         guard pools.names.contains(pool) else {
             throw AdminError(404, "unknown_pool", "no pool named \"\(pool)\" (pools: \(pools.names.joined(separator: ", ")))")
         }
@@ -35,7 +50,8 @@ public enum RoutingCommands {
     }
 
     /// A new split. Pools not named get 0; the pool at 100%, if any, becomes live.
-    public static func setWeights(_ requested: [String: Int], state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+    public static func setWeights(_ requested: [String: Int], force: Bool = false, state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        let state = try checkNoRamp(state, force: force, what: "weights change")
         if requested.isEmpty { throw .badRequest("weights must name at least one pool", code: "invalid_weights") }
         for name in requested.keys.sorted() where !pools.names.contains(name) {
             throw AdminError(400, "unknown_pool", "no pool named \"\(name)\" (pools: \(pools.names.joined(separator: ", ")))")
@@ -55,6 +71,7 @@ public enum RoutingCommands {
     /// Restores the weights in force before the last change. The state rolled back from becomes
     /// the new "previous", so a second rollback undoes the first.
     public static func rollback(state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        if state.rampIsActive { return try abortRamp(state: state, pools: pools, reason: "rolled back by the operator") }
         guard let previous = state.previousWeights else {
             throw AdminError(409, "nothing_to_roll_back", "there is no earlier state to roll back to")
         }
@@ -70,6 +87,94 @@ public enum RoutingCommands {
     static func transition(_ state: RoutingState, weights: [String: Int], live: String) -> RoutingState {
         if weights == state.weights && live == state.live { return state }
         return RoutingState(generation: state.generation + 1, live: live, weights: weights,
-                            previousWeights: state.weights, previousLive: state.live)
+                            previousWeights: state.weights, previousLive: state.live, ramp: state.ramp)
+    }
+
+    // MARK: ramps
+
+    public static func startRamp(_ plan: RampPlan, state: RoutingState, pools: PoolView, now: Date) throws(AdminError) -> RoutingState {
+        try plan.validate()
+        if state.rampIsActive {
+            throw AdminError(409, "ramp_running", "a ramp of \(state.ramp!.plan.pool) is already running")
+        }
+        guard pools.names.contains(plan.pool) else {
+            throw AdminError(404, "unknown_pool", "no pool named \"\(plan.pool)\" (pools: \(pools.names.joined(separator: ", ")))")
+        }
+        guard plan.pool != state.live else {
+            throw AdminError(409, "already_live", "pool \(plan.pool) is already live; ramp another pool up")
+        }
+        guard pools.healthy.contains(plan.pool) else {
+            throw AdminError(409, "pool_unhealthy", "pool \(plan.pool) has no healthy endpoint")
+        }
+        let ramp = RampState(plan: plan, status: .running, step: 0, stepStartedAt: now, preRampWeights: state.weights,
+                             preRampLive: state.live, records: [RampStepRecord(weight: plan.steps[0])], reason: nil)
+        var next = transition(state, weights: RampEngine.weights(for: ramp, step: 0, pools: pools.names), live: state.live)
+        if next.generation == state.generation { next.generation += 1 }
+        next.ramp = ramp
+        return next
+    }
+
+    /// Moves to the next step, recording what the finished step saw.
+    public static func advanceRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord, now: Date) -> RoutingState {
+        guard var ramp = state.ramp, ramp.status == .running else { return state }
+        ramp.records[ramp.step] = observed
+        ramp.step += 1
+        ramp.stepStartedAt = now
+        ramp.records.append(RampStepRecord(weight: ramp.plan.steps[ramp.step]))
+        var next = transition(state, weights: RampEngine.weights(for: ramp, step: ramp.step, pools: pools.names), live: state.live)
+        next.ramp = ramp
+        return next
+    }
+
+    /// The last step passed: at 100% the target pool becomes live.
+    public static func completeRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord) -> RoutingState {
+        guard var ramp = state.ramp, ramp.status == .running else { return state }
+        ramp.records[ramp.step] = observed
+        ramp.status = .completed
+        ramp.reason = "all steps passed"
+        let weights = RampEngine.weights(for: ramp, step: ramp.step, pools: pools.names)
+        var next = transition(state, weights: weights, live: RoutingState.liveAfter(weights: weights, currentLive: state.live))
+        next.ramp = ramp
+        return next
+    }
+
+    /// Restores the pre-ramp weights at once (a gate breached, or the canary lost its health).
+    public static func rollbackRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord?, reason: String) -> RoutingState {
+        guard var ramp = state.ramp, ramp.isActive else { return state }
+        if let observed { ramp.records[ramp.step] = observed }
+        ramp.status = .rolledBack
+        ramp.reason = reason
+        var weights: [String: Int] = [:]
+        for n in pools.names { weights[n] = ramp.preRampWeights[n] ?? 0 }
+        var next = transition(state, weights: weights, live: ramp.preRampLive)
+        next.ramp = ramp
+        return next
+    }
+
+    public static func abortRamp(state: RoutingState, pools: PoolView, reason: String = "aborted by the operator") throws(AdminError) -> RoutingState {
+        guard let ramp = state.ramp, ramp.isActive else { throw AdminError(409, "no_ramp", "no ramp is running") }
+        var next = rollbackRamp(state: state, pools: pools, observed: nil, reason: reason)
+        next.ramp?.status = .aborted
+        next.ramp?.records[ramp.step].verdict = "aborted"
+        return next
+    }
+
+    public static func pauseRamp(state: RoutingState) throws(AdminError) -> RoutingState {
+        guard var ramp = state.ramp, ramp.status == .running else { throw AdminError(409, "no_ramp", "no ramp is running") }
+        ramp.status = .paused
+        var next = state
+        next.ramp = ramp
+        next.generation += 1
+        return next
+    }
+
+    public static func resumeRamp(state: RoutingState, now: Date) throws(AdminError) -> RoutingState {
+        guard var ramp = state.ramp, ramp.status == .paused else { throw AdminError(409, "not_paused", "no ramp is paused") }
+        ramp.status = .running
+        ramp.stepStartedAt = now
+        var next = state
+        next.ramp = ramp
+        next.generation += 1
+        return next
     }
 }

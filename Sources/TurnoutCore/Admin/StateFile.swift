@@ -13,6 +13,7 @@ public enum StateFile {
         var previous_weights_bp: [String: Int]?
         var previous_live: String?
         var updated_at: String?
+        var ramp: RampState?
     }
 
     public struct LoadError: Error, CustomStringConvertible, Sendable {
@@ -56,8 +57,12 @@ public enum StateFile {
             for n in names where p[n] == nil { p[n] = 0 }
             previous = p.values.reduce(0, +) == Percent.whole ? p : nil
         }
+        if let ramp = doc.ramp, ramp.isActive, !names.contains(ramp.plan.pool) || !names.contains(ramp.preRampLive) {
+            throw LoadError(path: path, reason: "holds a running ramp of a pool that is not in the config: \(ramp.plan.pool) (edit the config, or start with --reset-state)")
+        }
         return RoutingState(generation: doc.generation, live: doc.live, weights: weights,
-                            previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil })
+                            previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil },
+                            ramp: doc.ramp)
     }
 
     public struct WriteError: Error, CustomStringConvertible, Sendable {
@@ -73,7 +78,7 @@ public enum StateFile {
     public static func write(_ state: RoutingState, to path: String, syncDirectory: Bool = true) throws(WriteError) {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
-                           updated_at: ISO8601DateFormatter().string(from: Date()))
+                           updated_at: ISO8601DateFormatter().string(from: Date()), ramp: state.ramp)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         let data: Data

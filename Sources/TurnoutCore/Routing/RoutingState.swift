@@ -8,15 +8,20 @@ public struct RoutingState: Sendable, Equatable, Codable {
     /// The state before the last change, for rollback.
     public var previousWeights: [String: Int]?
     public var previousLive: String?
+    /// The current or most recent ramp.
+    public var ramp: RampState?
 
     public init(generation: UInt64, live: String, weights: [String: Int],
-                previousWeights: [String: Int]? = nil, previousLive: String? = nil) {
+                previousWeights: [String: Int]? = nil, previousLive: String? = nil, ramp: RampState? = nil) {
         self.generation = generation
         self.live = live
         self.weights = weights
         self.previousWeights = previousWeights
         self.previousLive = previousLive
+        self.ramp = ramp
     }
+
+    public var rampIsActive: Bool { ramp?.isActive == true }
 
     /// The state a config file starts with when no state file exists. The live pool is the one at
     /// 100%, or else the one with the largest weight (config order breaks ties).

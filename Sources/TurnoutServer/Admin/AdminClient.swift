@@ -91,6 +91,49 @@ public struct AdminClient: Sendable {
         return Response(status: resp.status, headers: resp.headers, body: String(decoding: input[end...], as: UTF8.self))
     }
 
+    /// Sends a GET and hands each line of the streamed answer to `onLine` until the server closes.
+    public func stream(_ path: String, onLine: (String) -> Void) throws(Unreachable) {
+        let fd = try connectSocket()
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 0, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var head = "GET \(path) HTTP/1.1\r\nHost: turnout\r\nUser-Agent: turnout-cli\r\nAccept: text/event-stream\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        head += "\r\n"
+        let out = Array(head.utf8)
+        guard out.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == out.count else {
+            throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
+        }
+        var buffer: [UInt8] = []
+        var sawHead = false
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n == 0 { return }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
+            }
+            buffer += chunk[0..<n]
+            if !sawHead {
+                guard let end = try? HTTPHeadParser.findHeadEnd(buffer, start: 0, end: buffer.count, limit: 64 * 1024) else { continue }
+                guard let resp = try? HTTPHeadParser.parseResponse(buffer, start: 0, end: end) else {
+                    throw Unreachable(endpoint: endpoint, reason: "the answer was not HTTP")
+                }
+                guard resp.status == 200 else {
+                    throw Unreachable(endpoint: endpoint, reason: "the event stream answered \(resp.status): \(String(decoding: buffer[end...], as: UTF8.self))")
+                }
+                buffer.removeFirst(end)
+                sawHead = true
+            }
+            while let nl = buffer.firstIndex(of: 10) {
+                let line = String(decoding: buffer[..<nl], as: UTF8.self)
+                buffer.removeFirst(nl + 1)
+                if !line.isEmpty { onLine(line) }
+            }
+        }
+    }
+
     private func connectSocket() throws(Unreachable) -> Int32 {
         switch endpoint {
         case .unix(let path):

@@ -15,6 +15,8 @@ struct AdminResponse {
     var status: Int
     var body: String
     var headers: [(String, String)] = []
+    /// The connection turns into a server-sent event stream.
+    var stream = false
 
     static func error(_ e: AdminError) -> AdminResponse {
         var r = AdminResponse(status: e.status, body: JSONWriter.error(e))
@@ -31,13 +33,17 @@ final class AdminRouter: @unchecked Sendable {
     let stateFile: String?
     let logger: Logger
     let isDraining: @Sendable () -> Bool
+    let events: EventBus
+    /// The running ramp step's observations (set once the ramp controller exists).
+    var rampWindow: () -> RampWindow? = { nil }
 
     static let maxBody = 64 * 1024
 
-    init(store: RoutingStore, stateFile: String?, logger: Logger, isDraining: @escaping @Sendable () -> Bool) {
+    init(store: RoutingStore, stateFile: String?, logger: Logger, events: EventBus, isDraining: @escaping @Sendable () -> Bool) {
         self.store = store
         self.stateFile = stateFile
         self.logger = logger
+        self.events = events
         self.isDraining = isDraining
     }
 
@@ -45,7 +51,8 @@ final class AdminRouter: @unchecked Sendable {
         let path = req.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? req.path
         let routes: [String: [String]] = [
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
-            "/healthz": ["GET"],
+            "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
+            "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -68,30 +75,62 @@ final class AdminRouter: @unchecked Sendable {
                     : AdminResponse(status: 200, body: "{\"status\":\"serving\"}")
             case "/v1/state":
                 return stateResponse(status: 200)
+            case "/v1/events":
+                return AdminResponse(status: 200, body: "", stream: true)
+            case "/v1/ramp":
+                switch method {
+                case "GET":
+                    guard store.state.ramp != nil else { throw AdminError(404, "no_ramp", "no ramp has run since this state began") }
+                    return rampResponse(status: 200)
+                case "POST":
+                    let plan = try Self.rampPlan(req.body)
+                    _ = try mutate(req, action: "ramp \(plan.pool) through \(plan.steps.map { Percent.format(basisPoints: $0) }.joined(separator: ","))", kind: "ramp_started") { state, view throws(AdminError) in
+                        try RoutingCommands.startRamp(plan, state: state, pools: view, now: Date())
+                    }
+                    return rampResponse(status: 201)
+                default:
+                    _ = try mutate(req, action: "ramp aborted", kind: "ramp_aborted") { state, view throws(AdminError) in
+                        try RoutingCommands.abortRamp(state: state, pools: view)
+                    }
+                    return rampResponse(status: 200)
+                }
+            case "/v1/ramp/pause":
+                _ = try mutate(req, action: "ramp paused", kind: "ramp_paused") { state, _ throws(AdminError) in
+                    try RoutingCommands.pauseRamp(state: state)
+                }
+                return rampResponse(status: 200)
+            case "/v1/ramp/resume":
+                _ = try mutate(req, action: "ramp resumed", kind: "ramp_resumed") { state, _ throws(AdminError) in
+                    try RoutingCommands.resumeRamp(state: state, now: Date())
+                }
+                return rampResponse(status: 200)
             case "/v1/switch":
                 let obj = try AdminJSON.object(req.body, allowed: ["pool", "force"])
                 let pool = try AdminJSON.string(obj, "pool", required: true)!
                 let force = try AdminJSON.bool(obj, "force") ?? false
-                return try mutate(req, action: "switch to \(pool)\(force ? " (forced)" : "")") { state, view throws(AdminError) in
+                return try mutate(req, action: "switch to \(pool)\(force ? " (forced)" : "")", kind: "switch") { state, view throws(AdminError) in
                     try RoutingCommands.switchTo(pool, force: force, state: state, pools: view)
                 }
             case "/v1/weights":
-                let obj = try AdminJSON.object(req.body, allowed: ["weights"])
+                let obj = try AdminJSON.object(req.body, allowed: ["weights", "force"])
                 let weights = try AdminJSON.weights(obj, "weights")
+                let force = try AdminJSON.bool(obj, "force") ?? false
                 let text = weights.sorted { $0.key < $1.key }.map { "\($0.key)=\(Percent.format(basisPoints: $0.value))" }.joined(separator: " ")
-                return try mutate(req, action: "weights \(text)") { state, view throws(AdminError) in
-                    try RoutingCommands.setWeights(weights, state: state, pools: view)
+                return try mutate(req, action: "weights \(text)", kind: "weights") { state, view throws(AdminError) in
+                    try RoutingCommands.setWeights(weights, force: force, state: state, pools: view)
                 }
             case "/v1/rollback":
                 if !req.body.isEmpty { _ = try AdminJSON.object(req.body, allowed: []) }
-                return try mutate(req, action: "rollback") { state, view throws(AdminError) in
+                return try mutate(req, action: "rollback", kind: "rollback") { state, view throws(AdminError) in
                     try RoutingCommands.rollback(state: state, pools: view)
                 }
             default:
                 return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
             }
-        } catch {
+        } catch let error as AdminError {
             return .error(error)
+        } catch {
+            return .error(AdminError(500, "internal_error", "\(error)"))
         }
     }
 
@@ -106,7 +145,7 @@ final class AdminRouter: @unchecked Sendable {
         return g
     }
 
-    private func mutate(_ req: AdminRequest, action: String,
+    private func mutate(_ req: AdminRequest, action: String, kind: String,
                         _ change: (RoutingState, RoutingCommands.PoolView) throws(AdminError) -> RoutingState) throws(AdminError) -> AdminResponse {
         let expected = try ifMatch(req.headers)
         let store = self.store
@@ -127,6 +166,10 @@ final class AdminRouter: @unchecked Sendable {
             if let stateFile { scheduleDirectorySync(stateFile) }
             let weights = store.poolNames.map { "\($0)=\(Percent.format(basisPoints: next.weights[$0] ?? 0))" }.joined(separator: " ")
             logger.notice("\(action): generation \(next.generation), live \(next.live), weights \(weights)")
+            events.publish(TurnoutEvent(kind: kind, generation: next.generation, reason: action,
+                                        fields: [("live", JSONWriter.quote(next.live)),
+                                                 ("weights", JSONWriter.weights(next.weights, order: store.poolNames)),
+                                                 ("previous", next.previousWeights.map { JSONWriter.weights($0, order: store.poolNames) } ?? "null")]))
         }
         return stateResponse(status: 200)
     }
@@ -151,7 +194,86 @@ final class AdminRouter: @unchecked Sendable {
     }
 
     private func stateResponse(status: Int) -> AdminResponse {
-        let generation = store.state.generation
-        return AdminResponse(status: status, body: store.stateJSON(), headers: [("ETag", "\"\(generation)\"")])
+        let state = store.state
+        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state)), headers: [("ETag", "\"\(state.generation)\"")])
+    }
+
+    private func rampResponse(status: Int) -> AdminResponse {
+        let state = store.state
+        return AdminResponse(status: status, body: rampJSON(state), headers: [("ETag", "\"\(state.generation)\"")])
+    }
+
+    /// `{"pool":"green","steps":[1,5,25],...}` for `GET /v1/ramp` and the `ramp` field of the state.
+    func rampJSON(_ state: RoutingState) -> String {
+        guard let r = state.ramp else { return "null" }
+        let iso = ISO8601DateFormatter.withFraction
+        func num(_ d: Double?) -> String { d.map { String(format: "%.6g", $0) } ?? "null" }
+        var out = "{\"pool\":\(JSONWriter.quote(r.plan.pool))"
+        out += ",\"steps\":[\(r.plan.steps.map { Percent.format(basisPoints: $0) }.joined(separator: ","))]"
+        out += ",\"interval\":\(JSONWriter.quote(DurationParser.format(milliseconds: r.plan.intervalMs)))"
+        out += ",\"gates\":{\"max_error_rate\":\(num(r.plan.gates.maxErrorRate)),\"max_p99\":"
+        out += (r.plan.gates.maxP99Ms.map { JSONWriter.quote(DurationParser.format(milliseconds: $0)) } ?? "null")
+        out += ",\"min_requests\":\(r.plan.gates.minRequests)}"
+        out += ",\"status\":\(JSONWriter.quote(r.status.rawValue)),\"step\":\(r.step + 1),\"weight\":\(Percent.format(basisPoints: r.currentWeight))"
+        out += ",\"step_started_at\":\(JSONWriter.quote(iso.string(from: r.stepStartedAt)))"
+        let next = r.status == .running ? JSONWriter.quote(iso.string(from: r.stepStartedAt.addingTimeInterval(Double(r.plan.intervalMs) / 1000))) : "null"
+        out += ",\"next_step_at\":\(next)"
+        var records = r.records
+        if r.status == .running, let w = rampWindow(), records.indices.contains(r.step) {
+            records[r.step] = RampStepRecord(weight: r.currentWeight, requests: w.requests, errors: w.errors, p99Ms: w.p99Ms, verdict: "running")
+        }
+        out += ",\"steps_observed\":[" + records.map { rec in
+            "{\"weight\":\(Percent.format(basisPoints: rec.weight)),\"requests\":\(rec.requests),\"errors\":\(rec.errors),\"error_rate\":\(num(rec.errorRate)),\"p99_ms\":\(num(rec.p99Ms)),\"verdict\":\(JSONWriter.quote(rec.verdict))}"
+        }.joined(separator: ",") + "]"
+        out += ",\"reason\":" + (r.reason.map(JSONWriter.quote) ?? "null")
+        out += ",\"pre_ramp\":{\"live\":\(JSONWriter.quote(r.preRampLive)),\"weights\":\(JSONWriter.weights(r.preRampWeights, order: store.poolNames))}}"
+        return out
+    }
+
+    /// Reads `{"pool","steps","interval","gates":{...}}`.
+    static func rampPlan(_ body: [UInt8]) throws(AdminError) -> RampPlan {
+        let obj = try AdminJSON.object(body, allowed: ["pool", "steps", "interval", "gates"])
+        let pool = try AdminJSON.string(obj, "pool", required: true)!
+        guard let rawSteps = obj["steps"] as? [Any] else {
+            throw .badRequest("steps must be a list of percentages, e.g. [1,5,25,50,100]", code: obj["steps"] == nil ? "missing_field" : "wrong_type")
+        }
+        var steps: [Int] = []
+        for (i, v) in rawSteps.enumerated() {
+            guard let bp = try AdminJSON.weights(["s": ["s": v]], "s")["s"] else { continue }
+            _ = i
+            steps.append(bp)
+        }
+        let intervalText = try AdminJSON.string(obj, "interval", required: false) ?? "30s"
+        guard let interval = DurationParser.milliseconds(intervalText) else {
+            throw .badRequest("interval must be a duration such as 30s or 1m", code: "invalid_ramp")
+        }
+        var gates = RampGates()
+        if let g = obj["gates"] {
+            guard let gobj = g as? [String: Any] else { throw .badRequest("gates must be an object", code: "wrong_type") }
+            for key in gobj.keys where !["max_error_rate", "max_p99", "min_requests"].contains(key) {
+                throw .badRequest("unknown gate \"\(key)\" (expected max_error_rate, max_p99, min_requests)", code: "unknown_field")
+            }
+            if let v = gobj["max_error_rate"] {
+                if v is NSNull { gates.maxErrorRate = nil } else {
+                    guard let n = v as? NSNumber, !AdminJSON.isBool(v) else { throw .badRequest("max_error_rate must be a number such as 0.01", code: "wrong_type") }
+                    gates.maxErrorRate = n.doubleValue
+                }
+            }
+            if let v = gobj["max_p99"] {
+                if v is NSNull { gates.maxP99Ms = nil } else {
+                    guard let t = v as? String, let ms = DurationParser.milliseconds(t) else {
+                        throw .badRequest("max_p99 must be a duration such as 500ms", code: "wrong_type")
+                    }
+                    gates.maxP99Ms = ms
+                }
+            }
+            if let v = gobj["min_requests"] {
+                guard let n = v as? NSNumber, !AdminJSON.isBool(v), n.doubleValue == n.doubleValue.rounded(), n.intValue >= 0 else {
+                    throw .badRequest("min_requests must be a whole number", code: "wrong_type")
+                }
+                gates.minRequests = n.intValue
+            }
+        }
+        return RampPlan(pool: pool, steps: steps, intervalMs: interval, gates: gates)
     }
 }

@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TurnoutCore
 
 /// The admin API: HTTP/1.1 + JSON on a Unix socket (mode 0600) and optionally on TCP with a bearer
@@ -146,6 +147,10 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     private var input: [UInt8] = []
     private var deadline: UInt64 = 0
     private var closed = false
+    private var subscription: ObjectIdentifier?
+    /// Event lines queued for this stream and not yet written.
+    private let pendingEvents = PendingCount()
+    static let maxPendingEvents = 1000
 
     init(channel: SocketChannel, server: AdminServer, requiresToken: Bool) {
         self.channel = channel
@@ -161,7 +166,55 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     }
 
     func checkTimeouts(now: UInt64) {
+        if subscription != nil {
+            // Streams live until the client leaves; a comment every 15 s notices dead clients.
+            if now >= deadline {
+                deadline = now + 15_000_000_000
+                channel.write(Array(": keep-alive\n\n".utf8))
+            }
+            if channel.isClosed { shut() }
+            return
+        }
         if now >= deadline || (closed && channel.isClosed) { shut() }
+    }
+
+    /// Turns this connection into a `text/event-stream` of the event bus.
+    private func startStream() {
+        channel.write(Array("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n: turnout events\n\n".utf8))
+        deadline = EventLoop.now() + 15_000_000_000
+        let loop = server.loop
+        let pending = pendingEvents
+        subscription = server.router.events.subscribe { [weak self] line in
+            guard let self else { return false }
+            // Bounded: a reader that falls behind is told and dropped; the proxy never waits for it.
+            let accepted = pending.count.withLock { n -> Bool in
+                if n >= Self.maxPendingEvents { return false }
+                n += 1
+                return true
+            }
+            if !accepted {
+                loop.execute { [weak self] in self?.overflow() }
+                return false
+            }
+            loop.execute { [weak self] in
+                guard let self else { return }
+                pending.count.withLock { $0 -= 1 }
+                guard !self.channel.isClosed else { return }
+                if self.channel.pendingBytes > 4 * 1024 * 1024 {
+                    self.overflow()
+                    return
+                }
+                self.channel.write(Array("data: \(line)\n\n".utf8))
+            }
+            return true
+        }
+    }
+
+    private func overflow() {
+        guard !channel.isClosed else { return }
+        channel.write(Array("event: overflow\ndata: {\"error\":\"this reader fell behind and was dropped\",\"code\":\"overflow\"}\n\n".utf8))
+        closed = true
+        channel.finish()
     }
 
     func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
@@ -239,6 +292,11 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
             } else {
                 response = server.router.handle(AdminRequest(method: head.method, path: head.target, headers: head.headers, body: body))
             }
+            if response.stream {
+                input = []
+                startStream()
+                return
+            }
             reply(response, close: !head.keepAlive, head: head.method == "HEAD")
             deadline = EventLoop.now() + 30_000_000_000
         }
@@ -263,8 +321,17 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     func channelDrained(_ channel: SocketChannel) {}
 
     private func shut() {
+        if let subscription {
+            server.router.events.unsubscribe(subscription)
+            self.subscription = nil
+        }
         closed = true
         channel.close()
         server.loop.unregister(self)
     }
+}
+
+/// The number of event lines queued for one stream.
+final class PendingCount: Sendable {
+    let count = Mutex<Int>(0)
 }

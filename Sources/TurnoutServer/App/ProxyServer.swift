@@ -21,11 +21,14 @@ public final class ProxyServer: @unchecked Sendable {
     let context: ProxyContext
     let group: EventLoopGroup
     let pools: [UpstreamPool]
+    let loopStats: [LoopStats]
     let prober: HealthProber
     private var listeners: [Listener] = []
     private let registry = ConnectionRegistry()
     private let logger: Logger
     let admin: AdminServer
+    let router: AdminRouter
+    private var ramps: RampController?
 
     /// - Parameter adminEnabled: false runs without the admin API (used by nothing but tests of
     ///   the data path that share one machine-wide socket path).
@@ -35,13 +38,14 @@ public final class ProxyServer: @unchecked Sendable {
         self.store = RoutingStore(config: config, state: state)
         self.context = ProxyContext(config: config, store: store, logger: logger)
         let context = self.context
-        let router = AdminRouter(store: store, stateFile: config.stateFile, logger: logger,
+        let router = AdminRouter(store: store, stateFile: config.stateFile, logger: logger, events: context.events,
                                  isDraining: { context.isDraining })
         var token: String?
         if let tokenFile = config.admin.tokenFile {
             token = try AdminServer.readToken(path: tokenFile)
         }
         self.admin = AdminServer(router: router, logger: logger, token: token)
+        self.router = router
         self.group = EventLoopGroup(count: config.effectiveWorkers)
         var pools: [UpstreamPool] = []
         for loop in group.loops {
@@ -50,7 +54,15 @@ public final class ProxyServer: @unchecked Sendable {
             pools.append(pool)
         }
         self.pools = pools
+        self.loopStats = group.loops.map { LoopStats(loop: $0) }
         self.prober = HealthProber(context: context)
+    }
+
+    /// Traffic counters summed over every event loop (each loop's copy is taken on that loop).
+    public func trafficStats() -> TrafficStats {
+        var total = TrafficStats()
+        for s in loopStats { total.add(s.snapshot()) }
+        return total
     }
 
     /// The addresses the listeners are bound to (useful with port 0).
@@ -88,7 +100,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         for l in config.listeners {
             do {
-                listeners.append(try Listener(config: l, group: group, context: context, pools: pools, registry: registry))
+                listeners.append(try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, registry: registry))
             } catch {
                 for opened in listeners { opened.close() }
                 throw StartupError("cannot listen on \(l.address): \(error)")
@@ -103,6 +115,16 @@ public final class ProxyServer: @unchecked Sendable {
             throw error
         }
         admin.start()
+        let loopStats = self.loopStats
+        let ramps = RampController(loop: admin.loop, store: store, stateFile: config.stateFile, events: context.events,
+                                   logger: logger, collectStats: {
+                                       var total = TrafficStats()
+                                       for s in loopStats { total.add(s.snapshot()) }
+                                       return total
+                                   })
+        router.rampWindow = { [unowned ramps] in ramps.window() }
+        ramps.start()
+        self.ramps = ramps
         logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")
         let firstRound = DispatchSemaphore(value: 0)
         prober.start { firstRound.signal() }

@@ -97,6 +97,10 @@ final class HealthProber: @unchecked Sendable {
         trackers[endpoint.id] = tracker
         if let transition {
             context.store.setHealth(endpointID: endpoint.id, transition)
+            context.events.publish(TurnoutEvent(
+                kind: "health", generation: context.store.state.generation, reason: detail,
+                fields: [("pool", JSONWriter.quote(endpoint.pool)), ("endpoint", JSONWriter.quote(endpoint.address.description)),
+                         ("health", JSONWriter.quote(transition.rawValue))]))
             if transition == .healthy {
                 context.logger.notice("endpoint \(endpoint.address) of pool \(endpoint.pool) is healthy (\(detail))")
             } else {

@@ -11,6 +11,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
     unowned let loop: EventLoop
     let context: ProxyContext
     let pool: UpstreamPool
+    let stats: LoopStats
     let clientIP: String
     private let onClose: (ClientConnection) -> Void
 
@@ -26,12 +27,13 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
     private var limits: LimitsConfig { context.config.limits }
     private var timeouts: TimeoutConfig { context.config.timeouts }
 
-    init(channel: SocketChannel, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, clientIP: String,
-         onClose: @escaping (ClientConnection) -> Void) {
+    init(channel: SocketChannel, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats,
+         clientIP: String, onClose: @escaping (ClientConnection) -> Void) {
         self.channel = channel
         self.loop = loop
         self.context = context
         self.pool = pool
+        self.stats = stats
         self.clientIP = clientIP
         self.onClose = onClose
     }
@@ -75,6 +77,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
                     failExchange(ex, status: 504, message: "the upstream did not answer within \(DurationParser.format(milliseconds: timeouts.upstreamResponseMs))")
                 } else {
                     // The response stalled mid-body: the client must not mistake it for complete.
+                    ex.upstreamCut = true
                     abortExchange(ex, reason: "upstream stalled mid-response")
                 }
                 return
@@ -390,6 +393,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
             return
         }
         if !ex.responseComplete {
+            ex.upstreamCut = true
             abortExchange(ex, reason: "upstream closed mid-response")
         }
     }
@@ -487,6 +491,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
                     event = try decoder.next(ex.responseBuffer, index: &index, end: ex.responseBuffer.count)
                 } catch {
                     ex.responseStart = index
+                    ex.upstreamCut = true
                     abortExchange(ex, reason: "upstream sent malformed chunked framing: \(error.message)")
                     return
                 }
@@ -574,6 +579,8 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
         }
         ex.upstream = nil
         ex.endpoint.requestEnded()
+        stats.record(endpoint: ex.endpoint, pool: ex.poolName, status: ex.status, startedAt: ex.startTime,
+                     proxyGenerated: ex.proxyGenerated)
         logAccess(ex, note: nil)
         exchange = nil
         if ex.closeClientAfter || clientEOF || draining || context.isDraining {
@@ -640,6 +647,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
         let close = closeClient || !ex.requestComplete || !ex.head.keepAlive || draining || context.isDraining
         ex.closeClientAfter = close
         ex.status = status
+        ex.proxyGenerated = true
         let bytes = HeaderRewriter.errorResponse(status: status, message: message, close: close)
         channel.write(bytes)
         ex.bytesToClient += Int64(bytes.count)
@@ -661,6 +669,11 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
         }
         ex.endpoint.requestEnded()
         if ex.status == 0 { ex.status = 499 }
+        if ex.responseHeadSent {
+            // A response cut short by the upstream counts as a server error of that endpoint.
+            stats.record(endpoint: ex.endpoint, pool: ex.poolName, status: ex.upstreamCut ? 502 : ex.status,
+                         startedAt: ex.startTime, proxyGenerated: ex.upstreamCut)
+        }
         logAccess(ex, note: reason)
         exchange = nil
         teardown()
@@ -671,6 +684,7 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
         let close = head.hasBody || !head.keepAlive || draining || context.isDraining
         let bytes = HeaderRewriter.errorResponse(status: status, message: message, close: close, extraHeaders: extra)
         channel.write(bytes)
+        stats.record(endpoint: nil, pool: pool, status: status, startedAt: EventLoop.now(), proxyGenerated: status >= 500)
         if let access = context.accessLogger {
             access.info("\(clientIP) \"\(head.method) \(head.target) \(head.version.text)\" \(status) pool=\(pool) endpoint=- bytes=\(bytes.count) duration_ms=0.00")
         }

@@ -46,6 +46,10 @@ final class Exchange {
     /// Extra bytes after the response, or a framing problem: never reuse this upstream connection.
     var upstreamUnreusable = false
     var closeClientAfter = false
+    /// The answer is Turnout's own error (502, 504, ...), not the upstream's.
+    var proxyGenerated = false
+    /// The upstream failed after the response head was sent.
+    var upstreamCut = false
     var setCookie: String?
     var status = 0
     var bytesToClient: Int64 = 0

@@ -17,10 +17,11 @@ final class Listener: @unchecked Sendable {
     private let group: EventLoopGroup
     private let context: ProxyContext
     private let pools: [UpstreamPool]
+    private let stats: [LoopStats]
     private let registry: ConnectionRegistry
 
     init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
-         registry: ConnectionRegistry) throws {
+         stats: [LoopStats], registry: ConnectionRegistry) throws {
         let addresses = try SocketAddress.resolve(config.address.host, port: config.address.port)
         self.fd = try Sockets.listen(on: addresses[0])
         self.address = Sockets.localAddress(fd) ?? addresses[0]
@@ -28,6 +29,7 @@ final class Listener: @unchecked Sendable {
         self.group = group
         self.context = context
         self.pools = pools
+        self.stats = stats
         self.registry = registry
     }
 
@@ -74,11 +76,12 @@ final class Listener: @unchecked Sendable {
             context.openClientConnections.wrappingIncrement(ordering: .relaxed)
             let loop = group.nextLoop()
             let pool = pools[loop.index]
+            let stats = self.stats[loop.index]
             let context = self.context
             let registry = self.registry
             loop.execute {
                 let channel = SocketChannel(fd: client, loop: loop)
-                let conn = ClientConnection(channel: channel, loop: loop, context: context, pool: pool, clientIP: peer) { _ in
+                let conn = ClientConnection(channel: channel, loop: loop, context: context, pool: pool, stats: stats, clientIP: peer) { _ in
                     context.openClientConnections.wrappingDecrement(ordering: .relaxed)
                     registry.connectionClosed()
                 }

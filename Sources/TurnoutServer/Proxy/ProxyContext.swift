@@ -13,6 +13,7 @@ final class ProxyContext: Sendable {
     let logger: Logger
     let accessLogger: Logger?
     let draining = ManagedAtomic<Bool>(false)
+    let events = EventBus()
     /// Client connections open right now, across loops.
     let openClientConnections = ManagedAtomic<Int>(0)
     /// Per endpoint id: the pool config (for idle limits).

@@ -1,0 +1,72 @@
+import Foundation
+import Synchronization
+import TurnoutCore
+
+/// One change Turnout reports on `GET /v1/events`: a switch, a weight change, a rollback, a ramp
+/// step or gate verdict, a health transition.
+public struct TurnoutEvent: Sendable {
+    public var kind: String
+    public var generation: UInt64
+    public var reason: String
+    /// Extra fields, already JSON-encoded values.
+    public var fields: [(String, String)]
+    public var time = Date()
+
+    public init(kind: String, generation: UInt64, reason: String, fields: [(String, String)] = []) {
+        self.kind = kind
+        self.generation = generation
+        self.reason = reason
+        self.fields = fields
+    }
+
+    public var json: String {
+        var out = "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(ISO8601DateFormatter.withFraction.string(from: time)))"
+        out += ",\"reason\":\(JSONWriter.quote(reason))"
+        for (k, v) in fields { out += ",\(JSONWriter.quote(k)):\(v)" }
+        return out + "}"
+    }
+}
+
+extension ISO8601DateFormatter {
+    nonisolated(unsafe) static let withFraction: ISO8601DateFormatter = {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f
+    }()
+}
+
+/// Fans events out to subscribers (event-stream connections). Publishing never blocks: each
+/// subscriber has a bounded queue, and one that falls behind is told and dropped.
+public final class EventBus: Sendable {
+    final class Subscriber: Sendable {
+        let deliver: @Sendable (String) -> Bool
+        init(deliver: @escaping @Sendable (String) -> Bool) { self.deliver = deliver }
+    }
+
+    private let subscribers = Mutex<[ObjectIdentifier: Subscriber]>([:])
+    private let formatterLock = Mutex<Void>(())
+
+    public init() {}
+
+    /// `deliver` returns false when the subscriber cannot keep up; it is then removed.
+    func subscribe(_ deliver: @escaping @Sendable (String) -> Bool) -> ObjectIdentifier {
+        let s = Subscriber(deliver: deliver)
+        let id = ObjectIdentifier(s)
+        subscribers.withLock { $0[id] = s }
+        return id
+    }
+
+    func unsubscribe(_ id: ObjectIdentifier) {
+        _ = subscribers.withLock { $0.removeValue(forKey: id) }
+    }
+
+    public func publish(_ event: TurnoutEvent) {
+        let line = formatterLock.withLock { _ in event.json }
+        let current = subscribers.withLock { Array($0) }
+        for (id, s) in current where !s.deliver(line) {
+            unsubscribe(id)
+        }
+    }
+
+    var subscriberCount: Int { subscribers.withLock { $0.count } }
+}

@@ -1,0 +1,172 @@
+import Dispatch
+import Foundation
+import Logging
+import TurnoutCore
+
+/// Drives a running ramp: every 200 ms it reads the canary's traffic since the step began (summed
+/// over the event loops), asks `RampEngine` what to do, and carries it out through the routing
+/// store (persisted like any mutation), reporting each step and verdict on the event bus.
+/// Runs on the admin loop. After a restart, a persisted ramp resumes at its step with the step
+/// clock restarted.
+final class RampController: @unchecked Sendable {
+    let loop: EventLoop
+    let store: RoutingStore
+    let stateFile: String?
+    let events: EventBus
+    let logger: Logger
+    let collectStats: @Sendable () -> TrafficStats
+    private var timer: DispatchSourceTimer?
+
+    /// The step being watched: (generation when the step started, step index, wall-clock start).
+    private var stepKey: (step: Int, startedAt: Date)?
+    private var baseline = TrafficStats()
+    private var stepStartMono: UInt64 = 0
+    private var lastHold: UInt64 = 0
+    /// The current step's observations, for `GET /v1/ramp`.
+    private(set) var currentWindow: RampWindow?
+
+    init(loop: EventLoop, store: RoutingStore, stateFile: String?, events: EventBus, logger: Logger,
+         collectStats: @escaping @Sendable () -> TrafficStats) {
+        self.loop = loop
+        self.store = store
+        self.stateFile = stateFile
+        self.events = events
+        self.logger = logger
+        self.collectStats = collectStats
+    }
+
+    func start() {
+        loop.execute { [self] in
+            let t = DispatchSource.makeTimerSource(queue: loop.queue)
+            t.schedule(deadline: .now() + .milliseconds(200), repeating: .milliseconds(200), leeway: .milliseconds(20))
+            t.setEventHandler { [unowned self] in self.tick() }
+            t.activate()
+            timer = t
+        }
+    }
+
+    func stop() {
+        loop.queue.sync {
+            timer?.cancel()
+            timer = nil
+        }
+    }
+
+    /// The window of the running step (read on the admin loop).
+    func window() -> RampWindow? { currentWindow }
+
+    private func canaryIDs(_ pool: String) -> [Int] {
+        store.endpoints.first { $0.pool.name == pool }?.endpoints.map(\.id) ?? []
+    }
+
+    private func tick() {
+        let state = store.state
+        guard let ramp = state.ramp, ramp.status == .running else {
+            stepKey = nil
+            currentWindow = nil
+            return
+        }
+        let now = EventLoop.now()
+        if stepKey == nil || stepKey!.step != ramp.step || stepKey!.startedAt != ramp.stepStartedAt {
+            stepKey = (ramp.step, ramp.stepStartedAt)
+            baseline = collectStats()
+            stepStartMono = now
+            lastHold = 0
+            currentWindow = RampWindow(requests: 0, errors: 0, p99Micros: nil)
+            return
+        }
+        let observed = collectStats().since(baseline).pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
+        let window = RampWindow(requests: observed.requests, errors: observed.serverErrors, p99Micros: observed.latency.quantile(0.99))
+        currentWindow = window
+        let table = store.table
+        let healthy = table.poolIndex(named: ramp.plan.pool).map { table.pools[$0].hasHealthyEndpoint } ?? false
+        let elapsedMs = Int64((now - stepStartMono) / 1_000_000)
+        let decision = RampEngine.decide(ramp, window: window, stepElapsedMs: elapsedMs, canaryHealthy: healthy)
+        let record = { (verdict: String) in
+            RampStepRecord(weight: ramp.currentWeight, requests: window.requests, errors: window.errors, p99Ms: window.p99Ms, verdict: verdict)
+        }
+        switch decision {
+        case .none:
+            return
+        case .hold(let why):
+            if lastHold == 0 || now - lastHold >= UInt64(ramp.plan.intervalMs) * 1_000_000 {
+                lastHold = now
+                publishVerdict(ramp, window: window, verdict: "held", reason: why, generation: state.generation)
+            }
+        case .advance:
+            apply(ramp, verdict: "passed", window: window) { s, view in
+                RoutingCommands.advanceRamp(state: s, pools: view, observed: record("passed"), now: Date())
+            }
+        case .complete:
+            apply(ramp, verdict: "passed", window: window) { s, view in
+                RoutingCommands.completeRamp(state: s, pools: view, observed: record("passed"))
+            }
+        case .rollback(let reason, let verdict):
+            apply(ramp, verdict: verdict, window: window, reason: reason) { s, view in
+                RoutingCommands.rollbackRamp(state: s, pools: view, observed: record(verdict), reason: reason)
+            }
+        }
+    }
+
+    /// Applies a ramp transition if the ramp is still at the step it was judged on.
+    private func apply(_ judged: RampState, verdict: String, window: RampWindow, reason: String? = nil,
+                       _ change: @escaping (RoutingState, RoutingCommands.PoolView) -> RoutingState) {
+        let stateFile = self.stateFile
+        let store = self.store
+        let next: RoutingState
+        do {
+            next = try store.mutate({ (s: RoutingState, health: [Int: HealthStatus]) throws(AdminError) -> RoutingState in
+                guard let r = s.ramp, r.status == .running, r.step == judged.step, r.stepStartedAt == judged.stepStartedAt else {
+                    return s  // an operator got there first
+                }
+                return change(s, store.poolView(health: health))
+            }, persist: { (n: RoutingState) throws(AdminError) in
+                guard let stateFile else { return }
+                do { try StateFile.write(n, to: stateFile) } catch {
+                    throw AdminError(500, "state_write_failed", "\(error)")
+                }
+            })
+        } catch {
+            logger.error("ramp: cannot apply \(verdict): \(error); will retry")
+            return
+        }
+        guard let ramp = next.ramp else { return }
+        publishVerdict(judged, window: window, verdict: verdict, reason: reason ?? "gates passed", generation: next.generation)
+        let weights = store.poolNames.map { "\($0)=\(Percent.format(basisPoints: next.weights[$0] ?? 0))" }.joined(separator: " ")
+        switch ramp.status {
+        case .running:
+            logger.notice("ramp \(ramp.plan.pool): step \(ramp.step + 1)/\(ramp.plan.steps.count) at \(Percent.format(basisPoints: ramp.currentWeight))%, weights \(weights)")
+            events.publish(TurnoutEvent(kind: "ramp_step", generation: next.generation,
+                                        reason: "step \(ramp.step + 1) of \(ramp.plan.steps.count)",
+                                        fields: [("pool", JSONWriter.quote(ramp.plan.pool)), ("step", "\(ramp.step + 1)"),
+                                                 ("weight", Percent.format(basisPoints: ramp.currentWeight)),
+                                                 ("weights", JSONWriter.weights(next.weights, order: store.poolNames))]))
+        case .completed:
+            logger.notice("ramp \(ramp.plan.pool) completed: live \(next.live), weights \(weights)")
+            events.publish(TurnoutEvent(kind: "ramp_completed", generation: next.generation, reason: "all steps passed",
+                                        fields: [("pool", JSONWriter.quote(ramp.plan.pool)), ("live", JSONWriter.quote(next.live)),
+                                                 ("weights", JSONWriter.weights(next.weights, order: store.poolNames))]))
+        case .rolledBack:
+            logger.warning("ramp \(ramp.plan.pool) rolled back: \(ramp.reason ?? "")")
+            events.publish(TurnoutEvent(kind: "rollback", generation: next.generation, reason: ramp.reason ?? verdict,
+                                        fields: [("pool", JSONWriter.quote(ramp.plan.pool)), ("cause", JSONWriter.quote(verdict)),
+                                                 ("weights", JSONWriter.weights(next.weights, order: store.poolNames))]))
+        default:
+            break
+        }
+    }
+
+    private func publishVerdict(_ ramp: RampState, window: RampWindow, verdict: String, reason: String, generation: UInt64) {
+        var fields: [(String, String)] = [
+            ("pool", JSONWriter.quote(ramp.plan.pool)), ("step", "\(ramp.step + 1)"),
+            ("weight", Percent.format(basisPoints: ramp.currentWeight)), ("verdict", JSONWriter.quote(verdict)),
+            ("requests", "\(window.requests)"), ("errors", "\(window.errors)"),
+            ("error_rate", String(format: "%.6f", window.errorRate)),
+            ("p99_ms", window.p99Ms.map { String(format: "%.3f", $0) } ?? "null"),
+        ]
+        fields.append(("max_error_rate", ramp.plan.gates.maxErrorRate.map { "\($0)" } ?? "null"))
+        fields.append(("max_p99_ms", ramp.plan.gates.maxP99Ms.map { "\($0)" } ?? "null"))
+        fields.append(("min_requests", "\(ramp.plan.gates.minRequests)"))
+        events.publish(TurnoutEvent(kind: "gate", generation: generation, reason: reason, fields: fields))
+    }
+}
