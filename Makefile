@@ -3,7 +3,7 @@ SWIFT      ?= swift
 PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Debian packages the build and the tests need.
-APT_PACKAGES := pkg-config libnghttp2-dev libssl-dev curl iproute2 python3 python3-pip
+APT_PACKAGES := pkg-config libnghttp2-dev libssl-dev curl iproute2 python3 python3-pip prometheus
 RELEASE_BIN := .build/release/turnout
 
 .PHONY: all deps build build-debug demo test unit-test integration-test check-config bench-switch clean
@@ -14,7 +14,7 @@ deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@command -v $(SWIFT) >/dev/null || { echo "swift 6.1 or newer is required (https://www.swift.org/install/linux/)"; exit 1; }
 	@$(PYTHON) -c 'import pytest' 2>/dev/null || $(PYTHON) -m pip install -q pytest 2>/dev/null \

@@ -36,6 +36,8 @@ final class AdminRouter: @unchecked Sendable {
     let events: EventBus
     /// The running ramp step's observations (set once the ramp controller exists).
     var rampWindow: () -> RampWindow? = { nil }
+    /// The Prometheus exposition (set by the server, which owns the counters).
+    var metrics: () -> String = { "" }
 
     static let maxBody = 64 * 1024
 
@@ -52,7 +54,7 @@ final class AdminRouter: @unchecked Sendable {
         let routes: [String: [String]] = [
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
             "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
-            "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"],
+            "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -77,6 +79,8 @@ final class AdminRouter: @unchecked Sendable {
                 return stateResponse(status: 200)
             case "/v1/events":
                 return AdminResponse(status: 200, body: "", stream: true)
+            case "/metrics":
+                return AdminResponse(status: 200, body: metrics(), headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             case "/v1/ramp":
                 switch method {
                 case "GET":

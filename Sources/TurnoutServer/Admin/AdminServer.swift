@@ -303,9 +303,10 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     }
 
     private func reply(_ r: AdminResponse, close: Bool, head: Bool = false) {
-        let body = Array((r.body + "\n").utf8)
+        let body = Array((r.body.hasSuffix("\n") ? r.body : r.body + "\n").utf8)
         var out = "HTTP/1.1 \(r.status) \(HeaderRewriter.reasonPhrase(r.status))\r\n"
-        out += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\nCache-Control: no-store\r\n"
+        if !r.headers.contains(where: { $0.0 == "Content-Type" }) { out += "Content-Type: application/json\r\n" }
+        out += "Content-Length: \(body.count)\r\nCache-Control: no-store\r\n"
         for (k, v) in r.headers { out += "\(k): \(v)\r\n" }
         if close { out += "Connection: close\r\n" }
         out += "\r\n"

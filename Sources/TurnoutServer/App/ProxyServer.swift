@@ -65,6 +65,18 @@ public final class ProxyServer: @unchecked Sendable {
         return total
     }
 
+    /// Upstream connections per endpoint id, summed over the loops.
+    func upstreamConnectionCounts() -> [Int: (open: Int, idle: Int)] {
+        var out: [Int: (open: Int, idle: Int)] = [:]
+        for p in pools {
+            for (id, c) in p.connectionCounts() {
+                out[id, default: (0, 0)].open += c.open
+                out[id, default: (0, 0)].idle += c.idle
+            }
+        }
+        return out
+    }
+
     /// The addresses the listeners are bound to (useful with port 0).
     public var boundAddresses: [SocketAddress] { listeners.map(\.address) }
 
@@ -123,6 +135,12 @@ public final class ProxyServer: @unchecked Sendable {
                                        return total
                                    })
         router.rampWindow = { [unowned ramps] in ramps.window() }
+        router.metrics = { [unowned self] in
+            var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
+                                    connections: upstreamConnectionCounts(),
+                                    clientConnections: context.openClientConnections.load(ordering: .relaxed))
+            return r.render()
+        }
         ramps.start()
         self.ramps = ramps
         logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")

@@ -13,6 +13,10 @@ final class HealthProber: @unchecked Sendable {
     private var firstRoundPending: Set<Int> = []
     private var firstRoundDone: (@Sendable () -> Void)?
     private var stopped = false
+    /// Probe results per endpoint id: (passed, failed). Loop-confined; read with `probeCounts()`.
+    private var results: [Int: (pass: UInt64, fail: UInt64)] = [:]
+
+    func probeCounts() -> [Int: (pass: UInt64, fail: UInt64)] { loop.queue.sync { results } }
 
     init(context: ProxyContext) {
         self.context = context
@@ -93,6 +97,7 @@ final class HealthProber: @unchecked Sendable {
 
     private func record(_ endpoint: UpstreamEndpoint, passed: Bool, detail: String) {
         guard !stopped, var tracker = trackers[endpoint.id] else { return }
+        if passed { results[endpoint.id, default: (0, 0)].pass += 1 } else { results[endpoint.id, default: (0, 0)].fail += 1 }
         let transition = tracker.record(passed: passed)
         trackers[endpoint.id] = tracker
         if let transition {

@@ -73,6 +73,16 @@ final class UpstreamPool: @unchecked Sendable {
 
     var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
 
+    /// Open and idle connections per endpoint id, taken on the loop.
+    func connectionCounts() -> [Int: (open: Int, idle: Int)] {
+        loop.queue.sync {
+            var out: [Int: (open: Int, idle: Int)] = [:]
+            for (id, n) in openCount { out[id, default: (0, 0)].open = n }
+            for (id, list) in idle { out[id, default: (0, 0)].idle = list.filter { !$0.isClosed }.count }
+            return out
+        }
+    }
+
     private func isHealthy(_ endpoint: UpstreamEndpoint) -> Bool {
         let table = context.store.table
         for p in table.pools where p.name == endpoint.pool {

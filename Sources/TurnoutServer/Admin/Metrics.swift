@@ -1,0 +1,148 @@
+import Foundation
+import TurnoutCore
+
+/// `GET /metrics`: the Prometheus text exposition (format 0.0.4) of traffic, latency, health,
+/// routing and connection counters.
+struct MetricsRenderer {
+    let store: RoutingStore
+    let traffic: TrafficStats
+    let probes: [Int: (pass: UInt64, fail: UInt64)]
+    let connections: [Int: (open: Int, idle: Int)]
+    let clientConnections: Int
+
+    /// Histogram bucket edges in seconds.
+    static let buckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+    private var out = ""
+
+    init(store: RoutingStore, traffic: TrafficStats, probes: [Int: (pass: UInt64, fail: UInt64)],
+         connections: [Int: (open: Int, idle: Int)], clientConnections: Int) {
+        self.store = store
+        self.traffic = traffic
+        self.probes = probes
+        self.connections = connections
+        self.clientConnections = clientConnections
+    }
+
+    static func label(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    private mutating func family(_ name: String, _ type: String, _ help: String) {
+        out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+    }
+
+    private mutating func sample(_ name: String, _ labels: [(String, String)], _ value: String) {
+        if labels.isEmpty {
+            out += "\(name) \(value)\n"
+        } else {
+            out += "\(name){" + labels.map { "\($0.0)=\"\(Self.label($0.1))\"" }.joined(separator: ",") + "} \(value)\n"
+        }
+    }
+
+    static func seconds(_ micros: UInt64) -> String { String(format: "%.6f", Double(micros) / 1_000_000) }
+
+    mutating func render() -> String {
+        let (state, health) = store.snapshot()
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+
+        family("turnout_requests_total", "counter", "Responses sent to clients, by pool, endpoint and status class (endpoint \"none\": no healthy endpoint was found).")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let s = traffic.endpoints[e.id] ?? EndpointStats()
+                for (i, c) in classes.enumerated() {
+                    sample("turnout_requests_total", [("pool", entry.pool.name), ("endpoint", e.address.description), ("class", c)], "\(s.byClass[i + 1])")
+                }
+            }
+            let none = traffic.poolOnly[entry.pool.name] ?? EndpointStats()
+            for (i, c) in classes.enumerated() {
+                sample("turnout_requests_total", [("pool", entry.pool.name), ("endpoint", "none"), ("class", c)], "\(none.byClass[i + 1])")
+            }
+        }
+
+        family("turnout_proxy_errors_total", "counter", "502, 503 and 504 answers Turnout generated, counted against the pool the request was meant for.")
+        for entry in store.endpoints {
+            let ids = entry.endpoints.map(\.id)
+            sample("turnout_proxy_errors_total", [("pool", entry.pool.name)], "\(traffic.pool(entry.pool.name, endpointIDs: ids).proxyErrors)")
+        }
+
+        family("turnout_request_duration_seconds", "histogram", "Time from a complete request head to the end of the response, by pool (bucket edges are exact to about 6%).")
+        for entry in store.endpoints {
+            let h = traffic.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).latency
+            for b in Self.buckets {
+                sample("turnout_request_duration_seconds_bucket", [("pool", entry.pool.name), ("le", String(b))], "\(h.count(atMost: UInt64(b * 1_000_000)))")
+            }
+            sample("turnout_request_duration_seconds_bucket", [("pool", entry.pool.name), ("le", "+Inf")], "\(h.total)")
+            sample("turnout_request_duration_seconds_sum", [("pool", entry.pool.name)], Self.seconds(h.sumMicros))
+            sample("turnout_request_duration_seconds_count", [("pool", entry.pool.name)], "\(h.total)")
+        }
+
+        family("turnout_endpoint_request_duration_seconds", "summary", "Latency quantiles per endpoint since start.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let h = traffic.endpoints[e.id]?.latency ?? LatencyHistogram()
+                for q in [0.5, 0.9, 0.99] {
+                    let v = h.quantile(q).map(Self.seconds) ?? "NaN"
+                    sample("turnout_endpoint_request_duration_seconds", [("pool", entry.pool.name), ("endpoint", e.address.description), ("quantile", String(q))], v)
+                }
+                sample("turnout_endpoint_request_duration_seconds_sum", [("pool", entry.pool.name), ("endpoint", e.address.description)], Self.seconds(h.sumMicros))
+                sample("turnout_endpoint_request_duration_seconds_count", [("pool", entry.pool.name), ("endpoint", e.address.description)], "\(h.total)")
+            }
+        }
+
+        family("turnout_in_flight_requests", "gauge", "Requests being served by each endpoint now.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                sample("turnout_in_flight_requests", [("pool", entry.pool.name), ("endpoint", e.address.description)], "\(max(0, e.inFlight.load(ordering: .relaxed)))")
+            }
+        }
+
+        family("turnout_endpoint_healthy", "gauge", "1 when the endpoint takes traffic, 0 when unhealthy or not yet probed.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                sample("turnout_endpoint_healthy", [("pool", entry.pool.name), ("endpoint", e.address.description)], health[e.id] == .healthy ? "1" : "0")
+            }
+        }
+
+        family("turnout_health_probes_total", "counter", "Health probe results per endpoint.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let p = probes[e.id] ?? (0, 0)
+                sample("turnout_health_probes_total", [("pool", entry.pool.name), ("endpoint", e.address.description), ("result", "pass")], "\(p.pass)")
+                sample("turnout_health_probes_total", [("pool", entry.pool.name), ("endpoint", e.address.description), ("result", "fail")], "\(p.fail)")
+            }
+        }
+
+        family("turnout_upstream_connections", "gauge", "Upstream connections per endpoint, open (busy and idle) and idle.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let c = connections[e.id] ?? (0, 0)
+                sample("turnout_upstream_connections", [("pool", entry.pool.name), ("endpoint", e.address.description), ("state", "open")], "\(c.open)")
+                sample("turnout_upstream_connections", [("pool", entry.pool.name), ("endpoint", e.address.description), ("state", "idle")], "\(c.idle)")
+            }
+        }
+
+        family("turnout_client_connections", "gauge", "Client connections open now.")
+        sample("turnout_client_connections", [], "\(clientConnections)")
+
+        family("turnout_pool_weight_percent", "gauge", "Current traffic weight of each pool in percent.")
+        for name in store.poolNames {
+            sample("turnout_pool_weight_percent", [("pool", name)], Percent.format(basisPoints: state.weights[name] ?? 0))
+        }
+        family("turnout_pool_live", "gauge", "1 for the live pool.")
+        for name in store.poolNames { sample("turnout_pool_live", [("pool", name)], name == state.live ? "1" : "0") }
+
+        family("turnout_generation", "gauge", "Generation of the routing state (bumped by every change).")
+        sample("turnout_generation", [], "\(state.generation)")
+
+        family("turnout_ramp_step", "gauge", "Current ramp step (1-based), 0 without a ramp.")
+        sample("turnout_ramp_step", [], state.ramp.map { "\($0.step + 1)" } ?? "0")
+        family("turnout_ramp_weight_percent", "gauge", "The ramping pool's weight at the current step, 0 without a ramp.")
+        sample("turnout_ramp_weight_percent", [], state.ramp.map { Percent.format(basisPoints: $0.currentWeight) } ?? "0")
+        family("turnout_ramp_status", "gauge", "1 for the status of the current or last ramp.")
+        for st in ["running", "paused", "completed", "rolled_back", "aborted"] {
+            sample("turnout_ramp_status", [("status", st)], state.ramp?.status.rawValue == st ? "1" : "0")
+        }
+        return out
+    }
+}
