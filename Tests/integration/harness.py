@@ -79,7 +79,7 @@ class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
-                 timeouts="", workers=2, args=(), admin_extra=""):
+                 timeouts="", workers=2, args=(), admin_extra="", state_file=True):
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.config_path = os.path.join(self.dir, "turnout.yaml")
         pool_lines = "\n".join(
@@ -91,8 +91,8 @@ class Turnout:
             f"workers: {workers}\n"
             "listeners:\n  - address: 127.0.0.1:0\n"
             f"admin:\n  socket: {self.dir}/admin.sock\n{admin_extra}"
-            f"state_file: {self.dir}/state.json\n"
-            f"pools:\n{pool_lines}\n"
+            + (f"state_file: {self.dir}/state.json\n" if state_file else "")
+            + f"pools:\n{pool_lines}\n"
             f"routing:\n{weight_text}  preview_header: X-Turnout-Pool\n{extra}"
             f"health: {health}\n"
             + (f"timeouts: {timeouts}\n" if timeouts else "")

@@ -228,3 +228,43 @@ def test_cli_ramp_commands(blue_green):
     assert out.returncode == 0 and "aborted" in out.stdout
     assert run_cli("ramp", "abort", "--admin", t.admin_socket).returncode == 1
     assert run_cli("ramp", "green", "--admin", t.admin_socket).returncode == 2
+
+
+def test_a_reader_that_falls_behind_is_dropped_and_the_proxy_keeps_going(cleanup):
+    from harness import UnixHTTPConnection
+    blue, green = Upstream("blue"), Upstream("green")
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]}, state_file=False)
+    cleanup.append(t)
+    stalled = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(t.admin_socket)
+    stalled.sendall(b"GET /v1/events HTTP/1.1\r\nHost: t\r\n\r\n")
+    live = EventReader(t)
+    admin = UnixHTTPConnection(t.admin_socket)
+    proxy = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    started = time.monotonic()
+    for i in range(6000):
+        w = 1 + i % 98
+        admin.request("PUT", "/v1/weights", body=json.dumps({"weights": {"blue": 100 - w, "green": w}}),
+                      headers={"Content-Type": "application/json"})
+        r = admin.getresponse()
+        r.read()
+        assert r.status == 200
+        if i % 500 == 0:
+            proxy.request("GET", "/")
+            pr = proxy.getresponse()
+            pr.read()
+            assert pr.status == 200
+    assert time.monotonic() - started < 60
+    # The stalled reader was told and dropped: reading what is buffered ends with the overflow notice.
+    stalled.settimeout(10)
+    data = b""
+    while True:
+        chunk = stalled.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    assert b"event: overflow" in data
+    # A reader that keeps up saw every change.
+    wait_for(lambda: sum(1 for e in live.events if e["kind"] == "weights") == 6000, timeout=20, what="all events")

@@ -151,6 +151,8 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     /// Event lines queued for this stream and not yet written.
     private let pendingEvents = PendingCount()
     static let maxPendingEvents = 1000
+    /// Bytes an event stream may have queued in user space before its reader is dropped.
+    static let maxPendingBytes = 1024 * 1024
 
     init(channel: SocketChannel, server: AdminServer, requiresToken: Bool) {
         self.channel = channel
@@ -200,7 +202,7 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
                 guard let self else { return }
                 pending.count.withLock { $0 -= 1 }
                 guard !self.channel.isClosed else { return }
-                if self.channel.pendingBytes > 4 * 1024 * 1024 {
+                if self.channel.pendingBytes > Self.maxPendingBytes {
                     self.overflow()
                     return
                 }
