@@ -41,7 +41,8 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 class Upstream:
     """An upstream.py process."""
 
-    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None):
+    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None):
+        self.delay_file = delay_file
         self.name = name
         self.port = port or free_port()
         self.unhealthy_file = unhealthy_file
@@ -55,6 +56,8 @@ class Upstream:
             args += ["--unhealthy-file", self.unhealthy_file]
         if self.fail_file:
             args += ["--fail-file", self.fail_file]
+        if self.delay_file:
+            args += ["--delay-file", self.delay_file]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):

@@ -44,12 +44,28 @@ def test_metrics_count_traffic_health_and_routing(blue_green):
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) is not installed")
-def test_metrics_pass_promtool(blue_green):
+def test_metrics_pass_promtool_on_a_scrape_under_load(blue_green):
+    import threading
     t, _, _ = blue_green()
-    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
-    for _ in range(20):
-        c.request("GET", "/")
-        c.getresponse().read()
     admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [10, 100], "interval": "1m"})
-    out = subprocess.run(["promtool", "check", "metrics"], input=scrape(t), capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, out.stdout + out.stderr
+    stop = threading.Event()
+
+    def load():
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+        while not stop.is_set():
+            c.request("GET", "/")
+            c.getresponse().read()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        for _ in range(5):
+            text = scrape(t)
+            out = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert 'turnout_ramp_status{status="running"} 1' in text

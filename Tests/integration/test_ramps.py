@@ -26,11 +26,12 @@ class Load:
         c = http.client.HTTPConnection("127.0.0.1", self.t.port, timeout=10)
         while not self.stop.is_set():
             try:
+                sent = time.monotonic()
                 c.request("GET", "/")
                 r = c.getresponse()
                 r.read()
                 with self.lock:
-                    self.results.append((r.getheader("X-Served-By"), r.status))
+                    self.results.append((r.getheader("X-Served-By"), r.status, sent))
             except Exception:
                 c = http.client.HTTPConnection("127.0.0.1", self.t.port, timeout=10)
 
@@ -98,6 +99,9 @@ def test_a_healthy_ramp_ends_live_and_each_step_has_its_split(blue_green):
     # canary requests counted in a step divided by all requests in that step is the weight.
     gates = [e for e in events.events if e["kind"] == "gate" and e["verdict"] == "passed"]
     assert [g["weight"] for g in gates] == [10, 25, 50, 100]
+    for g in gates:
+        expected = g["total_requests"] * g["weight"] / 100
+        assert g["requests"] >= 50 and abs(g["requests"] - expected) <= 2, g
     steps = [e for e in events.events if e["kind"] == "ramp_step"]
     assert [s["weight"] for s in steps] == [25, 50, 100]
     assert "ramp_completed" in events.kinds()
@@ -134,10 +138,15 @@ def test_errors_on_the_canary_roll_back_before_the_step_ends(cleanup, tmp_path):
         fail.write_text("0.2")
         wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="rollback")
         elapsed = time.monotonic() - step_started
+        seen_rolled_back = time.monotonic()
+        n = load.count()
+        wait_for(lambda: load.count() >= n + 200, what="more requests after the rollback")
     finally:
         load.close()
     ramp = admin_call(t, "GET", "/v1/ramp")[1]
-    assert ramp["status"] == "rolled_back" and "error rate" in ramp["reason"]
+    assert ramp["status"] == "rolled_back" and ramp["reason"].startswith("error rate")
+    after = [pool for pool, _, sent in load.results if sent > seen_rolled_back]
+    assert len(after) >= 200 and set(after) == {"blue"}, "a request reached green after the rollback was in force"
     assert elapsed < 2.0, f"rollback took {elapsed:.2f}s, the step interval is 2s"
     state = admin_call(t, "GET", "/v1/state")[1]
     assert state["weights"] == {"blue": 100, "green": 0} and state["live"] == "blue"
@@ -202,16 +211,47 @@ def test_bad_ramps_are_refused(blue_green, body, code):
     assert admin_call(t, "GET", "/v1/state")[1]["ramp"] is None
 
 
-def test_a_ramp_survives_a_restart_at_its_step(blue_green):
+def test_a_ramp_killed_during_step_2_continues_from_step_2_and_finishes(blue_green):
     t, _, _ = blue_green()
-    admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [20, 60, 100], "interval": "1m",
-                                        "gates": {"min_requests": 0}})
-    t.proc.send_signal(signal.SIGKILL)
-    t.proc.wait()
-    t.start()
+    load = Load(t)
+    try:
+        admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [20, 60, 100], "interval": "1500ms",
+                                            "gates": {"min_requests": 20}})
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["step"] == 2, timeout=30, what="step 2")
+        t.proc.send_signal(signal.SIGKILL)
+        t.proc.wait()
+        t.start()
+        ramp = admin_call(t, "GET", "/v1/ramp")[1]
+        assert ramp["status"] == "running" and ramp["step"] == 2 and ramp["weight"] == 60
+        assert admin_call(t, "GET", "/v1/state")[1]["weights"] == {"blue": 40, "green": 60}
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the ramp to finish")
+    finally:
+        load.close()
     ramp = admin_call(t, "GET", "/v1/ramp")[1]
-    assert ramp["status"] == "running" and ramp["step"] == 1 and ramp["weight"] == 20
-    assert admin_call(t, "GET", "/v1/state")[1]["weights"] == {"blue": 80, "green": 20}
+    assert ramp["status"] == "completed" and [s["verdict"] for s in ramp["steps_observed"]] == ["passed"] * 3
+    assert admin_call(t, "GET", "/v1/state")[1]["live"] == "green"
+
+
+def test_a_slow_canary_rolls_back_with_reason_latency(cleanup, tmp_path):
+    slow = tmp_path / "slow"
+    slow.write_text("300")
+    blue = Upstream("blue")
+    green = Upstream("green", delay_file=str(slow))
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]})
+    cleanup.append(t)
+    events = EventReader(t)
+    load = Load(t, clients=4)
+    try:
+        admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [50, 100], "interval": "1m",
+                                            "gates": {"max_p99": "100ms", "min_requests": 5}})
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="rollback")
+    finally:
+        load.close()
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["status"] == "rolled_back" and ramp["reason"].startswith("latency"), ramp
+    breach = [e for e in events.events if e["kind"] == "gate" and e["verdict"] == "breached"]
+    assert breach and breach[0]["p99_ms"] > 100 and breach[0]["max_p99_ms"] == 100
 
 
 def test_cli_ramp_commands(blue_green):

@@ -13,6 +13,7 @@ Paths:
   /reset              closes the connection with a TCP reset, no response
   /partial            promises 100 bytes, sends 10, closes
   /                   with --fail-file: 500 for the fraction of requests written in that file
+  /                   with --delay-file: answers after the milliseconds written in that file
   /stats              JSON: data connections accepted and requests served (probes excluded)
   anything else       200 with the server's name as body and X-Served-By header
 """
@@ -53,6 +54,7 @@ class Handler(BaseHTTPRequestHandler):
     unhealthy_file = None
     fail_file = None
     fail_counter = 0
+    delay_file = None
 
     def setup(self):
         super().setup()
@@ -131,6 +133,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_plain(200, body, [("Content-Type", "application/json")])
             return
         n, _ = self.read_body()
+        if self.delay_file and url.path == "/" and os.path.exists(self.delay_file):
+            time.sleep(float(open(self.delay_file).read().strip() or "0") / 1000)
         if self.fail_file and url.path == "/" and os.path.exists(self.fail_file):
             # Answer 500 to every k-th request, k = 1 / the fraction in the file.
             every = max(1, round(1 / float(open(self.fail_file).read().strip() or "1")))
@@ -204,7 +208,9 @@ def main():
     p.add_argument("--name", required=True)
     p.add_argument("--unhealthy-file")
     p.add_argument("--fail-file", help="while it exists, answer 500 to this fraction of / requests")
+    p.add_argument("--delay-file", help="while it exists, delay / by the milliseconds written in it")
     a = p.parse_args()
+    Handler.delay_file = a.delay_file
     Handler.name = a.name
     Handler.unhealthy_file = a.unhealthy_file
     Handler.fail_file = a.fail_file

@@ -97,10 +97,13 @@ public struct RampWindow: Sendable, Equatable {
     public var requests: UInt64
     public var errors: UInt64
     public var p99Micros: UInt64?
-    public init(requests: UInt64, errors: UInt64, p99Micros: UInt64?) {
+    /// Requests of every pool in the same window (to show the split).
+    public var totalRequests: UInt64
+    public init(requests: UInt64, errors: UInt64, p99Micros: UInt64?, totalRequests: UInt64 = 0) {
         self.requests = requests
         self.errors = errors
         self.p99Micros = p99Micros
+        self.totalRequests = totalRequests
     }
     public var errorRate: Double { requests == 0 ? 0 : Double(errors) / Double(requests) }
     public var p99Ms: Double? { p99Micros.map { Double($0) / 1000 } }
@@ -127,12 +130,12 @@ public enum RampEngine {
         let judged = window.requests >= UInt64(gates.minRequests) && window.requests > 0
         if judged {
             if let max = gates.maxErrorRate, window.errorRate > max {
-                return .rollback(reason: String(format: "error rate %.2f%% over %.2f%% (%llu of %llu requests)",
+                return .rollback(reason: String(format: "error rate: %.2f%% over %.2f%% (%llu of %llu requests)",
                                                 window.errorRate * 100, max * 100, window.errors, window.requests),
                                  verdict: "breached")
             }
             if let max = gates.maxP99Ms, let p99 = window.p99Ms, p99 > Double(max) {
-                return .rollback(reason: String(format: "p99 %.1fms over %lldms", p99, max), verdict: "breached")
+                return .rollback(reason: String(format: "latency: p99 %.1fms over %lldms", p99, max), verdict: "breached")
             }
         }
         guard stepElapsedMs >= ramp.plan.intervalMs else { return .none }

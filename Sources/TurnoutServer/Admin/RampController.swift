@@ -75,8 +75,12 @@ final class RampController: @unchecked Sendable {
             currentWindow = RampWindow(requests: 0, errors: 0, p99Micros: nil)
             return
         }
-        let observed = collectStats().since(baseline).pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
-        let window = RampWindow(requests: observed.requests, errors: observed.serverErrors, p99Micros: observed.latency.quantile(0.99))
+        let delta = collectStats().since(baseline)
+        let observed = delta.pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
+        var total: UInt64 = 0
+        for entry in store.endpoints { total += delta.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).requests }
+        let window = RampWindow(requests: observed.requests, errors: observed.serverErrors,
+                                p99Micros: observed.latency.quantile(0.99), totalRequests: total)
         currentWindow = window
         let table = store.table
         let healthy = table.poolIndex(named: ramp.plan.pool).map { table.pools[$0].hasHealthyEndpoint } ?? false
@@ -160,7 +164,7 @@ final class RampController: @unchecked Sendable {
         var fields: [(String, String)] = [
             ("pool", JSONWriter.quote(ramp.plan.pool)), ("step", "\(ramp.step + 1)"),
             ("weight", Percent.format(basisPoints: ramp.currentWeight)), ("verdict", JSONWriter.quote(verdict)),
-            ("requests", "\(window.requests)"), ("errors", "\(window.errors)"),
+            ("requests", "\(window.requests)"), ("errors", "\(window.errors)"), ("total_requests", "\(window.totalRequests)"),
             ("error_rate", String(format: "%.6f", window.errorRate)),
             ("p99_ms", window.p99Ms.map { String(format: "%.3f", $0) } ?? "null"),
         ]
