@@ -6,7 +6,7 @@ SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 APT_PACKAGES := pkg-config libnghttp2-dev libssl-dev curl iproute2 python3 python3-pip prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps build build-debug demo test unit-test integration-test check-config bench-switch clean
+.PHONY: all deps build build-debug demo test unit-test integration-test check-config bench-switch bench-rollback clean
 
 all: build
 
@@ -47,3 +47,7 @@ clean:
 bench-switch: build
 	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
 	$(PYTHON) Benchmarks/switch_latency.py --switches 500
+
+# Time from a ramp gate breach becoming measurable to the rollback being in force.
+bench-rollback: build deps
+	$(PYTHON) Benchmarks/ramp_rollback_latency.py --runs 10

@@ -3,7 +3,7 @@ import Foundation
 import Logging
 import TurnoutCore
 
-/// Drives a running ramp: every 200 ms it reads the canary's traffic since the step began (summed
+/// Drives a running ramp: every 50 ms it reads the canary's traffic since the step began (summed
 /// over the event loops), asks `RampEngine` what to do, and carries it out through the routing
 /// store (persisted like any mutation), reporting each step and verdict on the event bus.
 /// Runs on the admin loop. After a restart, a persisted ramp resumes at its step with the step
@@ -16,6 +16,8 @@ final class RampController: @unchecked Sendable {
     let logger: Logger
     let collectStats: @Sendable () -> TrafficStats
     private var timer: DispatchSourceTimer?
+    /// How often a running ramp is judged; a breach is acted on within one tick.
+    static let tickMs = 50
 
     /// The step being watched: (generation when the step started, step index, wall-clock start).
     private var stepKey: (step: Int, startedAt: Date)?
@@ -38,7 +40,7 @@ final class RampController: @unchecked Sendable {
     func start() {
         loop.execute { [self] in
             let t = DispatchSource.makeTimerSource(queue: loop.queue)
-            t.schedule(deadline: .now() + .milliseconds(200), repeating: .milliseconds(200), leeway: .milliseconds(20))
+            t.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(5))
             t.setEventHandler { [unowned self] in self.tick() }
             t.activate()
             timer = t
