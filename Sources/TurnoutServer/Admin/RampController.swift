@@ -84,8 +84,11 @@ final class RampController: @unchecked Sendable {
         let window = RampWindow(requests: observed.requests, errors: observed.serverErrors,
                                 p99Micros: observed.latency.quantile(0.99), totalRequests: total)
         currentWindow = window
-        let table = store.table
-        let healthy = table.poolIndex(named: ramp.plan.pool).map { table.pools[$0].hasHealthyEndpoint } ?? false
+        // Health rolls a ramp back only once every canary endpoint was probed and none passed;
+        // endpoints not probed yet (just after a restart) do not count as failed.
+        let (_, health) = store.snapshot()
+        let ids = canaryIDs(ramp.plan.pool)
+        let healthy = ids.contains { health[$0] == .healthy } || ids.contains { (health[$0] ?? .unknown) == .unknown }
         let elapsedMs = Int64((now - stepStartMono) / 1_000_000)
         let decision = RampEngine.decide(ramp, window: window, stepElapsedMs: elapsedMs, canaryHealthy: healthy)
         let record = { (verdict: String) in

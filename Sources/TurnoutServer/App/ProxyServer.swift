@@ -141,7 +141,6 @@ public final class ProxyServer: @unchecked Sendable {
                                     clientConnections: context.openClientConnections.load(ordering: .relaxed))
             return r.render()
         }
-        ramps.start()
         self.ramps = ramps
         logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")
         let firstRound = DispatchSemaphore(value: 0)
@@ -150,6 +149,9 @@ public final class ProxyServer: @unchecked Sendable {
         if firstRound.wait(timeout: .now() + .milliseconds(waitMs)) == .timedOut {
             logger.warning("first health probes did not finish within \(waitMs) ms; starting anyway")
         }
+        // A persisted ramp resumes only once endpoint health is known: before the first probes
+        // every endpoint is "unknown", which a ramp would read as a canary without health.
+        self.ramps?.start()
         for l in listeners {
             l.start()
             logger.notice("listening on \(l.address)")
