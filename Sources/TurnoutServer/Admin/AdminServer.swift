@@ -220,7 +220,8 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     }
 
     func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
-        guard !closed else { return }
+        // An event stream only sends; whatever its reader writes is ignored.
+        guard !closed, subscription == nil else { return }
         input.append(contentsOf: bytes)
         process()
     }
