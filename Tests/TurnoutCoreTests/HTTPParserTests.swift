@@ -166,3 +166,18 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
         }
     }
 }
+
+@Suite struct RequestPrefixTests {
+    @Test func plausiblePrefixes() {
+        for text in ["", "GE", "GET / HTTP/1.1", "GET / HTTP/1.1\r", "GET / HTTP/1.1\r\nHost: x\u{01}", "\r\nGET"] {
+            let b = Array(text.utf8)
+            #expect(HTTPHeadParser.requestPrefixIsPlausible(b, start: 0, end: b.count), "\(text.debugDescription)")
+        }
+    }
+
+    @Test func garbageIsRecognisedBeforeTheHeadEnds() {
+        for bytes: [UInt8] in [[0x16, 0x03, 0x01, 0x02], [71, 69, 84, 0], [71, 10, 71], [71, 13, 71], [0xFF, 0xFE]] {
+            #expect(!HTTPHeadParser.requestPrefixIsPlausible(bytes, start: 0, end: bytes.count))
+        }
+    }
+}

@@ -143,3 +143,11 @@ def test_fd_count_returns_to_baseline_after_many_failures(blue_green):
         path = ["/garbage", "/partial", "/reset"][i % 3]
         raw_exchange(t.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(), timeout=5)
     wait_for(lambda: t.fd_count() <= base + 2, what=f"fds back near {base} (now {t.fd_count()})", timeout=10)
+
+
+def test_binary_garbage_is_refused_at_once_not_after_the_header_timeout(blue_green):
+    t, _, _ = blue_green()
+    started = time.monotonic()
+    resp = raw_exchange(t.port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(200)), timeout=5)
+    assert status_of(resp) == 400
+    assert time.monotonic() - started < 2

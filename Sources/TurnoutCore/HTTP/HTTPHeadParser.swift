@@ -34,6 +34,22 @@ public enum HTTPHeadParser {
         return nil
     }
 
+    /// Whether the start of a request that is still arriving can still become a valid request line.
+    /// Lets a server refuse binary garbage (a TLS hello on a plain port, random bytes) at once
+    /// instead of waiting for a head that never comes.
+    public static func requestPrefixIsPlausible(_ buffer: [UInt8], start: Int, end: Int) -> Bool {
+        var i = start
+        while i + 1 < end, buffer[i] == 13, buffer[i + 1] == 10 { i += 2 }
+        while i < end {
+            let b = buffer[i]
+            if b == 13 { return i + 1 >= end || buffer[i + 1] == 10 }
+            if b == 10 { return false }
+            if b < 0x20 || b >= 0x7F { return false }
+            i += 1
+        }
+        return true
+    }
+
     /// Splits head bytes (ending with CRLFCRLF) into lines without their CRLF.
     static func lines(_ buffer: [UInt8], _ start: Int, _ end: Int) throws(HTTPParseError) -> [Range<Int>] {
         var out: [Range<Int>] = []

@@ -180,6 +180,10 @@ final class ClientConnection: ChannelDelegate, UpstreamOwner, LoopTimed, @unchec
             return
         }
         guard let headEnd else {
+            if !HTTPHeadParser.requestPrefixIsPlausible(input, start: inputStart, end: input.count) {
+                sendErrorAndClose(status: 400, message: "this is not an HTTP/1.1 request")
+                return
+            }
             if deadlineKind != .header { setDeadline(.header) }
             return
         }
