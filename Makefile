@@ -2,23 +2,31 @@
 SWIFT      ?= swift
 PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
-# Debian packages the build and the tests need.
-APT_PACKAGES := pkg-config libnghttp2-dev libssl-dev curl iproute2 python3 python3-pip prometheus
+# Debian packages the build needs, and those the tests need on top (prometheus: for promtool).
+BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
+TEST_PACKAGES  := curl iproute2 python3 python3-pip wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps build build-debug demo test unit-test integration-test check-config bench-switch bench-rollback clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench-switch bench-rollback clean
 
 all: build
 
 deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BUILD_PACKAGES)"
+	@command -v $(SWIFT) >/dev/null || { echo "swift 6.1 or newer is required (https://www.swift.org/install/linux/)"; exit 1; }
+
+test-deps: deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)"
+	@$(PYTHON) -c 'import pytest' 2>/dev/null || $(PYTHON) -m pip install -q pytest 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest; }
+
+# Installs the Debian packages in PACKAGES that are missing.
+apt-install:
+	@missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	@command -v $(SWIFT) >/dev/null || { echo "swift 6.1 or newer is required (https://www.swift.org/install/linux/)"; exit 1; }
-	@$(PYTHON) -c 'import pytest' 2>/dev/null || $(PYTHON) -m pip install -q pytest 2>/dev/null \
-	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest; }
 
 build: deps
 	$(SWIFT) build -c release --product turnout
@@ -34,7 +42,7 @@ test: unit-test integration-test
 unit-test: deps
 	$(SWIFT) test
 
-integration-test: build
+integration-test: build test-deps
 	TURNOUT_BIN=$(CURDIR)/$(RELEASE_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider Tests/integration
 
 check-config: build
@@ -44,10 +52,9 @@ clean:
 	rm -rf .build
 
 # Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
-bench-switch: build
-	@command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk; }
+bench-switch: build test-deps
 	$(PYTHON) Benchmarks/switch_latency.py --switches 500
 
 # Time from a ramp gate breach becoming measurable to the rollback being in force.
-bench-rollback: build deps
+bench-rollback: build test-deps
 	$(PYTHON) Benchmarks/ramp_rollback_latency.py --runs 10
