@@ -292,3 +292,11 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_zero(blue_green):
     # New connections are refused once draining started.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", t.port), timeout=2).recv(1)
+
+
+def test_sighup_does_not_stop_the_proxy(blue_green):
+    t, _, _ = blue_green()
+    t.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "received SIGHUP" in t.read_log(), what="the SIGHUP to be logged")
+    assert t.proc.poll() is None
+    assert get(t.port, "/")[1] == b"blue\n"

@@ -224,6 +224,16 @@ public final class ProxyServer: @unchecked Sendable {
             s.activate()
             sources.append(s)
         }
+        // SIGHUP would end the process by default; configuration reload is not in this build yet,
+        // so it is logged and ignored rather than taking production down.
+        signal(SIGHUP, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
+        let logger = self.logger
+        hup.setEventHandler {
+            logger.warning("received SIGHUP: configuration reload is not available in this build; the running configuration is kept")
+        }
+        hup.activate()
+        sources.append(hup)
         withExtendedLifetime(sources) { dispatchMain() }
     }
 }
