@@ -83,7 +83,6 @@ public enum StateFile {
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         let data: Data
         do { data = try encoder.encode(doc) } catch { throw WriteError(path: path, reason: "\(error)") }
-        let dir = (path as NSString).deletingLastPathComponent
         let tmp = "\(path).tmp.\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw WriteError(path: path, reason: String(cString: strerror(errno))) }
@@ -109,7 +108,6 @@ public enum StateFile {
             throw WriteError(path: path, reason: String(cString: strerror(e)))
         }
         if syncDirectory { Self.syncDirectory(of: path) }
-        _ = dir
     }
 
     /// fsyncs the directory holding `path`, making a completed rename durable.

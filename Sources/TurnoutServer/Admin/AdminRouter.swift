@@ -242,10 +242,9 @@ final class AdminRouter: @unchecked Sendable {
             throw .badRequest("steps must be a list of percentages, e.g. [1,5,25,50,100]", code: obj["steps"] == nil ? "missing_field" : "wrong_type")
         }
         var steps: [Int] = []
-        for (i, v) in rawSteps.enumerated() {
-            guard let bp = try AdminJSON.weights(["s": ["s": v]], "s")["s"] else { continue }
-            _ = i
-            steps.append(bp)
+        for v in rawSteps {
+            // Each step is checked exactly like a weight (a number, 0-100, at most two decimals).
+            if let bp = try AdminJSON.weights(["step": ["step": v]], "step")["step"] { steps.append(bp) }
         }
         let intervalText = try AdminJSON.string(obj, "interval", required: false) ?? "30s"
         guard let interval = DurationParser.milliseconds(intervalText) else {

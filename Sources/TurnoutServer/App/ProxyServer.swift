@@ -30,8 +30,8 @@ public final class ProxyServer: @unchecked Sendable {
     let router: AdminRouter
     private var ramps: RampController?
 
-    /// - Parameter adminEnabled: false runs without the admin API (used by nothing but tests of
-    ///   the data path that share one machine-wide socket path).
+    /// Builds the proxy for `config`, starting from `state`. Reads the admin token file, if any;
+    /// nothing listens until `start()`.
     public init(config: TurnoutConfig, state: RoutingState, logger: Logger) throws {
         self.config = config
         self.logger = logger
