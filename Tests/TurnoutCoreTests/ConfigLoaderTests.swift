@@ -160,3 +160,10 @@ import Testing
         #expect(try HostPort.parse("host:0", allowPortZero: true).get().port == 0)
     }
 }
+
+@Suite struct TimestampTests {
+    @Test func formatsUTCWithMilliseconds() {
+        #expect(Timestamp.iso8601(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
+        #expect(Timestamp.iso8601(Date(timeIntervalSince1970: 1_795_305_600.25)) == "2026-11-22T00:00:00.250Z")
+    }
+}

@@ -78,7 +78,7 @@ public enum StateFile {
     public static func write(_ state: RoutingState, to path: String, syncDirectory: Bool = true) throws(WriteError) {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
-                           updated_at: ISO8601DateFormatter().string(from: Date()), ramp: state.ramp)
+                           updated_at: Timestamp.iso8601(), ramp: state.ramp)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         let data: Data

@@ -210,7 +210,6 @@ final class AdminRouter: @unchecked Sendable {
     /// `{"pool":"green","steps":[1,5,25],...}` for `GET /v1/ramp` and the `ramp` field of the state.
     func rampJSON(_ state: RoutingState) -> String {
         guard let r = state.ramp else { return "null" }
-        let iso = ISO8601DateFormatter.withFraction
         func num(_ d: Double?) -> String { d.map { String(format: "%.6g", $0) } ?? "null" }
         var out = "{\"pool\":\(JSONWriter.quote(r.plan.pool))"
         out += ",\"steps\":[\(r.plan.steps.map { Percent.format(basisPoints: $0) }.joined(separator: ","))]"
@@ -219,8 +218,8 @@ final class AdminRouter: @unchecked Sendable {
         out += (r.plan.gates.maxP99Ms.map { JSONWriter.quote(DurationParser.format(milliseconds: $0)) } ?? "null")
         out += ",\"min_requests\":\(r.plan.gates.minRequests)}"
         out += ",\"status\":\(JSONWriter.quote(r.status.rawValue)),\"step\":\(r.step + 1),\"weight\":\(Percent.format(basisPoints: r.currentWeight))"
-        out += ",\"step_started_at\":\(JSONWriter.quote(iso.string(from: r.stepStartedAt)))"
-        let next = r.status == .running ? JSONWriter.quote(iso.string(from: r.stepStartedAt.addingTimeInterval(Double(r.plan.intervalMs) / 1000))) : "null"
+        out += ",\"step_started_at\":\(JSONWriter.quote(Timestamp.iso8601(r.stepStartedAt)))"
+        let next = r.status == .running ? JSONWriter.quote(Timestamp.iso8601(r.stepStartedAt.addingTimeInterval(Double(r.plan.intervalMs) / 1000))) : "null"
         out += ",\"next_step_at\":\(next)"
         var records = r.records
         if r.status == .running, let w = rampWindow(), records.indices.contains(r.step) {

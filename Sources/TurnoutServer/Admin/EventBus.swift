@@ -20,19 +20,11 @@ public struct TurnoutEvent: Sendable {
     }
 
     public var json: String {
-        var out = "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(ISO8601DateFormatter.withFraction.string(from: time)))"
+        var out = "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(Timestamp.iso8601(time)))"
         out += ",\"reason\":\(JSONWriter.quote(reason))"
         for (k, v) in fields { out += ",\(JSONWriter.quote(k)):\(v)" }
         return out + "}"
     }
-}
-
-extension ISO8601DateFormatter {
-    nonisolated(unsafe) static let withFraction: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f
-    }()
 }
 
 /// Fans events out to subscribers (event-stream connections). Publishing never blocks: each
@@ -44,7 +36,6 @@ public final class EventBus: Sendable {
     }
 
     private let subscribers = Mutex<[ObjectIdentifier: Subscriber]>([:])
-    private let formatterLock = Mutex<Void>(())
 
     public init() {}
 
@@ -61,7 +52,7 @@ public final class EventBus: Sendable {
     }
 
     public func publish(_ event: TurnoutEvent) {
-        let line = formatterLock.withLock { _ in event.json }
+        let line = event.json
         let current = subscribers.withLock { Array($0) }
         for (id, s) in current where !s.deliver(line) {
             unsubscribe(id)

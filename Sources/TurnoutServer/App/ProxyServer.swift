@@ -127,13 +127,8 @@ public final class ProxyServer: @unchecked Sendable {
             throw error
         }
         admin.start()
-        let loopStats = self.loopStats
         let ramps = RampController(loop: admin.loop, store: store, stateFile: config.stateFile, events: context.events,
-                                   logger: logger, collectStats: {
-                                       var total = TrafficStats()
-                                       for s in loopStats { total.add(s.snapshot()) }
-                                       return total
-                                   })
+                                   logger: logger, collectStats: { [unowned self] in trafficStats() })
         router.rampWindow = { [unowned ramps] in ramps.window() }
         router.metrics = { [unowned self] in
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),

@@ -5,6 +5,7 @@ import Dispatch
 import Foundation
 import Logging
 import Synchronization
+import TurnoutCore
 
 /// A swift-log handler that formats on the caller's thread and writes on a dedicated queue, so an
 /// event loop never blocks on a slow stderr. The backlog is bounded: when the writer falls more
@@ -73,7 +74,7 @@ public struct AsyncLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var merged = metadata
         if let m = event.metadata { merged.merge(m) { $1 } }
-        var line = Self.timestamp()
+        var line = Timestamp.iso8601()
         line += " "
         line += event.level.rawValue
         line += " "
@@ -90,17 +91,4 @@ public struct AsyncLogHandler: LogHandler {
 
     /// Writes out everything logged so far; call before exiting.
     public static func flush() { standardError.flush() }
-
-    static func timestamp() -> String {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        var tmv = tm()
-        var t = ts.tv_sec
-        gmtime_r(&t, &tmv)
-        var buf = [Int8](repeating: 0, count: 32)
-        let n = strftime(&buf, buf.count, "%Y-%m-%dT%H:%M:%S", &tmv)
-        let base = String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let ms = Int(ts.tv_nsec / 1_000_000)
-        return base + "." + (ms < 10 ? "00" : ms < 100 ? "0" : "") + "\(ms)Z"
-    }
 }
