@@ -75,25 +75,22 @@ class Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                left = size
-                while left:
-                    chunk = self.rfile.read(min(left, 1 << 20))
-                    if not chunk:
-                        raise ConnectionError("eof in chunk")
-                    h.update(chunk)
-                    n += len(chunk)
-                    left -= len(chunk)
+                n += self.consume(size, h)
                 self.rfile.readline(3)
         else:
-            left = int(self.headers.get("Content-Length", "0") or 0)
-            while left:
-                chunk = self.rfile.read(min(left, 1 << 20))
-                if not chunk:
-                    raise ConnectionError("eof in body")
-                h.update(chunk)
-                n += len(chunk)
-                left -= len(chunk)
+            n = self.consume(int(self.headers.get("Content-Length", "0") or 0), h)
         return n, h.hexdigest()
+
+    def consume(self, left, h):
+        """Reads exactly `left` body bytes into hash `h`; returns how many."""
+        total = left
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                raise ConnectionError("eof in body")
+            h.update(chunk)
+            left -= len(chunk)
+        return total
 
     def send_plain(self, code, body, extra=()):
         self.send_response(code)

@@ -56,22 +56,10 @@ public struct AdminClient: Sendable {
     public func request(_ method: String, _ path: String, json: String? = nil, headers: [(String, String)] = []) throws(Unreachable) -> Response {
         let fd = try connectSocket()
         defer { close(fd) }
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: turnout\r\nUser-Agent: turnout-cli\r\nConnection: close\r\n"
-        if let token { head += "Authorization: Bearer \(token)\r\n" }
-        for (k, v) in headers { head += "\(k): \(v)\r\n" }
         let body = Array((json ?? "").utf8)
-        if json != nil { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" }
-        head += "\r\n"
-        let out = Array(head.utf8) + body
-        var off = 0
-        while off < out.count {
-            let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + off, out.count - off, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 {
-                if n < 0 && errno == EINTR { continue }
-                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
-            }
-            off += n
-        }
+        var extra = headers + [("Connection", "close")]
+        if json != nil { extra += [("Content-Type", "application/json"), ("Content-Length", "\(body.count)")] }
+        try sendAll(fd, requestHead(method, path, extra) + body)
         var input: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
@@ -95,15 +83,10 @@ public struct AdminClient: Sendable {
     public func stream(_ path: String, onLine: (String) -> Void) throws(Unreachable) {
         let fd = try connectSocket()
         defer { close(fd) }
+        try sendAll(fd, requestHead("GET", path, [("Accept", "text/event-stream")]))
+        // A stream may be quiet for a long time: no receive timeout from here on.
         var tv = timeval(tv_sec: 0, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var head = "GET \(path) HTTP/1.1\r\nHost: turnout\r\nUser-Agent: turnout-cli\r\nAccept: text/event-stream\r\n"
-        if let token { head += "Authorization: Bearer \(token)\r\n" }
-        head += "\r\n"
-        let out = Array(head.utf8)
-        guard out.withUnsafeBytes({ send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }) == out.count else {
-            throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
-        }
         var buffer: [UInt8] = []
         var sawHead = false
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -131,6 +114,26 @@ public struct AdminClient: Sendable {
                 buffer.removeFirst(nl + 1)
                 if !line.isEmpty { onLine(line) }
             }
+        }
+    }
+
+    private func requestHead(_ method: String, _ path: String, _ headers: [(String, String)]) -> [UInt8] {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: turnout\r\nUser-Agent: turnout-cli\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        for (k, v) in headers { head += "\(k): \(v)\r\n" }
+        return Array((head + "\r\n").utf8)
+    }
+
+    /// Sends every byte, retrying short writes and EINTR.
+    private func sendAll(_ fd: Int32, _ out: [UInt8]) throws(Unreachable) {
+        var off = 0
+        while off < out.count {
+            let n = out.withUnsafeBytes { send(fd, $0.baseAddress! + off, out.count - off, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 {
+                if n < 0 && errno == EINTR { continue }
+                throw Unreachable(endpoint: endpoint, reason: String(cString: strerror(errno)))
+            }
+            off += n
         }
     }
 

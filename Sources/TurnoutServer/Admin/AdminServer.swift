@@ -52,10 +52,7 @@ final class AdminServer: @unchecked Sendable {
             }
             unlink(path)
         }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw SystemError("socket", errno: errno) }
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        let fd = try Syscall.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue))
         // The socket file is created with mode 0600: only this user can talk to the admin API.
         let oldMask = umask(0o177)
         let bound = UnixSocketAddress.with(path: path) { bind(fd, $0, $1) }
@@ -108,10 +105,7 @@ final class AdminServer: @unchecked Sendable {
 
     private func accept(fd: Int32, requiresToken: Bool) {
         for _ in 0..<32 {
-            let cfd = Glibc.accept(fd, nil, nil)
-            if cfd < 0 { return }
-            _ = fcntl(cfd, F_SETFL, fcntl(cfd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(cfd, F_SETFD, FD_CLOEXEC)
+            guard let cfd = (try? Sockets.accept(fd))?.fd else { return }
             let conn = AdminConnection(channel: SocketChannel(fd: cfd, loop: loop), server: self, requiresToken: requiresToken)
             conn.start()
         }

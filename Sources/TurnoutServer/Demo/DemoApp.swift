@@ -34,13 +34,7 @@ public final class DemoApp: @unchecked Sendable {
 
     private func acceptAll() {
         while true {
-            var ss = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let r = try? withUnsafeMutablePointer(to: &ss) { p in
-                try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { try Syscall.accept(fd, $0, &len) }
-            }
-            guard case .processed(let n) = r else { return }
-            let cfd = Int32(n)
+            guard let cfd = (try? Sockets.accept(fd))?.fd else { return }
             let conn = DemoConnection(channel: SocketChannel(fd: cfd, loop: loop), colour: colour)
             conn.start()
         }

@@ -154,6 +154,20 @@ enum Sockets {
         return rc == 0 ? SocketAddress.from(storage: ss) : nil
     }
 
+    /// Accepts one connection from a listening socket: nil when none is waiting. The new socket is
+    /// non-blocking and close-on-exec; `peer` is its remote address when it has one (not for Unix).
+    static func accept(_ listener: Int32) throws(SystemError) -> (fd: Int32, peer: SocketAddress?)? {
+        var ss = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let result = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp throws(SystemError) in
+                try Syscall.accept(listener, sp, &len)
+            }
+        }
+        guard case .processed(let fd) = result else { return nil }
+        return (Int32(fd), SocketAddress.from(storage: ss))
+    }
+
     /// Starts a non-blocking connect. Returns the fd and whether the connect is still in progress.
     static func connect(to address: SocketAddress) throws(SystemError) -> (fd: Int32, inProgress: Bool) {
         let fd = try Syscall.socket(address.family, Int32(SOCK_STREAM.rawValue))

@@ -53,15 +53,9 @@ final class Listener: @unchecked Sendable {
                 pause()
                 return
             }
-            var ss = sockaddr_storage()
-            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let result: IOResult
+            let accepted: (fd: Int32, peer: SocketAddress?)?
             do {
-                result = try withUnsafeMutablePointer(to: &ss) { p throws(SystemError) in
-                    try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sp throws(SystemError) in
-                        try Syscall.accept(fd, sp, &len)
-                    }
-                }
+                accepted = try Sockets.accept(fd)
             } catch {
                 // EMFILE and friends: back off for a moment instead of spinning.
                 context.logger.error("accept on \(address) failed: \(error)")
@@ -69,10 +63,10 @@ final class Listener: @unchecked Sendable {
                 queue.asyncAfter(deadline: .now() + .milliseconds(100)) { [weak self] in self?.resumeIfRoom() }
                 return
             }
-            guard case .processed(let cfd) = result else { return }
-            let client = Int32(cfd)
+            guard let accepted else { return }
+            let client = accepted.fd
             Syscall.setOption(client, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
-            let peer = SocketAddress.from(storage: ss)?.ipString ?? "unknown"
+            let peer = accepted.peer?.ipString ?? "unknown"
             context.openClientConnections.wrappingIncrement(ordering: .relaxed)
             let loop = group.nextLoop()
             let pool = pools[loop.index]
