@@ -99,9 +99,13 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in extra:
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        # Head and body leave in one write, as real servers send small answers. A response split
+        # over two writes can be cut between them when a test kills this process, and no proxy
+        # can repair a response whose head it has already forwarded.
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     def handle_any(self):
         url = urlsplit(self.path)
