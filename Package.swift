@@ -37,6 +37,8 @@ let package = Package(
             name: "TurnoutServer",
             dependencies: [
                 "TurnoutCore",
+                "CNghttp2",
+                "COpenSSL",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]

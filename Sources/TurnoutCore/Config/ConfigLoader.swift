@@ -18,6 +18,7 @@ public enum ConfigLoader {
     /// against `baseDirectory` when they do not exist relative to the working directory.
     public static func parse(yaml: String, baseDirectory: String = ".") throws(ConfigErrors) -> TurnoutConfig {
         var reader = Reader()
+        reader.baseDirectory = baseDirectory
         let root: Node
         do {
             guard let node = try Yams.compose(yaml: yaml) else {
@@ -37,6 +38,7 @@ public enum ConfigLoader {
 
 private struct Reader {
     var problems: [ConfigProblem] = []
+    var baseDirectory = ""
 
     mutating func fail(_ path: String, _ message: String) {
         problems.append(ConfigProblem(message, path: path))
@@ -210,18 +212,48 @@ private struct Reader {
         return out
     }
 
+    /// `{ certificate, private_key }` or `{ certificates: [{ certificate, private_key }, ...] }`.
     mutating func readTLS(_ node: Node, _ path: String) -> TLSConfig? {
-        guard let fields = entries(node, path, allowed: ["certificate", "private_key"]) else { return nil }
+        guard let fields = entries(node, path, allowed: ["certificate", "private_key", "certificates"]) else { return nil }
+        if let list = fields.first(where: { $0.0 == "certificates" })?.1 {
+            if fields.contains(where: { $0.0 != "certificates" }) {
+                fail(path, "give either certificate and private_key, or certificates, not both")
+                return nil
+            }
+            guard case .sequence(let seq) = list, !seq.isEmpty else {
+                fail("\(path).certificates", "expected a non-empty list of { certificate, private_key }")
+                return nil
+            }
+            var out: [TLSCertificate] = []
+            for (i, item) in seq.enumerated() {
+                let itemPath = "\(path).certificates[\(i)]"
+                guard let itemFields = entries(item, itemPath, allowed: ["certificate", "private_key"]) else { continue }
+                if let c = readCertificate(itemFields, itemPath) { out.append(c) }
+            }
+            return out.count == seq.count ? TLSConfig(certificates: out) : nil
+        }
+        return readCertificate(fields, path).map { TLSConfig(certificates: [$0]) }
+    }
+
+    mutating func readCertificate(_ fields: [(String, Node)], _ path: String) -> TLSCertificate? {
         var cert: String?
         var key: String?
         for (k, v) in fields {
-            if k == "certificate" { cert = nonEmptyString(v, "\(path).certificate") }
-            if k == "private_key" { key = nonEmptyString(v, "\(path).private_key") }
+            if k == "certificate" { cert = nonEmptyString(v, "\(path).certificate").map(resolvePath) }
+            if k == "private_key" { key = nonEmptyString(v, "\(path).private_key").map(resolvePath) }
         }
         if cert == nil && !fields.contains(where: { $0.0 == "certificate" }) { fail("\(path).certificate", "required") }
         if key == nil && !fields.contains(where: { $0.0 == "private_key" }) { fail("\(path).private_key", "required") }
         guard let cert, let key else { return nil }
-        return TLSConfig(certificate: cert, privateKey: key)
+        return TLSCertificate(certificate: cert, privateKey: key)
+    }
+
+    /// A relative path that does not exist relative to the working directory but does next to
+    /// the config file is taken from there.
+    func resolvePath(_ path: String) -> String {
+        if path.hasPrefix("/") || FileManager.default.fileExists(atPath: path) || baseDirectory.isEmpty { return path }
+        let candidate = (baseDirectory as NSString).appendingPathComponent(path)
+        return FileManager.default.fileExists(atPath: candidate) ? candidate : path
     }
 
     mutating func readAdmin(_ node: Node) -> AdminConfig? {
@@ -231,7 +263,7 @@ private struct Reader {
             switch k {
             case "socket": admin.socket = nonEmptyString(v, "admin.socket") ?? admin.socket
             case "address": admin.address = hostPort(v, "admin.address", allowPortZero: true)
-            case "token_file": admin.tokenFile = nonEmptyString(v, "admin.token_file")
+            case "token_file": admin.tokenFile = nonEmptyString(v, "admin.token_file").map(resolvePath)
             default: break
             }
         }
@@ -392,7 +424,7 @@ private struct Reader {
 
     mutating func readLimits(_ node: Node) -> LimitsConfig {
         var l = LimitsConfig()
-        let allowed: Set<String> = ["max_request_head_bytes", "max_header_count", "max_body_bytes", "max_client_connections"]
+        let allowed: Set<String> = ["max_request_head_bytes", "max_header_count", "max_body_bytes", "max_client_connections", "h2_max_concurrent_streams"]
         guard let fields = entries(node, "limits", allowed: allowed) else { return l }
         for (k, v) in fields {
             let path = "limits.\(k)"
@@ -401,6 +433,7 @@ private struct Reader {
             case "max_header_count": l.maxHeaderCount = int(v, path, min: 1, max: 10_000) ?? l.maxHeaderCount
             case "max_body_bytes": l.maxBodyBytes = int(v, path, min: 0, max: Int.max).map(Int64.init)
             case "max_client_connections": l.maxClientConnections = int(v, path, min: 1, max: 10_000_000) ?? l.maxClientConnections
+            case "h2_max_concurrent_streams": l.h2MaxConcurrentStreams = int(v, path, min: 1, max: 10_000) ?? l.h2MaxConcurrentStreams
             default: break
             }
         }

@@ -96,9 +96,22 @@ public struct ListenerConfig: Sendable, Equatable {
     }
 }
 
-public struct TLSConfig: Sendable, Equatable {
+/// A certificate chain (PEM, leaf first) and its private key (PEM).
+public struct TLSCertificate: Sendable, Equatable {
     public var certificate: String
     public var privateKey: String
+    public init(certificate: String, privateKey: String) {
+        self.certificate = certificate
+        self.privateKey = privateKey
+    }
+}
+
+/// TLS termination on a listener.
+public struct TLSConfig: Sendable, Equatable {
+    /// The first is the default; another one is chosen when the client's SNI names a host its
+    /// certificate covers.
+    public var certificates: [TLSCertificate]
+    public init(certificates: [TLSCertificate]) { self.certificates = certificates }
 }
 
 public struct AdminConfig: Sendable, Equatable {
@@ -181,6 +194,8 @@ public struct LimitsConfig: Sendable, Equatable {
     public var maxBodyBytes: Int64? = nil
     /// Most client connections open at once per process; past it, accepting pauses.
     public var maxClientConnections: Int = 10_000
+    /// Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    public var h2MaxConcurrentStreams: Int = 100
     public init() {}
 }
 

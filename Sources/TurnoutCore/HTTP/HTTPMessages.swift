@@ -1,8 +1,25 @@
-/// The HTTP versions Turnout speaks on HTTP/1 connections.
+/// The HTTP versions Turnout speaks with clients (upstreams always get HTTP/1.1).
 public enum HTTPVersion: Sendable, Equatable {
     case http10
     case http11
-    public var text: String { self == .http10 ? "HTTP/1.0" : "HTTP/1.1" }
+    case http2
+
+    public var text: String {
+        switch self {
+        case .http10: return "HTTP/1.0"
+        case .http11: return "HTTP/1.1"
+        case .http2: return "HTTP/2"
+        }
+    }
+
+    /// The protocol token a `Via` entry uses (RFC 9110 7.6.3).
+    public var viaToken: String {
+        switch self {
+        case .http10: return "1.0"
+        case .http11: return "1.1"
+        case .http2: return "2"
+        }
+    }
 }
 
 /// How a message body is delimited on the wire.

@@ -107,12 +107,12 @@ public final class ProxyServer: @unchecked Sendable {
     public func start() throws {
         signal(SIGPIPE, SIG_IGN)
         Self.raiseFileLimit(logger: logger, wanted: config.limits.maxClientConnections * 2 + 256)
-        for (i, l) in config.listeners.enumerated() where l.tls != nil {
-            throw StartupError("listeners[\(i)] (\(l.address)) has a tls block, but TLS termination is not available in this build yet")
-        }
-        for l in config.listeners {
+        for (i, l) in config.listeners.enumerated() {
             do {
                 listeners.append(try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, registry: registry))
+            } catch let error as TLSError {
+                for opened in listeners { opened.close() }
+                throw StartupError("listeners[\(i)].tls (\(l.address)): \(error)")
             } catch {
                 for opened in listeners { opened.close() }
                 throw StartupError("cannot listen on \(l.address): \(error)")
@@ -168,6 +168,24 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// Loads every TLS listener's certificates again. A listener whose files fail to load keeps
+    /// its old certificates; the error is logged. Returns the problems (empty: all reloaded).
+    @discardableResult
+    public func reloadCertificates() -> [String] {
+        var problems: [String] = []
+        for l in listeners {
+            guard let tls = l.tls else { continue }
+            do {
+                try tls.reload()
+                logger.notice("reloaded TLS certificates of \(l.address)")
+            } catch {
+                problems.append("\(l.address): \(error)")
+                logger.error("TLS certificates of \(l.address) not reloaded, the old ones stay in use: \(error)")
+            }
+        }
+        return problems
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to `timeouts.drain`), closes idle
     /// connections, then calls `completion` with the number of connections that had to be cut.
     public func drain(completion: @escaping @Sendable (Int) -> Void) {
@@ -177,7 +195,7 @@ public final class ProxyServer: @unchecked Sendable {
         for (i, loop) in group.loops.enumerated() {
             let pool = pools[i]
             loop.execute {
-                loop.forEachRegistered { ($0 as? ClientConnection)?.beginDrain() }
+                loop.forEachRegistered { ($0 as? ClientSession)?.beginDrain() }
                 pool.closeAllIdle()
             }
         }
@@ -219,13 +237,13 @@ public final class ProxyServer: @unchecked Sendable {
             s.activate()
             sources.append(s)
         }
-        // SIGHUP would end the process by default; configuration reload is not in this build yet,
-        // so it is logged and ignored rather than taking production down.
+        // SIGHUP reloads TLS certificates (new connections get them; open ones keep theirs).
+        // Reloading the rest of the configuration is issue 7; the running configuration is kept.
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
-        let logger = self.logger
-        hup.setEventHandler {
-            logger.warning("received SIGHUP: configuration reload is not available in this build; the running configuration is kept")
+        hup.setEventHandler { [self] in
+            logger.notice("received SIGHUP: reloading TLS certificates; the rest of the running configuration is kept")
+            reloadCertificates()
         }
         hup.activate()
         sources.append(hup)

@@ -13,6 +13,8 @@ public final class EventLoop: @unchecked Sendable {
     public let index: Int
     /// Scratch buffer for reads; whatever a read handler needs beyond the call is copied out.
     let readBuffer: UnsafeMutableRawBufferPointer
+    /// Scratch buffer for decrypted TLS data (filled while `readBuffer` may still be in use).
+    let plaintextBuffer: UnsafeMutableRawBufferPointer
     private var timed: [ObjectIdentifier: LoopTimed] = [:]
     private var tickTimer: DispatchSourceTimer?
     static let tickMs = 100
@@ -23,6 +25,7 @@ public final class EventLoop: @unchecked Sendable {
         self.index = index
         self.queue = DispatchQueue(label: "\(label).\(index)", qos: qos)
         self.readBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+        self.plaintextBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(20))
         timer.setEventHandler { [unowned self] in self.tick() }
@@ -32,6 +35,7 @@ public final class EventLoop: @unchecked Sendable {
 
     deinit {
         readBuffer.deallocate()
+        plaintextBuffer.deallocate()
     }
 
     @inline(__always)

@@ -44,7 +44,7 @@ enum HeaderRewriter {
         out += "X-Forwarded-For: \(forwardedFor.joined(separator: ", "))\r\n"
         out += "X-Forwarded-Proto: \(scheme)\r\n"
         if let host = head.host { out += "X-Forwarded-Host: \(host)\r\n" }
-        via.append(head.version == .http10 ? "1.0 turnout" : "1.1 turnout")
+        via.append(head.version.viaToken + " turnout")
         out += "Via: \(via.joined(separator: ", "))\r\n"
         switch head.framing {
         case .length(let n): out += "Content-Length: \(n)\r\n"
@@ -74,7 +74,7 @@ enum HeaderRewriter {
             out += f.value
             out += "\r\n"
         }
-        via.append(head.version == .http10 ? "1.0 turnout" : "1.1 turnout")
+        via.append(head.version.viaToken + " turnout")
         out += "Via: \(via.joined(separator: ", "))\r\n"
         if let setCookie { out += "Set-Cookie: \(setCookie)\r\n" }
         switch clientFraming {
@@ -106,7 +106,7 @@ enum HeaderRewriter {
 
     /// A response Turnout makes itself (errors): small plain-text body.
     static func errorResponse(status: Int, message: String, close: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
-        let body = "\(status) \(reasonPhrase(status)): \(message)\n"
+        let body = errorText(status: status, message: message)
         var out = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
         out += "Content-Type: text/plain; charset=utf-8\r\n"
         out += "Content-Length: \(body.utf8.count)\r\n"
@@ -117,6 +117,13 @@ enum HeaderRewriter {
         out += body
         return Array(out.utf8)
     }
+
+    /// The plain-text body of Turnout's own error answers.
+    static func errorText(status: Int, message: String) -> String {
+        "\(status) \(reasonPhrase(status)): \(message)\n"
+    }
+
+    static func errorBody(status: Int, message: String) -> [UInt8] { Array(errorText(status: status, message: message).utf8) }
 
     static func reasonPhrase(_ status: Int) -> String {
         switch status {

@@ -19,6 +19,8 @@ final class Listener: @unchecked Sendable {
     private let pools: [UpstreamPool]
     private let stats: [LoopStats]
     private let registry: ConnectionRegistry
+    /// The listener's TLS configuration (nil: plain HTTP); certificates can be swapped at run time.
+    let tls: TLSCertificates?
 
     init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
          stats: [LoopStats], registry: ConnectionRegistry) throws {
@@ -31,6 +33,7 @@ final class Listener: @unchecked Sendable {
         self.pools = pools
         self.stats = stats
         self.registry = registry
+        self.tls = try config.tls.map { cfg throws(TLSError) in TLSCertificates(try TLSContext(cfg), config: cfg) }
     }
 
     /// Starts accepting connections.
@@ -73,14 +76,41 @@ final class Listener: @unchecked Sendable {
             let stats = self.stats[loop.index]
             let context = self.context
             let registry = self.registry
+            let tls = self.tls
             loop.execute {
                 let channel = SocketChannel(fd: client, loop: loop)
-                let conn = ClientConnection(channel: channel, loop: loop, context: context, pool: pool, stats: stats, clientIP: peer) { _ in
+                let onClose: () -> Void = {
                     context.openClientConnections.wrappingDecrement(ordering: .relaxed)
                     registry.connectionClosed()
                 }
-                conn.start()
-                if context.isDraining { conn.beginDrain() }
+                guard let tls else {
+                    let conn = HTTP1Connection(transport: channel, loop: loop, context: context, pool: pool, stats: stats,
+                                               clientIP: peer, scheme: "http", acceptsPriorKnowledgeH2: true, onClose: onClose)
+                    conn.start()
+                    if context.isDraining { conn.beginDrain() }
+                    return
+                }
+                let transport = TLSTransport(channel: channel, loop: loop, tls: tls.current,
+                                             handshakeTimeoutMs: context.config.timeouts.clientHeaderMs,
+                                             onHandshake: { transport, alpn in
+                    let session: ClientSession
+                    if alpn == "h2" {
+                        let h2 = HTTP2Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
+                                                 clientIP: peer, scheme: "https", onClose: onClose)
+                        h2.start(initial: [], transportStarted: true)
+                        session = h2
+                    } else {
+                        let h1 = HTTP1Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
+                                                 clientIP: peer, scheme: "https", acceptsPriorKnowledgeH2: false, onClose: onClose)
+                        h1.start()
+                        session = h1
+                    }
+                    if context.isDraining { session.beginDrain() }
+                }, onFailure: { reason in
+                    context.logger.debug("TLS handshake with \(peer) failed: \(reason)")
+                    onClose()
+                })
+                transport.beginHandshake()
             }
         }
     }

@@ -1,0 +1,452 @@
+import Logging
+import TurnoutCore
+
+/// An HTTP/1.1 client connection: parses requests, routes each one on the current routing
+/// snapshot and hands it to an `UpstreamExchange`, then writes the response back in HTTP/1.1
+/// framing, one exchange at a time (pipelined requests wait in the input buffer and are answered
+/// in order). A plain connection that opens with the HTTP/2 preface becomes an `HTTP2Connection`.
+/// Loop-confined.
+final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unchecked Sendable {
+    enum ClientDeadline { case none, idle, header, body }
+    /// How much of the current request's body is still to come, in the client's framing.
+    enum RequestBody {
+        case none
+        case length(remaining: Int64)
+        case chunked(ChunkedDecoder)
+    }
+
+    let transport: ClientTransport
+    unowned let loop: EventLoop
+    let context: ProxyContext
+    let pool: UpstreamPool
+    let stats: LoopStats
+    let clientIP: String
+    /// "https" on TLS listeners.
+    let scheme: String
+    /// A plain listener: the HTTP/2 connection preface switches this connection to HTTP/2.
+    let acceptsPriorKnowledgeH2: Bool
+    private let onClose: () -> Void
+
+    private var input: [UInt8] = []
+    private var inputStart = 0
+    private var exchange: UpstreamExchange?
+    private var requestBody = RequestBody.none
+    /// The client gets the response body chunked (HTTP/1.1 client, length unknown upfront).
+    private var chunkToClient = false
+    /// Close the connection once the current exchange is over.
+    private var closeAfter = false
+    private var requestsSeen = 0
+    private var deadlineKind = ClientDeadline.idle
+    private var deadline: UInt64 = 0
+    private var closed = false
+    private var clientEOF = false
+    private var draining = false
+    private var handedOff = false
+
+    private var limits: LimitsConfig { context.config.limits }
+    private var timeouts: TimeoutConfig { context.config.timeouts }
+
+    init(transport: ClientTransport, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats,
+         clientIP: String, scheme: String, acceptsPriorKnowledgeH2: Bool, onClose: @escaping () -> Void) {
+        self.transport = transport
+        self.loop = loop
+        self.context = context
+        self.pool = pool
+        self.stats = stats
+        self.clientIP = clientIP
+        self.scheme = scheme
+        self.acceptsPriorKnowledgeH2 = acceptsPriorKnowledgeH2
+        self.onClose = onClose
+    }
+
+    /// Starts reading. `initial` holds bytes already read from the client (after a TLS handshake).
+    func start(initial: [UInt8] = []) {
+        loop.register(self)
+        transport.delegate = self
+        transport.start()
+        setDeadline(.idle)
+        if !initial.isEmpty {
+            input = initial
+            setDeadline(.header)
+            processInput()
+        }
+    }
+
+    // MARK: deadlines
+
+    private func setDeadline(_ kind: ClientDeadline) {
+        deadlineKind = kind
+        let ms: Int64
+        switch kind {
+        case .none: deadline = 0; return
+        case .idle: ms = timeouts.idleMs
+        case .header: ms = timeouts.clientHeaderMs
+        case .body: ms = timeouts.idleMs
+        }
+        deadline = EventLoop.now() + UInt64(ms) * 1_000_000
+    }
+
+    func checkTimeouts(now: UInt64) {
+        if closed && transport.isClosed {
+            unregister()
+            return
+        }
+        if transport.isLingering {
+            if now >= transport.lingerDeadline { teardown() }
+            return
+        }
+        guard !closed else { return }
+        if let ex = exchange {
+            ex.checkTimeouts(now: now)
+            if exchange === ex && deadlineKind == .body && now >= deadline && !ex.requestComplete {
+                ex.cancel(reason: "client stalled mid-request-body")
+                exchange = nil
+                teardown()
+            }
+            return
+        }
+        guard deadlineKind != .none, now >= deadline else { return }
+        if deadlineKind == .header {
+            sendErrorAndClose(status: 408, message: "the request head did not arrive within \(DurationParser.format(milliseconds: timeouts.clientHeaderMs))")
+        } else {
+            teardown()
+        }
+    }
+
+    // MARK: client channel events
+
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        guard !closed else { return }
+        if let ex = exchange, !ex.requestComplete { setDeadline(.body) }
+        if exchange == nil && inputStart == input.count && deadlineKind != .header {
+            setDeadline(.header)
+        }
+        input.append(contentsOf: bytes)
+        processInput()
+    }
+
+    func channelEOF(_ channel: SocketChannel) {
+        guard !closed else { return }
+        clientEOF = true
+        if let ex = exchange {
+            if !ex.requestComplete {
+                ex.cancel(reason: "client closed mid-request")
+                exchange = nil
+                teardown()
+            }
+            // Otherwise let the response finish; the connection closes after it.
+        } else {
+            teardown()
+        }
+    }
+
+    func channelError(_ channel: SocketChannel, _ error: SystemError) {
+        guard !closed else { return }
+        if let ex = exchange {
+            ex.cancel(reason: "client connection failed: \(error)")
+            exchange = nil
+        }
+        teardown()
+    }
+
+    func channelDrained(_ channel: SocketChannel) {
+        guard !closed, let ex = exchange else { return }
+        ex.clientDrained()
+    }
+
+    // MARK: requests
+
+    private func processInput() {
+        guard !closed else { return }
+        if exchange == nil {
+            if requestsSeen == 0 && acceptsPriorKnowledgeH2 && startsWithH2Preface() {
+                if input.count - inputStart < HTTP2Connection.preface.count { return }
+                handOffToHTTP2()
+                return
+            }
+            startNextRequest()
+        }
+        if let ex = exchange, !ex.requestComplete, ex.canSendBody {
+            pumpRequestBody(ex)
+        }
+        compactInput()
+        updateClientReading()
+    }
+
+    private func startsWithH2Preface() -> Bool {
+        let p = HTTP2Connection.preface
+        let n = min(p.count, input.count - inputStart)
+        for i in 0..<n where input[inputStart + i] != p[i] { return false }
+        return true
+    }
+
+    private func handOffToHTTP2() {
+        handedOff = true
+        closed = true
+        loop.unregister(self)
+        let h2 = HTTP2Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
+                                 clientIP: clientIP, scheme: scheme, onClose: onClose)
+        let bytes = Array(input[inputStart...])
+        input = []
+        inputStart = 0
+        h2.start(initial: bytes, transportStarted: true)
+        if draining || context.isDraining { h2.beginDrain() }
+    }
+
+    private func compactInput() {
+        if inputStart == input.count {
+            input.removeAll(keepingCapacity: input.capacity <= 256 * 1024)
+            inputStart = 0
+        } else if inputStart > 64 * 1024 {
+            input.removeFirst(inputStart)
+            inputStart = 0
+        }
+    }
+
+    private func updateClientReading() {
+        guard !closed else { return }
+        let buffered = input.count - inputStart
+        var pause = false
+        if let ex = exchange {
+            if !ex.requestComplete {
+                if !ex.canSendBody && buffered >= 64 * 1024 { pause = true }
+            } else if buffered >= limits.maxRequestHeadBytes {
+                pause = true
+            }
+        }
+        if pause { transport.pauseReading() } else { transport.resumeReading() }
+    }
+
+    private func startNextRequest() {
+        guard inputStart < input.count else { return }
+        let headEnd: Int?
+        do {
+            headEnd = try HTTPHeadParser.findHeadEnd(input, start: inputStart, end: input.count, limit: limits.maxRequestHeadBytes)
+        } catch {
+            sendErrorAndClose(status: error.status, message: error.message)
+            return
+        }
+        guard let headEnd else {
+            if !HTTPHeadParser.requestPrefixIsPlausible(input, start: inputStart, end: input.count) {
+                sendErrorAndClose(status: 400, message: "this is not an HTTP/1.1 request")
+                return
+            }
+            if deadlineKind != .header { setDeadline(.header) }
+            return
+        }
+        let head: HTTPRequestHead
+        do {
+            head = try HTTPHeadParser.parseRequest(input, start: inputStart, end: headEnd, maxHeaderCount: limits.maxHeaderCount)
+        } catch {
+            sendErrorAndClose(status: error.status, message: error.message)
+            return
+        }
+        inputStart = headEnd
+        requestsSeen += 1
+        if let max = limits.maxBodyBytes, case .length(let n) = head.framing, n > max {
+            sendErrorAndClose(status: 413, message: "the request body is larger than \(max) bytes")
+            return
+        }
+        route(head)
+    }
+
+    private func route(_ head: HTTPRequestHead) {
+        switch RequestRouter.route(head, table: context.store.table) {
+        case .unavailable(let poolName):
+            respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
+                                   extra: [("Retry-After", "\(context.retryAfterSeconds)")], pool: poolName)
+        case .forward(let poolName, let endpoint, let reason, let setCookie):
+            switch head.framing {
+            case .none, .untilClose, .length(0): requestBody = .none
+            case .length(let n): requestBody = .length(remaining: n)
+            case .chunked: requestBody = .chunked(ChunkedDecoder())
+            }
+            chunkToClient = false
+            closeAfter = false
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
+                                                              fallbackHost: endpoint.address.description)
+            let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
+                                      reason: reason, setCookie: setCookie, clientIP: clientIP, loop: loop,
+                                      context: context, pool: pool, stats: stats, sink: self)
+            exchange = ex
+            setDeadline(ex.requestComplete ? .none : .body)
+            ex.start()
+        }
+    }
+
+    /// Moves buffered request body bytes to the upstream, without the client's chunked framing.
+    private func pumpRequestBody(_ ex: UpstreamExchange) {
+        while inputStart < input.count && exchange === ex && ex.canSendBody {
+            switch requestBody {
+            case .none:
+                ex.endBody()
+            case .length(let remaining):
+                let n = Int(min(Int64(input.count - inputStart), remaining))
+                _ = input.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[inputStart..<(inputStart + n)])) }
+                inputStart += n
+                requestBody = .length(remaining: remaining - Int64(n))
+            case .chunked(var decoder):
+                var index = inputStart
+                let event: ChunkedDecoder.Event
+                do {
+                    event = try decoder.next(input, index: &index, end: input.count)
+                } catch {
+                    inputStart = index
+                    closeAfter = true
+                    ex.fail(status: 400, message: error.message)
+                    return
+                }
+                requestBody = .chunked(decoder)
+                inputStart = index
+                switch event {
+                case .data(let range):
+                    _ = input.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[range])) }
+                case .end:
+                    ex.endBody()
+                case .needMore:
+                    break
+                }
+                if case .needMore = event { return }
+            }
+        }
+        if exchange === ex && ex.requestComplete {
+            setDeadline(.none)
+        }
+    }
+
+    // MARK: the exchange's events
+
+    var sinkPendingBytes: Int { transport.pendingBytes }
+
+    func exchangeWantsBody(_ ex: UpstreamExchange) {
+        guard exchange === ex else { return }
+        if inputStart == input.count, case .length(0) = requestBody { ex.endBody() }
+        pumpRequestBody(ex)
+        compactInput()
+        updateClientReading()
+    }
+
+    func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
+        if ex.head.version == .http11 { transport.write(HeaderRewriter.informational(head)) }
+    }
+
+    func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {
+        let clientFraming: BodyFraming
+        switch framing {
+        case .none: clientFraming = .none
+        case .length(let n): clientFraming = .length(n)
+        case .chunked, .untilClose:
+            chunkToClient = ex.head.version == .http11
+            clientFraming = chunkToClient ? .chunked : .untilClose
+        }
+        let keepAlive = ex.head.keepAlive && !draining && !clientEOF && ex.requestComplete
+            && clientFraming != .untilClose && !context.isDraining
+        if !keepAlive { closeAfter = true }
+        let bytes = HeaderRewriter.clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive,
+                                                  clientVersion: ex.head.version, setCookie: ex.setCookie)
+        transport.write(bytes)
+    }
+
+    func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
+        if chunkToClient {
+            var framed = ChunkedEncoder.chunkHeader(size: bytes.count)
+            framed.append(contentsOf: bytes)
+            framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
+            transport.write(framed)
+        } else {
+            transport.write(bytes)
+        }
+        ex.bytesToClient += Int64(bytes.count)
+    }
+
+    func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {
+        let close = closeAfter || !ex.requestComplete || !ex.head.keepAlive || draining || context.isDraining
+        closeAfter = close
+        let bytes = HeaderRewriter.errorResponse(status: status, message: message, close: close)
+        transport.write(bytes)
+        ex.bytesToClient += Int64(bytes.count)
+    }
+
+    func exchangeFinished(_ ex: UpstreamExchange) {
+        guard exchange === ex else { return }
+        if chunkToClient { transport.write(ChunkedEncoder.lastChunk) }
+        // An answer that came before the whole request did: the rest of the body cannot be told
+        // apart from a next request, so the connection ends here.
+        if !ex.requestComplete { closeAfter = true }
+        exchange = nil
+        if closeAfter || clientEOF || draining || context.isDraining {
+            closeGracefully()
+            return
+        }
+        setDeadline(inputStart < input.count ? .header : .idle)
+        processInput()
+    }
+
+    func exchangeAborted(_ ex: UpstreamExchange, reason: String) {
+        guard exchange === ex else { return }
+        exchange = nil
+        teardown()
+    }
+
+    // MARK: answers of our own
+
+    /// Answers a request that never got an upstream (503).
+    private func respondWithoutUpstream(_ head: HTTPRequestHead, status: Int, message: String, extra: [(String, String)], pool: String) {
+        let close = head.hasBody || !head.keepAlive || draining || context.isDraining
+        let bytes = HeaderRewriter.errorResponse(status: status, message: message, close: close, extraHeaders: extra)
+        transport.write(bytes)
+        RequestRouter.recordUnforwarded(head, status: status, pool: pool, bytes: bytes.count, clientIP: clientIP,
+                                        context: context, stats: stats)
+        if close {
+            closeGracefully()
+        } else {
+            setDeadline(inputStart < input.count ? .header : .idle)
+            processInput()
+        }
+    }
+
+    private func sendErrorAndClose(status: Int, message: String) {
+        transport.write(HeaderRewriter.errorResponse(status: status, message: message, close: true))
+        context.logger.info("\(status) to \(clientIP): \(message)")
+        closeGracefully()
+    }
+
+    // MARK: closing
+
+    /// Stops reading requests and closes once everything queued is written.
+    private func closeGracefully() {
+        guard !closed else { return }
+        closed = true
+        deadlineKind = .none
+        transport.finish()
+        if transport.isClosed { unregister() }
+    }
+
+    /// Closes at once.
+    private func teardown() {
+        if let ex = exchange {
+            exchange = nil
+            ex.cancel(reason: "connection closed")
+        }
+        closed = true
+        transport.close()
+        unregister()
+    }
+
+    private var unregistered = false
+    private func unregister() {
+        guard !unregistered, !handedOff else { return }
+        unregistered = true
+        loop.unregister(self)
+        onClose()
+    }
+
+    /// Called on this connection's loop when the proxy starts draining.
+    func beginDrain() {
+        draining = true
+        if exchange == nil && !closed {
+            if inputStart < input.count { return }  // a request is arriving; it is answered, then we close
+            teardown()
+        }
+    }
+}

@@ -1,0 +1,354 @@
+import CNghttp2
+import Logging
+import TurnoutCore
+
+/// An HTTP/2 client connection (h2 over TLS via ALPN, or h2c with prior knowledge), framed by a
+/// libnghttp2 server session fed from memory: bytes read from the transport go into
+/// `nghttp2_session_mem_recv`, frames to send come out of `nghttp2_session_mem_send`. Each stream
+/// is routed on its own and forwarded as one `UpstreamExchange` to the pool's HTTP/1.1 upstreams.
+///
+/// Flow control follows backpressure both ways: request DATA is acknowledged (WINDOW_UPDATE) only
+/// once the upstream took it, and a stream's response stops being read from its upstream while
+/// more than `SocketChannel.highWatermark` bytes of it wait for the client's window or socket.
+/// Loop-confined.
+final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable {
+    static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
+    /// What the server announces and enforces (README "HTTP/2").
+    enum Limits {
+        /// Per-stream receive window: request body bytes buffered per stream at most.
+        static let streamWindow: UInt32 = 256 * 1024
+        /// Connection receive window.
+        static let connectionWindow: Int32 = 1 << 20
+        /// RST_STREAM frames from the client: burst, then per second (rapid reset, CVE-2023-44487).
+        static let resetBurst: UInt64 = 200
+        static let resetRate: UInt64 = 100
+        /// CONTINUATION frames after one HEADERS frame (CVE-2024-27316/28182 floods).
+        static let maxContinuations = 8
+        /// Queued SETTINGS/PING acknowledgements before the peer counts as flooding.
+        static let maxOutboundAcks = 1000
+        /// Entries in one SETTINGS frame.
+        static let maxSettingsEntries = 32
+    }
+
+    let transport: ClientTransport
+    unowned let loop: EventLoop
+    let context: ProxyContext
+    let pool: UpstreamPool
+    let stats: LoopStats
+    let clientIP: String
+    let scheme: String
+    private let onClose: () -> Void
+
+    private var session: OpaquePointer?
+    private(set) var streams: [Int32: HTTP2Stream] = [:]
+    /// Inside a call into nghttp2 (its callbacks may submit, but must not send).
+    private var inSession = false
+    private var closed = false
+    private var draining = false
+    private var goawaySent = false
+    private var idleDeadline: UInt64 = 0
+    /// Streams whose exchange waits for the client side to drain.
+    private var waitingForDrain: Set<Int32> = []
+
+    private var limits: LimitsConfig { context.config.limits }
+
+    init(transport: ClientTransport, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats,
+         clientIP: String, scheme: String, onClose: @escaping () -> Void) {
+        self.transport = transport
+        self.loop = loop
+        self.context = context
+        self.pool = pool
+        self.stats = stats
+        self.clientIP = clientIP
+        self.scheme = scheme
+        self.onClose = onClose
+    }
+
+    deinit {
+        if let session { nghttp2_session_del(session) }
+    }
+
+    /// Creates the session, sends SETTINGS and processes `initial` (bytes already read).
+    func start(initial: [UInt8], transportStarted: Bool) {
+        loop.register(self)
+        transport.delegate = self
+        var option: OpaquePointer?
+        nghttp2_option_new(&option)
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_stream_reset_rate_limit(option, Limits.resetBurst, Limits.resetRate)
+        nghttp2_option_set_max_continuations(option, Limits.maxContinuations)
+        nghttp2_option_set_max_outbound_ack(option, Limits.maxOutboundAcks)
+        nghttp2_option_set_max_settings(option, Limits.maxSettingsEntries)
+        let rc = nghttp2_session_server_new2(&session, HTTP2Callbacks.shared, Unmanaged.passUnretained(self).toOpaque(), option)
+        nghttp2_option_del(option)
+        guard rc == 0, let session else {
+            context.logger.error("cannot create an HTTP/2 session: \(String(cString: nghttp2_strerror(rc)))")
+            teardown()
+            return
+        }
+        var settings = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                   value: UInt32(limits.h2MaxConcurrentStreams)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Limits.streamWindow),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(limits.maxRequestHeadBytes)),
+        ]
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)
+        idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.idleMs) * 1_000_000
+        if !transportStarted { transport.start() }
+        if !initial.isEmpty {
+            initial.withUnsafeBytes { receive($0) }
+        } else {
+            flush()
+        }
+    }
+
+    // MARK: transport events
+
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        guard !closed else { return }
+        receive(bytes)
+    }
+
+    func channelEOF(_ channel: SocketChannel) {
+        guard !closed else { return }
+        teardown()
+    }
+
+    func channelError(_ channel: SocketChannel, _ error: SystemError) {
+        guard !closed else { return }
+        teardown()
+    }
+
+    func channelDrained(_ channel: SocketChannel) {
+        guard !closed else { return }
+        flush()
+    }
+
+    private func receive(_ bytes: UnsafeRawBufferPointer) {
+        guard let session, !closed else { return }
+        inSession = true
+        let n = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        inSession = false
+        if n < 0 {
+            context.logger.info("HTTP/2 session with \(clientIP) ended: \(String(cString: nghttp2_strerror(Int32(n))))")
+            // nghttp2 queued a GOAWAY for protocol errors; send it, then close.
+            flush()
+            closeGracefully()
+            return
+        }
+        flush()
+    }
+
+    /// Writes what nghttp2 has to send while the socket keeps up, then wakes streams that waited.
+    func flush() {
+        guard let session, !closed, !inSession else { return }
+        inSession = true
+        while transport.pendingBytes <= SocketChannel.highWatermark {
+            var data: UnsafePointer<UInt8>?
+            let n = nghttp2_session_mem_send(session, &data)
+            if n < 0 {
+                inSession = false
+                context.logger.info("HTTP/2 session with \(clientIP) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
+                teardown()
+                return
+            }
+            if n == 0 { break }
+            transport.write(UnsafeRawBufferPointer(start: data, count: n))
+        }
+        inSession = false
+        // Reading more input only makes sense while our output keeps moving.
+        if transport.pendingBytes > SocketChannel.highWatermark {
+            transport.pauseReading()
+        } else {
+            transport.resumeReading()
+            wakeWaitingStreams()
+        }
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            closeGracefully()
+        }
+    }
+
+    private func wakeWaitingStreams() {
+        guard !waitingForDrain.isEmpty else { return }
+        let ids = waitingForDrain
+        waitingForDrain.removeAll()
+        for id in ids {
+            guard let s = streams[id] else { continue }
+            if s.sinkPendingBytes > SocketChannel.highWatermark {
+                waitingForDrain.insert(id)
+            } else {
+                s.exchange?.clientDrained()
+            }
+        }
+    }
+
+    func waitForDrain(_ stream: HTTP2Stream) { waitingForDrain.insert(stream.id) }
+
+    // MARK: session callbacks (called from HTTP2Callbacks)
+
+    func beginHeaders(streamID: Int32) {
+        guard streams[streamID] == nil else { return }
+        streams[streamID] = HTTP2Stream(id: streamID, connection: self)
+        idleDeadline = 0
+    }
+
+    func header(streamID: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        guard let s = streams[streamID] else { return }
+        s.addHeader(name: name, value: value, maxBytes: limits.maxRequestHeadBytes, maxCount: limits.maxHeaderCount)
+    }
+
+    func headersComplete(streamID: Int32, endStream: Bool) {
+        guard let s = streams[streamID] else { return }
+        if s.exchange != nil || s.answered {
+            // Trailers: not forwarded (HTTP/1.1 upstreams get chunked bodies without them).
+            if endStream { s.requestBodyEnded() }
+            return
+        }
+        s.requestHeadComplete(endStream: endStream)
+    }
+
+    func dataReceived(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
+        guard let s = streams[streamID] else {
+            consume(streamID, bytes.count)
+            return
+        }
+        s.bodyReceived(bytes)
+    }
+
+    func dataComplete(streamID: Int32, endStream: Bool) {
+        if endStream { streams[streamID]?.requestBodyEnded() }
+    }
+
+    func streamClosed(streamID: Int32, errorCode: UInt32) {
+        guard let s = streams.removeValue(forKey: streamID) else { return }
+        waitingForDrain.remove(streamID)
+        s.closed(byClient: errorCode != 0)
+        if streams.isEmpty {
+            idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.idleMs) * 1_000_000
+        }
+    }
+
+    /// Copies up to `length` response bytes of a stream into nghttp2's frame buffer.
+    func readResponse(streamID: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let s = streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        return s.readResponse(into: buf, length: length, flags: flags)
+    }
+
+    // MARK: operations for streams
+
+    var sessionPointer: OpaquePointer? { session }
+
+    /// Acknowledges request body bytes (WINDOW_UPDATE once enough accumulate).
+    func consume(_ streamID: Int32, _ n: Int) {
+        guard let session, n > 0 else { return }
+        nghttp2_session_consume(session, streamID, n)
+    }
+
+    func resetStream(_ streamID: Int32, code: nghttp2_error_code) {
+        guard let session else { return }
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, code.rawValue)
+        flush()
+    }
+
+    /// Submits a response head (and a data source unless `endStream`). `fields` are lowercase.
+    func submitResponse(_ streamID: Int32, status: Int, fields: [(String, String)], endStream: Bool) {
+        guard let session else { return }
+        HTTP2Fields.withNV(status: status, fields: fields) { nva, count in
+            if endStream {
+                _ = nghttp2_submit_response(session, streamID, nva, count, nil)
+            } else {
+                var provider = nghttp2_data_provider()
+                provider.read_callback = HTTP2Callbacks.readCallback
+                _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
+            }
+        }
+        flush()
+    }
+
+    func submitInformational(_ streamID: Int32, status: Int, fields: [(String, String)]) {
+        guard let session else { return }
+        HTTP2Fields.withNV(status: status, fields: fields) { nva, count in
+            _ = nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)
+        }
+        flush()
+    }
+
+    func resumeData(_ streamID: Int32) {
+        guard let session else { return }
+        nghttp2_session_resume_data(session, streamID)
+        flush()
+    }
+
+    var isDrainingNow: Bool { draining || context.isDraining }
+
+    // MARK: timers, drain, closing
+
+    func checkTimeouts(now: UInt64) {
+        if closed && transport.isClosed {
+            unregister()
+            return
+        }
+        if transport.isLingering {
+            if now >= transport.lingerDeadline { teardown() }
+            return
+        }
+        guard !closed else { return }
+        for s in Array(streams.values) { s.exchange?.checkTimeouts(now: now) }
+        if streams.isEmpty && idleDeadline != 0 && now >= idleDeadline {
+            sendGoaway()
+            closeGracefully()
+        }
+    }
+
+    func beginDrain() {
+        draining = true
+        guard !closed else { return }
+        sendGoaway()
+        if streams.isEmpty { closeGracefully() }
+    }
+
+    private func sendGoaway() {
+        guard let session, !goawaySent else { return }
+        goawaySent = true
+        let last = nghttp2_session_get_last_proc_stream_id(session)
+        nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, NGHTTP2_NO_ERROR.rawValue, nil, 0)
+        flush()
+    }
+
+    private func closeGracefully() {
+        guard !closed else { return }
+        cancelStreams(reason: "connection closed")
+        closed = true
+        transport.finish()
+        if transport.isClosed { unregister() }
+    }
+
+    private func teardown() {
+        cancelStreams(reason: "client connection closed")
+        closed = true
+        transport.close()
+        unregister()
+    }
+
+    private func cancelStreams(reason: String) {
+        let all = streams.values
+        streams.removeAll()
+        waitingForDrain.removeAll()
+        for s in all { s.closed(byClient: true) }
+    }
+
+    private var unregistered = false
+    private func unregister() {
+        guard !unregistered else { return }
+        unregistered = true
+        loop.unregister(self)
+        if let session {
+            nghttp2_session_del(session)
+            self.session = nil
+        }
+        onClose()
+    }
+}

@@ -1,0 +1,300 @@
+import CNghttp2
+import TurnoutCore
+
+/// One HTTP/2 request stream: collects the request head, routes it, feeds its body to the
+/// `UpstreamExchange` and buffers the response for nghttp2's data source. Owned by its
+/// `HTTP2Connection`, loop-confined.
+final class HTTP2Stream: ExchangeSink {
+    let id: Int32
+    unowned let connection: HTTP2Connection
+
+    // The request as it arrives.
+    private var method: String?
+    private var path: String?
+    private var authority: String?
+    private var requestScheme: String?
+    private var fields: [HTTPField] = []
+    private var cookies: [String] = []
+    private var headerBytes = 0
+    private var headerProblem: (status: Int, message: String)?
+    private(set) var requestEnded = false
+
+    private(set) var exchange: UpstreamExchange?
+    /// Answered without (or no longer needing) an upstream: further request body is discarded.
+    private(set) var answered = false
+    /// Request body received but not yet taken by the upstream (bounded by the stream window).
+    private var body: [UInt8] = []
+    private var bodyStart = 0
+
+    // The response on its way out.
+    private var out: [UInt8] = []
+    private var outStart = 0
+    private var responseEnded = false
+    private var dataDeferred = false
+
+    init(id: Int32, connection: HTTP2Connection) {
+        self.id = id
+        self.connection = connection
+    }
+
+    // MARK: request head
+
+    func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, maxBytes: Int, maxCount: Int) {
+        guard headerProblem == nil else { return }
+        headerBytes += name.count + value.count + 32
+        if headerBytes > maxBytes || fields.count >= maxCount {
+            headerProblem = (431, "the request's header fields are larger than the limit")
+            fields = []
+            return
+        }
+        let n = String(decoding: name, as: UTF8.self)
+        let v = String(decoding: value, as: UTF8.self)
+        switch n {
+        case ":method": method = v
+        case ":path": path = v
+        case ":authority": authority = v
+        case ":scheme": requestScheme = v
+        case ":protocol": headerProblem = (501, "extended CONNECT is not supported")
+        case "cookie": cookies.append(v)
+        default: fields.append(HTTPField(n, v))
+        }
+    }
+
+    func requestHeadComplete(endStream: Bool) {
+        if endStream { requestEnded = true }
+        let c = connection
+        if let problem = headerProblem {
+            answer(status: problem.status, message: problem.message)
+            return
+        }
+        guard let method else {
+            answer(status: 400, message: "the request has no :method")
+            return
+        }
+        if method == "CONNECT" {
+            answer(status: 501, message: "CONNECT is not supported")
+            return
+        }
+        guard let path, !path.isEmpty else {
+            answer(status: 400, message: "the request has no :path")
+            return
+        }
+        // HTTP/1.1 upstreams need one Host field and one Cookie field (RFC 9113 8.3.1, 8.2.3).
+        var headers = fields
+        var host = authority
+        if let i = headers.firstIndex(where: { $0.name == "host" }) {
+            if host == nil { host = headers[i].value }
+        } else if let authority {
+            headers.insert(HTTPField("host", authority), at: 0)
+        }
+        if !cookies.isEmpty { headers.append(HTTPField("cookie", cookies.joined(separator: "; "))) }
+        fields = []
+        let framing: BodyFraming
+        if endStream {
+            framing = .none
+        } else if let cl = headers.first(where: { $0.name == "content-length" }), let n = Int64(cl.value), n >= 0 {
+            framing = .length(n)
+        } else {
+            framing = .chunked
+        }
+        let head = HTTPRequestHead(method: method, target: path, version: .http2, headers: HTTPHeaders(headers), host: host,
+                                   framing: framing, keepAlive: true, expectsContinue: false)
+        if let max = c.context.config.limits.maxBodyBytes, case .length(let n) = framing, n > max {
+            answer(status: 413, message: "the request body is larger than \(max) bytes")
+            return
+        }
+        switch RequestRouter.route(head, table: c.context.store.table) {
+        case .unavailable(let poolName):
+            RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
+                                            context: c.context, stats: c.stats)
+            answer(status: 503, message: "no healthy endpoint in pool \(poolName)",
+                   extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
+        case .forward(let poolName, let endpoint, let reason, let setCookie):
+            let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: c.clientIP, scheme: c.scheme,
+                                                              fallbackHost: endpoint.address.description)
+            let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
+                                      reason: reason, setCookie: setCookie, clientIP: c.clientIP, loop: c.loop,
+                                      context: c.context, pool: c.pool, stats: c.stats, sink: self)
+            exchange = ex
+            ex.start()
+        }
+    }
+
+    // MARK: request body
+
+    func bodyReceived(_ bytes: UnsafeRawBufferPointer) {
+        guard let ex = exchange, !ex.isOver else {
+            connection.consume(id, bytes.count)
+            return
+        }
+        if bodyStart == body.count && ex.canSendBody {
+            if !ex.sendBody(bytes) {
+                ex.fail(status: 400, message: "the request body is longer than its content-length")
+                return
+            }
+            connection.consume(id, bytes.count)
+            return
+        }
+        body.append(contentsOf: bytes)
+    }
+
+    func requestBodyEnded() {
+        requestEnded = true
+        pumpBody()
+    }
+
+    private func pumpBody() {
+        guard let ex = exchange, !ex.isOver else { return }
+        if bodyStart < body.count && ex.canSendBody {
+            let n = body.count - bodyStart
+            let ok = body.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[bodyStart...])) }
+            if !ok {
+                ex.fail(status: 400, message: "the request body is longer than its content-length")
+                return
+            }
+            body.removeAll(keepingCapacity: true)
+            bodyStart = 0
+            connection.consume(id, n)
+            connection.flush()
+        }
+        if requestEnded && bodyStart == body.count && !ex.requestComplete && ex.canSendBody {
+            if !ex.endBody() {
+                ex.fail(status: 400, message: "the request body is shorter than its content-length")
+            }
+        }
+    }
+
+    // MARK: the exchange's events
+
+    var pendingToClient: Int { out.count - outStart }
+
+    var sinkPendingBytes: Int { pendingToClient + connection.transport.pendingBytes }
+
+    func exchangeWantsBody(_ ex: UpstreamExchange) { pumpBody() }
+
+    func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
+        // 100 Continue is the client's business only if it asked; other 1xx pass through.
+        if head.status == 100 && !ex.head.headers.contains("expect") { return }
+        connection.submitInformational(id, status: head.status, fields: HTTP2Fields.response(head, setCookie: nil, keepLength: false))
+    }
+
+    func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {
+        let endStream: Bool
+        switch framing {
+        case .none: endStream = true
+        case .length(let n): endStream = n == 0
+        default: endStream = false
+        }
+        var keepLength = false
+        if case .length = framing { keepLength = true }
+        if case .none = framing { keepLength = true }
+        if endStream { responseEnded = true }
+        connection.submitResponse(id, status: head.status,
+                                  fields: HTTP2Fields.response(head, setCookie: ex.setCookie, keepLength: keepLength),
+                                  endStream: endStream)
+    }
+
+    func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
+        guard !responseEnded else { return }
+        if outStart > 0 && outStart == out.count {
+            out.removeAll(keepingCapacity: true)
+            outStart = 0
+        }
+        out.append(contentsOf: bytes)
+        ex.bytesToClient += Int64(bytes.count)
+        // The exchange stops reading its upstream past the watermark; wake it when below again.
+        if sinkPendingBytes > SocketChannel.highWatermark { connection.waitForDrain(self) }
+        wakeDataSource()
+    }
+
+    func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {
+        let body = HeaderRewriter.errorBody(status: status, message: message)
+        ex.bytesToClient += Int64(body.count)
+        respondWithError(status: status, body: body, extra: [])
+    }
+
+    func exchangeFinished(_ ex: UpstreamExchange) {
+        if !requestEnded {
+            // Answered before the whole request arrived: the rest of the body is read and dropped.
+            answered = true
+            connection.consume(id, body.count - bodyStart)
+            body = []
+            bodyStart = 0
+        }
+        if !responseEnded {
+            responseEnded = true
+            wakeDataSource()
+        }
+    }
+
+    func exchangeAborted(_ ex: UpstreamExchange, reason: String) {
+        connection.resetStream(id, code: NGHTTP2_INTERNAL_ERROR)
+    }
+
+    // MARK: answers of our own
+
+    private func answer(status: Int, message: String, extra: [(String, String)] = []) {
+        answered = true
+        respondWithError(status: status, body: HeaderRewriter.errorBody(status: status, message: message), extra: extra)
+        responseEnded = true
+    }
+
+    private func respondWithError(status: Int, body: [UInt8], extra: [(String, String)]) {
+        out = body
+        outStart = 0
+        var fields: [(String, String)] = [
+            ("content-type", "text/plain; charset=utf-8"),
+            ("content-length", "\(body.count)"),
+            ("cache-control", "no-store"),
+        ]
+        fields.append(contentsOf: extra)
+        responseEnded = true
+        connection.submitResponse(id, status: status, fields: fields, endStream: false)
+    }
+
+    // MARK: nghttp2's data source
+
+    private func wakeDataSource() {
+        if dataDeferred {
+            dataDeferred = false
+            connection.resumeData(id)
+        } else {
+            connection.flush()
+        }
+    }
+
+    func readResponse(into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
+        let n = min(length, out.count - outStart)
+        if n > 0 {
+            out.withUnsafeBytes { src in
+                UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress! + outStart, byteCount: n)
+            }
+            outStart += n
+        }
+        if outStart == out.count {
+            if outStart > 64 * 1024 || out.capacity > 1 << 20 {
+                out = []
+            } else {
+                out.removeAll(keepingCapacity: true)
+            }
+            outStart = 0
+            if responseEnded {
+                flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
+                return n
+            }
+            if n == 0 {
+                dataDeferred = true
+                return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+            }
+        }
+        return n
+    }
+
+    /// The stream is gone: closed normally, reset by the client, or its connection ended.
+    func closed(byClient: Bool) {
+        if let ex = exchange, !ex.isOver {
+            ex.cancel(reason: byClient ? "client reset the stream" : "stream closed")
+        }
+        exchange = nil
+    }
+}

@@ -1,0 +1,31 @@
+/// A client's byte pipe as the protocol code sees it: a plain `SocketChannel`, or a `TLSTransport`
+/// that decrypts on the way in and encrypts on the way out over one. Events arrive through the
+/// `ChannelDelegate` callbacks (their channel argument is the socket underneath). Loop-confined.
+protocol ClientTransport: AnyObject {
+    var delegate: ChannelDelegate? { get set }
+    /// Bytes queued and not yet accepted by the kernel (after encryption, for TLS).
+    var pendingBytes: Int { get }
+    var isClosed: Bool { get }
+    var isLingering: Bool { get }
+    var lingerDeadline: UInt64 { get }
+    func start()
+    func write(_ bytes: UnsafeRawBufferPointer)
+    func write(_ bytes: [UInt8])
+    func write(_ bytes: ArraySlice<UInt8>)
+    func pauseReading()
+    func resumeReading()
+    /// Closes after everything queued is written (TLS sends close_notify first).
+    func finish()
+    /// Closes now; queued bytes are dropped.
+    func close()
+}
+
+extension SocketChannel: ClientTransport {
+    func close() { close(reset: false) }
+}
+
+/// A client connection of either protocol, as the drain on shutdown sees it.
+protocol ClientSession: LoopTimed {
+    /// Stop taking new requests; finish those in flight, then close.
+    func beginDrain()
+}
