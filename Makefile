@@ -4,7 +4,7 @@ PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Debian packages the build needs, and those the tests need on top (prometheus: for promtool).
 BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
-TEST_PACKAGES  := curl iproute2 python3 python3-pip wrk prometheus
+TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
 .PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench-switch bench-rollback clean
@@ -19,6 +19,8 @@ test-deps: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(TEST_PACKAGES)"
 	@$(PYTHON) -c 'import pytest' 2>/dev/null || $(PYTHON) -m pip install -q pytest 2>/dev/null \
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest; }
+	@$(PYTHON) -c 'import h2' 2>/dev/null || $(PYTHON) -m pip install -q h2 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h2; }
 
 # Installs the Debian packages in PACKAGES that are missing.
 apt-install:

@@ -189,15 +189,24 @@ struct CheckConfig: ParsableCommand {
     var file: String
 
     func run() throws {
+        let cfg: TurnoutConfig
         do {
-            let cfg = try ConfigLoader.load(path: file)
-            print("\(file): OK (\(cfg.listeners.count) listener(s), pools: \(cfg.pools.map(\.name).joined(separator: ", ")))")
+            cfg = try ConfigLoader.load(path: file)
         } catch {
-            FileHandle.standardError.write(Data("\(file): \(error.problems.count) problem(s)\n".utf8))
-            for p in error.problems {
-                FileHandle.standardError.write(Data("  \(p)\n".utf8))
-            }
+            report(error.problems.map(\.description))
             throw ExitCode(1)
         }
+        // Certificates and keys are loaded as start-up would load them.
+        let tlsProblems = ProxyServer.tlsProblems(cfg)
+        if !tlsProblems.isEmpty {
+            report(tlsProblems)
+            throw ExitCode(1)
+        }
+        print("\(file): OK (\(cfg.listeners.count) listener(s), pools: \(cfg.pools.map(\.name).joined(separator: ", ")))")
+    }
+
+    private func report(_ problems: [String]) {
+        FileHandle.standardError.write(Data("\(file): \(problems.count) problem(s)\n".utf8))
+        for p in problems { FileHandle.standardError.write(Data("  \(p)\n".utf8)) }
     }
 }

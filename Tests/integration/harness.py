@@ -82,8 +82,10 @@ class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
-                 timeouts="", workers=2, args=(), admin_extra="", state_file=True):
+                 timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits=""):
+        """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`."""
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
+        self.tls = tls
         self.config_path = os.path.join(self.dir, "turnout.yaml")
         pool_lines = "\n".join(
             f"  {name}: {{ endpoints: [{', '.join(json.dumps(e) for e in eps)}] }}" for name, eps in pools.items())
@@ -93,6 +95,9 @@ class Turnout:
         self.config = (
             f"workers: {workers}\n"
             "listeners:\n  - address: 127.0.0.1:0\n"
+            + (f"  - address: 127.0.0.1:0\n    tls: {tls}\n" if tls else "")
+            + (f"limits: {limits}\n" if limits else "")
+            +
             f"admin:\n  socket: {self.dir}/admin.sock\n{admin_extra}"
             + (f"state_file: {self.dir}/state.json\n" if state_file else "")
             + f"pools:\n{pool_lines}\n"
@@ -115,14 +120,16 @@ class Turnout:
         self.log_offset = os.path.getsize(self.log_path)
         self.proc = subprocess.Popen([turnout_binary(), "serve", "--config", self.config_path] + self.args,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        m = wait_for(lambda: self._listening(), timeout=20, what="turnout to listen")
-        self.port = int(m)
+        ports = wait_for(lambda: self._listening(), timeout=20, what="turnout to listen")
+        self.port = int(ports[0])
+        self.tls_port = int(ports[1]) if self.tls else None
 
     def _listening(self):
         if self.proc.poll() is not None:
             raise RuntimeError(f"turnout exited with {self.proc.returncode}:\n{self.read_log()}")
         found = re.findall(r"listening on 127\.0\.0\.1:(\d+)", self.read_log()[self.log_offset:])
-        return found[-1] if found else None
+        wanted = 2 if self.tls else 1
+        return found[-wanted:] if len(found) >= wanted else None
 
     def read_log(self):
         with open(self.log_path, "r", errors="replace") as f:
@@ -216,3 +223,14 @@ def run_cli(*args, env=None, timeout=20):
     if env:
         full_env.update(env)
     return subprocess.run([turnout_binary(), *args], capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def make_certificate(directory, name, hosts=("localhost", "127.0.0.1")):
+    """A self-signed EC certificate for `hosts` (DNS names or IPs). Returns (cert_path, key_path)."""
+    cert = os.path.join(directory, f"{name}.crt")
+    key = os.path.join(directory, f"{name}.key")
+    san = ",".join(("IP:" if re.match(r"^[0-9.]+$", h) else "DNS:") + h for h in hosts)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={hosts[0]}", "-addext",
+                    f"subjectAltName={san}"], check=True, capture_output=True)
+    return cert, key

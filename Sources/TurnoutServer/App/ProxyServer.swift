@@ -168,6 +168,17 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
+    /// Loads the certificates and keys of every TLS listener, as start-up would; returns each
+    /// failure with its key path (for `turnout check-config`).
+    public static func tlsProblems(_ config: TurnoutConfig) -> [String] {
+        var out: [String] = []
+        for (i, l) in config.listeners.enumerated() {
+            guard let tls = l.tls else { continue }
+            do { _ = try TLSContext(tls) } catch { out.append("listeners[\(i)].tls: \(error)") }
+        }
+        return out
+    }
+
     /// Loads every TLS listener's certificates again. A listener whose files fail to load keeps
     /// its old certificates; the error is logged. Returns the problems (empty: all reloaded).
     @discardableResult

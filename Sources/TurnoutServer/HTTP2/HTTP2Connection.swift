@@ -171,6 +171,19 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
         }
     }
 
+    private var flushScheduled = false
+
+    /// Flushes once the current turn of the loop is done, so that what one event produces (a
+    /// response head, its body, its end) leaves in as few frames and writes as possible.
+    func scheduleFlush() {
+        guard !flushScheduled, !closed else { return }
+        flushScheduled = true
+        loop.queue.async { [self] in
+            flushScheduled = false
+            flush()
+        }
+    }
+
     private func wakeWaitingStreams() {
         guard !waitingForDrain.isEmpty else { return }
         let ids = waitingForDrain
@@ -225,7 +238,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
     func streamClosed(streamID: Int32, errorCode: UInt32) {
         guard let s = streams.removeValue(forKey: streamID) else { return }
         waitingForDrain.remove(streamID)
-        s.closed(byClient: errorCode != 0)
+        // A stream closing while its exchange still runs was reset (by the client, or by nghttp2
+        // for a protocol error in it).
+        s.closed(reason: "stream reset (error code \(errorCode))")
         if streams.isEmpty {
             idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.idleMs) * 1_000_000
         }
@@ -250,7 +265,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
     func resetStream(_ streamID: Int32, code: nghttp2_error_code) {
         guard let session else { return }
         nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, code.rawValue)
-        flush()
+        scheduleFlush()
     }
 
     /// Submits a response head (and a data source unless `endStream`). `fields` are lowercase.
@@ -265,7 +280,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
                 _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
             }
         }
-        flush()
+        scheduleFlush()
     }
 
     func submitInformational(_ streamID: Int32, status: Int, fields: [(String, String)]) {
@@ -273,13 +288,13 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
         HTTP2Fields.withNV(status: status, fields: fields) { nva, count in
             _ = nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)
         }
-        flush()
+        scheduleFlush()
     }
 
     func resumeData(_ streamID: Int32) {
         guard let session else { return }
         nghttp2_session_resume_data(session, streamID)
-        flush()
+        scheduleFlush()
     }
 
     var isDrainingNow: Bool { draining || context.isDraining }
@@ -337,7 +352,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
         let all = streams.values
         streams.removeAll()
         waitingForDrain.removeAll()
-        for s in all { s.closed(byClient: true) }
+        for s in all { s.closed(reason: reason) }
     }
 
     private var unregistered = false

@@ -155,7 +155,7 @@ final class HTTP2Stream: ExchangeSink {
             body.removeAll(keepingCapacity: true)
             bodyStart = 0
             connection.consume(id, n)
-            connection.flush()
+            connection.scheduleFlush()
         }
         if requestEnded && bodyStart == body.count && !ex.requestComplete && ex.canSendBody {
             if !ex.endBody() {
@@ -259,7 +259,7 @@ final class HTTP2Stream: ExchangeSink {
             dataDeferred = false
             connection.resumeData(id)
         } else {
-            connection.flush()
+            connection.scheduleFlush()
         }
     }
 
@@ -291,9 +291,9 @@ final class HTTP2Stream: ExchangeSink {
     }
 
     /// The stream is gone: closed normally, reset by the client, or its connection ended.
-    func closed(byClient: Bool) {
+    func closed(reason: String) {
         if let ex = exchange, !ex.isOver {
-            ex.cancel(reason: byClient ? "client reset the stream" : "stream closed")
+            ex.cancel(reason: reason)
         }
         exchange = nil
     }

@@ -16,18 +16,19 @@ final class TLSContext: @unchecked Sendable {
 
     /// Loads every certificate and key; the error names the file and OpenSSL's reason.
     init(_ config: TLSConfig) throws(TLSError) {
-        count = config.certificates.count
-        table = .allocate(capacity: count + 1)
-        table.initialize(repeating: nil, count: count + 1)
+        // Everything is loaded before any stored property is set: a throw after that would run
+        // deinit on a half-built table.
+        var contexts: [OpaquePointer] = []
         do {
-            for (i, cert) in config.certificates.enumerated() {
-                table[i] = try Self.makeContext(cert)
-            }
+            for cert in config.certificates { contexts.append(try Self.makeContext(cert)) }
         } catch {
-            for i in 0..<count where table[i] != nil { SSL_CTX_free(table[i]) }
-            table.deallocate()
+            for c in contexts { SSL_CTX_free(c) }
             throw error
         }
+        count = contexts.count
+        table = .allocate(capacity: count + 1)
+        table.initialize(repeating: nil, count: count + 1)
+        for (i, c) in contexts.enumerated() { table[i] = c }
         if count > 1 {
             for i in 0..<count { turnout_ctx_enable_sni(table[i], table) }
         }
@@ -54,7 +55,11 @@ final class TLSContext: @unchecked Sendable {
             throw TLSError("cannot load certificate \(cert.certificate): \(opensslError())")
         }
         guard SSL_CTX_use_PrivateKey_file(ctx, cert.privateKey, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError("cannot load private key \(cert.privateKey): \(opensslError())")
+            let reason = opensslError()
+            if reason.contains("mismatch") {
+                throw TLSError("private key \(cert.privateKey) does not match certificate \(cert.certificate)")
+            }
+            throw TLSError("cannot load private key \(cert.privateKey): \(reason)")
         }
         guard SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSError("private key \(cert.privateKey) does not match certificate \(cert.certificate): \(opensslError())")

@@ -1,0 +1,370 @@
+"""HTTP/2 on the client side: h2c with prior knowledge, h2 over TLS, flow control, floods, drain.
+
+Real peers: curl, h2load (nghttp2-client) and python-h2 for frame-level cases.
+"""
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+import h2.config
+import h2.errors
+import h2.connection
+import h2.events
+import h2.settings
+import hpack
+import pytest
+
+from harness import Turnout, Upstream, admin_call, make_certificate, wait_for
+
+
+def curl(*args, timeout=60):
+    r = subprocess.run(["curl", "-sS", *args], capture_output=True, timeout=timeout)
+    return r
+
+
+def h2load(*args, timeout=300):
+    r = subprocess.run(["h2load", *args], capture_output=True, text=True, timeout=timeout)
+    return r.stdout + r.stderr
+
+
+def h2load_counts(out):
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    assert m, out
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    total, started, done, ok, failed, errored, timeouts = map(int, m.groups())
+    return {"total": total, "succeeded": ok, "failed": failed, "errored": errored, "timeout": timeouts,
+            "2xx": int(codes.group(1)) if codes else 0}
+
+
+@pytest.fixture
+def tls_blue_green(cleanup):
+    def make(weights=None, **kw):
+        blue, green = Upstream("blue"), Upstream("green")
+        cleanup.extend([blue, green])
+        certdir = tempfile.mkdtemp(prefix="turnout-cert-")
+        cert, key = make_certificate(certdir, "server")
+        t = Turnout({"blue": [blue.address], "green": [green.address]}, weights=weights,
+                    tls=f"{{ certificate: {cert}, private_key: {key} }}", **kw)
+        cleanup.append(t)
+        return t, blue, green
+    return make
+
+
+def served_by_sequence(output):
+    return [line for line in output.decode().split("\n") if line]
+
+
+def test_h2c_prior_knowledge_reaches_both_pools_per_the_weights(blue_green):
+    # Many concurrent streams on one connection. (curl 7.88 cannot reuse an h2c prior-knowledge
+    # connection, curl/curl#10634, so python-h2 is the client here.)
+    t, _, _ = blue_green(weights={"blue": 80, "green": 20})
+    c = H2Client(t.port)
+    ids = list(range(1, 100, 2))
+    for sid in ids:
+        c.conn.send_headers(sid, c.request_headers(t.port, "/"), end_stream=True)
+    c.flush()
+    events = c.events_until(lambda ev: sum(isinstance(e, h2.events.StreamEnded) for e in ev) == len(ids))
+    served = [dict(e.headers)["x-served-by"] for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert served.count("blue") == 40 and served.count("green") == 10
+    bodies = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    assert bodies.count(b"blue\n") == 40 and bodies.count(b"green\n") == 10
+    c.close()
+    r = curl("--http2-prior-knowledge", "-w", "%{http_version}", f"{t.url}/")
+    assert r.stdout in (b"blue\n2", b"green\n2")
+
+
+def test_tls_negotiates_h2_and_http11_still_works(tls_blue_green):
+    t, _, _ = tls_blue_green(weights={"blue": 50, "green": 50})
+    url = f"https://127.0.0.1:{t.tls_port}/"
+    r = curl("-k", "-w", "%{http_version}\n", *([url] * 20))
+    lines = served_by_sequence(r.stdout)
+    assert [x for x in lines if x not in ("blue", "green")] == ["2"] * 20
+    assert lines.count("blue") == 10 and lines.count("green") == 10
+    r = curl("-k", "--http1.1", "-w", "%{http_version}\n", *([url] * 20))
+    lines = served_by_sequence(r.stdout)
+    assert [x for x in lines if x not in ("blue", "green")] == ["1.1"] * 20
+    assert lines.count("blue") == 10 and lines.count("green") == 10
+
+
+def test_forwarded_request_over_h2_is_http11_with_forwarding_fields(tls_blue_green):
+    t, _, _ = tls_blue_green()
+    r = curl("-k", "-H", "Cookie: a=1", "-H", "Cookie: b=2", "-d", "hello",
+             f"https://127.0.0.1:{t.tls_port}/echo?x=1")
+    echo = json.loads(r.stdout)
+    headers = {k.lower(): v for k, v in echo["headers"]}
+    assert echo["version"] == "HTTP/1.1" and echo["method"] == "POST" and echo["path"] == "/echo?x=1"
+    assert headers["host"] == f"127.0.0.1:{t.tls_port}"
+    assert headers["x-forwarded-proto"] == "https"
+    assert headers["via"] == "2 turnout"
+    assert headers["cookie"] == "a=1; b=2"
+    assert headers["content-length"] == "5" and echo["body_length"] == 5
+
+
+def run_h2load_with_split(t, url, extra=()):
+    before = {p: pool_requests(t, p) for p in ("blue", "green")}
+    out = h2load("-n", "100000", "-c", "10", "-m", "10", *extra, url)
+    counts = h2load_counts(out)
+    assert counts["succeeded"] == 100000 and counts["failed"] == 0 and counts["errored"] == 0, out
+    assert counts["2xx"] == 100000, out
+    after = {p: pool_requests(t, p) for p in ("blue", "green")}
+    return {p: after[p] - before[p] for p in after}
+
+
+def pool_requests(t, pool):
+    """2xx responses Turnout counted for `pool` (from /metrics)."""
+    from harness import UnixHTTPConnection
+    c = UnixHTTPConnection(t.admin_socket)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("turnout_requests_total{") and f'pool="{pool}"' in line and 'class="2xx"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def in_flight(t):
+    _, state, _ = admin_call(t, "GET", "/v1/state")
+    return sum(e["in_flight"] for p in state["pools"].values() for e in p["endpoints"])
+
+
+def test_h2load_over_h2c_and_tls_has_no_errors_and_keeps_the_split(tls_blue_green):
+    # 100 concurrent streams keep the Python upstreams busy: probes get a patient health config so
+    # that no endpoint is marked down (which would fail traffic over and change the split).
+    t, _, _ = tls_blue_green(weights={"blue": 90, "green": 10}, health="{ interval: 1s, timeout: 5s, rise: 1, fall: 10 }")
+    split = run_h2load_with_split(t, f"{t.url}/")
+    assert split == {"blue": 90000, "green": 10000}
+    split = run_h2load_with_split(t, f"https://127.0.0.1:{t.tls_port}/")
+    assert split == {"blue": 90000, "green": 10000}
+
+
+def test_switch_during_h2load_fails_no_stream(tls_blue_green):
+    t, _, _ = tls_blue_green()
+    result = {}
+
+    def load():
+        result["out"] = h2load("-n", "30000", "-c", "10", "-m", "10", f"{t.url}/")
+
+    th = threading.Thread(target=load)
+    th.start()
+    switches = 0
+    while th.is_alive() and switches < 40:
+        status, _, _ = admin_call(t, "POST", "/v1/switch", {"pool": "green" if switches % 2 == 0 else "blue"})
+        assert status == 200
+        switches += 1
+    th.join(timeout=300)
+    counts = h2load_counts(result["out"])
+    assert switches >= 5, "the load finished before enough switches happened"
+    assert counts["succeeded"] == 30000 and counts["failed"] == 0 and counts["errored"] == 0, result["out"]
+
+
+def test_gigabyte_upload_and_download_over_h2_with_bounded_memory(tls_blue_green):
+    t, _, _ = tls_blue_green()
+    size = 1 << 30
+    block = bytes(range(256)) * 4096
+    h = hashlib.sha256()
+    for _ in range(size // len(block)):
+        h.update(block)
+    expected = h.hexdigest()
+    base = t.rss_kib()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], t.rss_kib())
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        down = subprocess.run(f"curl -sS -k https://127.0.0.1:{t.tls_port}/big?bytes={size} | sha256sum",
+                              shell=True, capture_output=True, text=True, timeout=300)
+        assert down.stdout.split()[0] == expected
+        down = subprocess.run(f"curl -sS --http2-prior-knowledge {t.url}/big?bytes={size}\\&chunked=1 | sha256sum",
+                              shell=True, capture_output=True, text=True, timeout=300)
+        assert down.stdout.split()[0] == expected
+        src = os.path.join(t.dir, "upload.bin")
+        with open(src, "wb") as f:
+            for _ in range(size // len(block)):
+                f.write(block)
+        up = subprocess.run(["curl", "-sS", "-k", "-T", src, f"https://127.0.0.1:{t.tls_port}/echo"],
+                            capture_output=True, text=True, timeout=300)
+        echo = json.loads(up.stdout)
+        assert echo["body_length"] == size and echo["body_sha256"] == expected
+        # Without a length up front: the upstream gets a chunked body.
+        up = subprocess.run(f"cat {src} | curl -sS --http2-prior-knowledge -T - {t.url}/echo",
+                            shell=True, capture_output=True, text=True, timeout=300)
+        os.unlink(src)
+        echo = json.loads(up.stdout)
+        assert echo["body_length"] == size and echo["body_sha256"] == expected
+    finally:
+        done.set()
+        sampler.join()
+    growth_mib = (peak[0] - base) / 1024
+    print(f"RSS base {base} KiB, peak {peak[0]} KiB, growth {growth_mib:.1f} MiB")
+    assert growth_mib < 64
+
+
+# Frame-level cases with python-h2.
+
+class H2Client:
+    """A raw h2c client on a socket, driven by python-h2."""
+
+    def __init__(self, port, validate=True):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        cfg = h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
+                                        validate_outbound_headers=validate, validate_inbound_headers=validate,
+                                        normalize_outbound_headers=validate)
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        self.flush()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request_headers(self, port, path="/"):
+        return [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")]
+
+    def events_until(self, predicate, timeout=10):
+        """Reads until `predicate(events)` is true or the server closes; returns all events."""
+        events = []
+        deadline = time.monotonic() + timeout
+        self.sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                events.append("closed")
+                return events
+            if not data:
+                events.append("closed")
+                return events
+            try:
+                events.extend(self.conn.receive_data(data))
+            except Exception as e:  # the server may send what a strict client objects to after a GOAWAY
+                events.append(e)
+            try:
+                self.flush()
+            except (ConnectionResetError, BrokenPipeError):
+                events.append("closed")
+                return events
+            if predicate(events):
+                return events
+        raise AssertionError(f"timed out; events so far: {events[-5:]}")
+
+    def close(self):
+        self.sock.close()
+
+
+def test_streams_get_answers_and_a_reset_stream_cancels_its_upstream_request(blue_green):
+    t, _, _ = blue_green()
+    c = H2Client(t.port)
+    c.conn.send_headers(1, c.request_headers(t.port, "/slow?ms=3000"), end_stream=True)
+    c.conn.send_headers(3, c.request_headers(t.port, "/"), end_stream=True)
+    c.flush()
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 3 for e in ev))
+    assert any(isinstance(e, h2.events.ResponseReceived) and e.stream_id == 3 for e in events)
+    c.conn.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
+    c.flush()
+    wait_for(lambda: 'GET /slow?ms=3000 HTTP/2" 499' in t.read_log() and 'error="stream reset (error code 8)"' in t.read_log(),
+             what="the reset to cancel the exchange")
+    wait_for(lambda: in_flight(t) == 0, what="the upstream request to be let go")
+    c.close()
+
+
+def test_rapid_reset_flood_is_cut_off(blue_green):
+    t, _, _ = blue_green()
+    base = t.rss_kib()
+    c = H2Client(t.port)
+    closed_after = None
+    stream_id = 1
+    try:
+        for i in range(20000):
+            c.conn.send_headers(stream_id, c.request_headers(t.port, "/slow?ms=1000"), end_stream=True)
+            c.conn.reset_stream(stream_id)
+            stream_id += 2
+            if i % 50 == 0:
+                c.flush()
+        c.flush()
+    except (BrokenPipeError, ConnectionResetError):
+        closed_after = stream_id // 2
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.ConnectionTerminated) for e in ev)) \
+        if closed_after is None else ["closed"]
+    assert any(isinstance(e, h2.events.ConnectionTerminated) or e == "closed" for e in events)
+    c.close()
+    assert t.rss_kib() - base < 64 * 1024
+    # The proxy keeps serving everyone else.
+    r = curl("--http2-prior-knowledge", f"{t.url}/")
+    assert r.stdout == b"blue\n"
+
+
+def test_continuation_flood_is_cut_off(blue_green):
+    t, _, _ = blue_green()
+    c = H2Client(t.port)
+    encoder = hpack.Encoder()
+    block = encoder.encode(c.request_headers(t.port) + [(f"x-filler-{i}", "v" * 20) for i in range(200)])
+    sock = c.sock
+    # HEADERS without END_HEADERS, then a stream of tiny CONTINUATION frames.
+    def frame(ftype, flags, stream, payload):
+        return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+    pieces = [block[i:i + 8] for i in range(0, len(block), 8)]
+    data = frame(0x1, 0x1, 1, pieces[0])  # END_STREAM, no END_HEADERS
+    for p in pieces[1:]:
+        data += frame(0x9, 0x0, 1, p)
+    assert len(pieces) > 50
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.ConnectionTerminated) for e in ev))
+    assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
+    c.close()
+    assert curl("--http2-prior-knowledge", f"{t.url}/").stdout == b"blue\n"
+
+
+def test_oversized_header_list_gets_431(blue_green):
+    t, _, _ = blue_green(limits="{ max_request_head_bytes: 8192 }")
+    c = H2Client(t.port)
+    headers = c.request_headers(t.port) + [(f"x-big-{i}", "v" * 1000) for i in range(12)]
+    c.conn.send_headers(1, headers, end_stream=True)
+    c.flush()
+    events = c.events_until(lambda ev: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in ev))
+    statuses = [dict(e.headers).get(":status") for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert statuses == ["431"]
+    c.close()
+
+
+def test_concurrent_stream_limit_is_announced_and_enforced(blue_green):
+    t, _, _ = blue_green(limits="{ h2_max_concurrent_streams: 4 }")
+    c = H2Client(t.port)
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in ev))
+    changed = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged))
+    assert changed.changed_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 4
+    c.close()
+
+
+def test_drain_sends_goaway_and_lets_open_streams_finish(blue_green):
+    # nghttp, not python-h2: h2 treats any GOAWAY as the end of the connection.
+    t, _, _ = blue_green()
+    client = subprocess.Popen(["nghttp", "-v", f"{t.url}/slow?ms=1500"], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: in_flight(t) == 1, what="the request to reach the upstream")
+    t.proc.send_signal(signal.SIGTERM)
+    out, _ = client.communicate(timeout=20)
+    assert client.returncode == 0, out
+    assert "recv GOAWAY frame" in out
+    assert "blue slow" in out
+    assert t.proc.wait(timeout=15) == 0
