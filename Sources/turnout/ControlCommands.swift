@@ -88,16 +88,16 @@ enum StateTable {
         var lines: [String] = []
         let ramp = (s["ramp"] as? [String: Any]).map { "\($0["pool"] ?? "?") \($0["status"] ?? "?")" } ?? "none"
         lines.append("live: \(s["live"] as? String ?? "?")   generation: \(s["generation"] ?? "?")   ramp: \(ramp)")
-        var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "IN-FLIGHT"]]
+        var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "IN-FLIGHT", "TUNNELS"]]
         for name in pools.keys.sorted() {
             let eps = (pools[name] as? [String: Any])?["endpoints"] as? [[String: Any]] ?? []
             for (i, e) in eps.enumerated() {
                 rows.append([i == 0 ? name : "", i == 0 ? percent(weights[name]) : "", e["address"] as? String ?? "?",
                              e["health"] as? String ?? ((e["healthy"] as? Bool) == true ? "healthy" : "unhealthy"),
-                             "\(e["in_flight"] ?? 0)"])
+                             "\(e["in_flight"] ?? 0)", "\(e["tunnels"] ?? 0)"])
             }
         }
-        let widths = (0..<5).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        let widths = (0..<6).map { c in rows.map { $0[c].count }.max() ?? 0 }
         for r in rows {
             lines.append(r.enumerated().map { $1.padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined().trimmingCharacters(in: .whitespaces))
         }
@@ -118,7 +118,7 @@ enum StateTable {
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show the live state: live pool, weights, endpoints with health and in-flight requests.",
+        abstract: "Show the live state: live pool, weights, endpoints with health, in-flight requests and open tunnels.",
         discussion: "Exit status: 0 success, 1 refused by the proxy, 2 cannot reach the admin endpoint or bad usage."
     )
     @OptionGroup var options: AdminOptions

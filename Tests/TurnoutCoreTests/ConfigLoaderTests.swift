@@ -118,6 +118,65 @@ import Testing
         }
     }
 
+    @Test func tlsTakesOneCertificateOrAListForSNI() throws {
+        let one = try ConfigLoader.parse(yaml: """
+            listeners:
+              - address: 127.0.0.1:8443
+                tls: { certificate: /etc/a.pem, private_key: /etc/a.key }
+            pools: { blue: { endpoints: ["127.0.0.1:9001"] } }
+            """)
+        #expect(one.listeners[0].tls?.certificates == [TLSCertificate(certificate: "/etc/a.pem", privateKey: "/etc/a.key")])
+        let many = try ConfigLoader.parse(yaml: """
+            listeners:
+              - address: 127.0.0.1:8443
+                tls: { certificates: [ { certificate: /a.pem, private_key: /a.key }, { certificate: /b.pem, private_key: /b.key } ] }
+            limits: { h2_max_concurrent_streams: 250 }
+            pools: { blue: { endpoints: ["127.0.0.1:9001"] } }
+            """)
+        #expect(many.listeners[0].tls?.certificates.map(\.certificate) == ["/a.pem", "/b.pem"])
+        #expect(many.limits.h2MaxConcurrentStreams == 250)
+    }
+
+    @Test func tlsProblemsNameTheirKeyPath() {
+        let text = """
+            listeners:
+              - address: 127.0.0.1:8443
+                tls: { certificate: /a.pem }
+              - address: 127.0.0.1:8444
+                tls: { certificate: /a.pem, private_key: /a.key, certificates: [] }
+              - address: 127.0.0.1:8445
+                tls: { certificates: [ { certificate: /a.pem } ] }
+            pools: { blue: { endpoints: ["127.0.0.1:9001"] } }
+            """
+        do {
+            _ = try ConfigLoader.parse(yaml: text)
+            Issue.record("expected errors")
+        } catch {
+            let paths = error.problems.map(\.path)
+            #expect(paths.contains("listeners[0].tls.private_key"))
+            #expect(paths.contains("listeners[1].tls"))
+            #expect(paths.contains("listeners[2].tls.certificates[0].private_key"))
+        }
+    }
+
+    @Test func relativeFilesAreFoundNextToTheConfig() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("turnout-cfg-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data("x".utf8).write(to: dir.appendingPathComponent("cert.pem"))
+        try Data("""
+            listeners:
+              - address: 127.0.0.1:8443
+                tls: { certificate: cert.pem, private_key: missing.key }
+            pools: { blue: { endpoints: ["127.0.0.1:9001"] } }
+            """.utf8).write(to: dir.appendingPathComponent("t.yaml"))
+        let c = try ConfigLoader.load(path: dir.appendingPathComponent("t.yaml").path)
+        let tls = try #require(c.listeners[0].tls)
+        #expect(tls.certificates[0].certificate == dir.appendingPathComponent("cert.pem").path)
+        // Not found anywhere: left as written, so the error names what the user wrote.
+        #expect(tls.certificates[0].privateKey == "missing.key")
+    }
+
     @Test func notYAMLIsAClearError() {
         #expect(throws: ConfigErrors.self) { try ConfigLoader.parse(yaml: "listeners: [\n  - {") }
         #expect(throws: ConfigErrors.self) { try ConfigLoader.parse(yaml: "") }

@@ -10,6 +10,7 @@ Paths:
   /slow?ms=N          answers after N ms
   /status?code=N      answers with that status (no body for 1xx/204/304)
   /garbage            sends something that is not HTTP, then closes
+  /ws                 WebSocket echo: each text message comes back as "NAME:message"
   /reset              closes the connection with a TCP reset, no response
   /partial            promises 100 bytes, sends 10, closes
   /                   with --fail-file: 500 for the fraction of requests written in that file
@@ -18,6 +19,7 @@ Paths:
   anything else       200 with the server's name as body and X-Served-By header
 """
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -44,6 +46,51 @@ class Stats:
     lock = threading.Lock()
     connections = 0
     requests = 0
+
+
+def ws_frame(opcode, payload, mask=None):
+    """One WebSocket frame (FIN set); clients pass a 4-byte mask."""
+    head = bytes([0x80 | opcode])
+    n = len(payload)
+    m = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([m | n])
+    elif n < 65536:
+        head += bytes([m | 126]) + struct.pack(">H", n)
+    else:
+        head += bytes([m | 127]) + struct.pack(">Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+def ws_read_frame(f):
+    """Reads one frame from a file-like object; returns (opcode, payload) or (None, None) at EOF."""
+    def exact(n):
+        data = b""
+        while len(data) < n:
+            chunk = f.read(n - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
+    h = exact(2)
+    if h is None:
+        return None, None
+    opcode, n = h[0] & 0x0F, h[1] & 0x7F
+    masked = h[1] & 0x80
+    if n == 126:
+        n = struct.unpack(">H", exact(2))[0]
+    elif n == 127:
+        n = struct.unpack(">Q", exact(8))[0]
+    mask = exact(4) if masked else None
+    payload = exact(n) if n else b""
+    if payload is None:
+        return None, None
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return opcode, payload
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -106,6 +153,30 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self._headers_buffer.append(body)
         self.flush_headers()
+
+    def websocket_echo(self):
+        """RFC 6455 handshake, then every text frame comes back as "NAME:payload"; a close frame ends it."""
+        key = self.headers.get("Sec-WebSocket-Key")
+        if (self.headers.get("Upgrade", "").lower() != "websocket" or not key
+                or "upgrade" not in self.headers.get("Connection", "").lower()):
+            self.send_plain(400, b"not a websocket handshake\n")
+            return
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+        self.wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"X-Served-By: " + self.name.encode() + b"\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        self.close_connection = True
+        while True:
+            opcode, payload = ws_read_frame(self.rfile)
+            if opcode is None or opcode == 0x8:
+                try:
+                    self.wfile.write(ws_frame(0x8, b""))
+                except OSError:
+                    pass
+                return
+            if opcode == 0x9:
+                self.wfile.write(ws_frame(0xA, payload))
+                continue
+            self.wfile.write(ws_frame(0x1, self.name.encode() + b":" + payload))
 
     def handle_any(self):
         url = urlsplit(self.path)
@@ -178,6 +249,9 @@ class Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(b"abc")
+            return
+        if url.path == "/ws":
+            self.websocket_echo()
             return
         if url.path == "/garbage":
             self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")

@@ -405,7 +405,7 @@ private struct Reader {
 
     mutating func readTimeouts(_ node: Node) -> TimeoutConfig {
         var t = TimeoutConfig()
-        let allowed: Set<String> = ["connect", "upstream_response", "client_header", "idle", "drain", "upstream_idle"]
+        let allowed: Set<String> = ["connect", "upstream_response", "client_header", "idle", "drain", "upstream_idle", "tunnel"]
         guard let fields = entries(node, "timeouts", allowed: allowed) else { return t }
         for (k, v) in fields {
             let path = "timeouts.\(k)"
@@ -416,6 +416,7 @@ private struct Reader {
             case "idle": t.idleMs = duration(v, path) ?? t.idleMs
             case "drain": t.drainMs = duration(v, path, allowZero: true) ?? t.drainMs
             case "upstream_idle": t.upstreamIdleMs = duration(v, path) ?? t.upstreamIdleMs
+            case "tunnel": t.tunnelMs = duration(v, path) ?? t.tunnelMs
             default: break
             }
         }

@@ -181,6 +181,8 @@ public struct TimeoutConfig: Sendable, Equatable {
     public var idleMs: Int64 = 60_000
     public var drainMs: Int64 = 30_000
     public var upstreamIdleMs: Int64 = 15_000
+    /// An upgraded connection (WebSocket...) with no byte either way for this long is closed.
+    public var tunnelMs: Int64 = 3_600_000
     public init() {}
 }
 

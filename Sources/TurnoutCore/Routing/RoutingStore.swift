@@ -113,7 +113,7 @@ extension RoutingStore {
         out += endpoints.map { entry in
             let eps = entry.endpoints.map { e -> String in
                 let h = health[e.id] ?? .unknown
-                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\",\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))}"
+                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\",\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed))),\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed)))}"
             }
             return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]}"
         }.joined(separator: ",")

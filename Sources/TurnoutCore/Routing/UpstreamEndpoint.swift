@@ -9,6 +9,8 @@ public final class UpstreamEndpoint: Sendable, CustomStringConvertible {
     public let address: HostPort
     /// Requests currently being served by this endpoint, across all event loops.
     public let inFlight = Atomic<Int>(0)
+    /// Protocol-switched tunnels (WebSocket...) open to this endpoint; also counted in `inFlight`.
+    public let tunnels = Atomic<Int>(0)
 
     public init(id: Int, pool: String, address: HostPort) {
         self.id = id
@@ -27,4 +29,7 @@ extension UpstreamEndpoint {
     /// Counts a request that stopped being served by this endpoint (finished, failed or moved).
     @inline(__always)
     public func requestEnded() { inFlight.wrappingSubtract(1, ordering: .relaxed) }
+
+    public func tunnelOpened() { tunnels.wrappingAdd(1, ordering: .relaxed) }
+    public func tunnelClosed() { tunnels.wrappingSubtract(1, ordering: .relaxed) }
 }

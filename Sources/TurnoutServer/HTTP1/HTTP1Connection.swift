@@ -263,11 +263,12 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
             }
             chunkToClient = false
             closeAfter = false
+            let upgrade = HeaderRewriter.requestedUpgrade(head)
             let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
-                                                              fallbackHost: endpoint.address.description)
+                                                              fallbackHost: endpoint.address.description, upgrade: upgrade)
             let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
                                       reason: reason, setCookie: setCookie, clientIP: clientIP, loop: loop,
-                                      context: context, pool: pool, stats: stats, sink: self)
+                                      context: context, pool: pool, stats: stats, sink: self, upgrade: upgrade != nil)
             exchange = ex
             setDeadline(ex.requestComplete ? .none : .body)
             ex.start()
@@ -386,6 +387,22 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         guard exchange === ex else { return }
         exchange = nil
         teardown()
+    }
+
+    func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
+        guard exchange === ex else { return }
+        exchange = nil
+        transport.write(HeaderRewriter.switchingProtocols(head))
+        // From here on the connection is a byte pipe owned by the tunnel.
+        handedOff = true
+        closed = true
+        loop.unregister(self)
+        let tunnel = Tunnel(client: transport, upstream: upstream, loop: loop, context: context, clientIP: clientIP,
+                            poolName: ex.poolName, target: ex.head.target, onClose: onClose)
+        let fromClient = input[inputStart...]
+        tunnel.start(fromClient: fromClient, fromUpstream: leftover)
+        input = []
+        inputStart = 0
     }
 
     // MARK: answers of our own

@@ -231,6 +231,14 @@ final class HTTP2Stream: ExchangeSink {
         connection.resetStream(id, code: NGHTTP2_INTERNAL_ERROR)
     }
 
+    /// HTTP/2 requests never ask for an upgrade (nghttp2 refuses `Upgrade` fields), so this only
+    /// guards against an upstream that switches anyway.
+    func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
+        upstream.close()
+        ex.endpoint.requestEnded()
+        connection.resetStream(id, code: NGHTTP2_INTERNAL_ERROR)
+    }
+
     // MARK: answers of our own
 
     private func answer(status: Int, message: String, extra: [(String, String)] = []) {

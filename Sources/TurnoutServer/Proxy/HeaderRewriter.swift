@@ -13,7 +13,10 @@ enum HeaderRewriter {
     }
 
     /// The request head for the upstream, always HTTP/1.1.
-    static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String) -> [UInt8] {
+    /// With `upgrade`, the request asks the upstream to switch to that protocol (`Upgrade` and
+    /// `Connection: Upgrade` are sent; they are dropped otherwise).
+    static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
+                                upgrade: String? = nil) -> [UInt8] {
         var out = ""
         out.reserveCapacity(256 + head.headers.count * 32)
         out += head.method
@@ -46,6 +49,7 @@ enum HeaderRewriter {
         if let host = head.host { out += "X-Forwarded-Host: \(host)\r\n" }
         via.append(head.version.viaToken + " turnout")
         out += "Via: \(via.joined(separator: ", "))\r\n"
+        if let upgrade { out += "Upgrade: \(upgrade)\r\nConnection: Upgrade\r\n" }
         switch head.framing {
         case .length(let n): out += "Content-Length: \(n)\r\n"
         case .chunked: out += "Transfer-Encoding: chunked\r\n"
@@ -89,6 +93,35 @@ enum HeaderRewriter {
         }
         out += "\r\n"
         return Array(out.utf8)
+    }
+
+    /// The `101 Switching Protocols` head for the client: the upstream's fields, its `Upgrade`,
+    /// and `Connection: Upgrade`.
+    static func switchingProtocols(_ head: HTTPResponseHead) -> [UInt8] {
+        var out = "HTTP/1.1 101 \(head.reason)\r\n"
+        let named = connectionNamed(head.headers)
+        var via: [String] = []
+        for f in head.headers {
+            let lower = f.name.lowercased()
+            if lower == "via" { via.append(f.value); continue }
+            if hopByHop.contains(lower) || named.contains(lower) { continue }
+            out += "\(f.name): \(f.value)\r\n"
+        }
+        via.append(head.version.viaToken + " turnout")
+        out += "Via: \(via.joined(separator: ", "))\r\n"
+        if let upgrade = head.headers.first("upgrade") { out += "Upgrade: \(upgrade)\r\n" }
+        out += "Connection: Upgrade\r\n\r\n"
+        return Array(out.utf8)
+    }
+
+    /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` named in `Connection`), when
+    /// Turnout tunnels it: not `h2c` (HTTP/2 is spoken with prior knowledge instead), and only for
+    /// requests without a body.
+    static func requestedUpgrade(_ head: HTTPRequestHead) -> String? {
+        guard head.version == .http11, !head.hasBody, connectionNamed(head.headers).contains("upgrade"),
+              let value = head.headers.first("upgrade"), !value.isEmpty else { return nil }
+        if head.headers.tokens("upgrade").contains("h2c") { return nil }
+        return value
     }
 
     /// An interim (1xx) response for an HTTP/1.1 client.

@@ -23,6 +23,10 @@ protocol ExchangeSink: AnyObject {
     /// The exchange broke after the response head was sent: the client must see a broken
     /// transfer, never one that looks complete. The exchange is over.
     func exchangeAborted(_ ex: UpstreamExchange, reason: String)
+    /// The upstream accepted the requested protocol switch (101). The exchange is over and hands
+    /// over its upstream connection (still counted in flight on its endpoint) and the bytes the
+    /// upstream sent after the 101 head.
+    func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>)
 }
 
 /// One request forwarded to one upstream: connects (or takes a pooled connection), sends the
@@ -44,6 +48,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     let clientIP: String
     let setCookie: String?
     let routeReason: RouteDecision.Reason
+    /// The request asked for a protocol switch (a 101 answer opens a tunnel).
+    let upgrade: Bool
     private(set) var poolName: String
     private(set) var endpoint: UpstreamEndpoint
     unowned let loop: EventLoop
@@ -89,8 +95,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     init(head: HTTPRequestHead, upstreamHead: [UInt8], poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
-         context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink) {
+         context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false) {
         self.head = head
+        self.upgrade = upgrade
         self.upstreamHead = upstreamHead
         self.poolName = poolName
         self.endpoint = endpoint
@@ -322,7 +329,11 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             responseStart = end
             if (100..<200).contains(parsed.status) {
                 if parsed.status == 101 {
-                    fail(status: 502, message: "the upstream switched protocols without an upgrade request")
+                    if upgrade {
+                        switchProtocols(parsed)
+                    } else {
+                        fail(status: 502, message: "the upstream switched protocols without an upgrade request")
+                    }
                     return
                 }
                 sink?.exchangeInformational(self, parsed)
@@ -437,6 +448,22 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         // of the body would be taken for a next request.
         if !requestComplete { upstreamUnreusable = true }
         finish()
+    }
+
+    /// Hands the upstream connection to the sink for a tunnel. The endpoint keeps counting it in
+    /// flight until the tunnel ends.
+    private func switchProtocols(_ parsed: HTTPResponseHead) {
+        guard let u = upstream, let sink else { return }
+        isOver = true
+        status = 101
+        responseHead = parsed
+        responseHeadSent = true
+        upstream = nil
+        u.owner = nil
+        let leftover = responseBuffer[responseStart...]
+        stats.record(endpoint: endpoint, pool: poolName, status: 101, startedAt: startTime, proxyGenerated: false)
+        logAccess(note: nil)
+        sink.exchangeUpgraded(self, parsed, upstream: u, leftover: leftover)
     }
 
     // MARK: finishing and failing
