@@ -58,7 +58,8 @@ let package = Package(
         ),
         .testTarget(
             name: "TurnoutServerTests",
-            dependencies: ["TurnoutServer", "TurnoutCore"]
+            dependencies: ["TurnoutServer", "TurnoutCore", "COpenSSL"],
+            exclude: ["Fixtures"]
         ),
     ],
     swiftLanguageModes: [.v6]

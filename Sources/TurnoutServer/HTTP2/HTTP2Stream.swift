@@ -72,7 +72,7 @@ final class HTTP2Stream: ExchangeSink {
             return
         }
         if method == "CONNECT" {
-            answer(status: 501, message: "CONNECT is not supported")
+            answer(status: 405, message: "CONNECT is not supported: Turnout is a reverse proxy, not a forward proxy")
             return
         }
         guard let path, !path.isEmpty else {
