@@ -368,3 +368,26 @@ def test_drain_sends_goaway_and_lets_open_streams_finish(blue_green):
     assert "recv GOAWAY frame" in out
     assert "blue slow" in out
     assert t.proc.wait(timeout=15) == 0
+
+
+def test_upstream_failures_become_statuses_or_stream_resets(blue_green):
+    t, _, _ = blue_green(timeouts="{ upstream_response: 1s }")
+    c = H2Client(t.port)
+    c.conn.send_headers(1, c.request_headers(t.port, "/reset"), end_stream=True)      # no response at all
+    c.conn.send_headers(3, c.request_headers(t.port, "/garbage"), end_stream=True)    # not HTTP
+    c.conn.send_headers(5, c.request_headers(t.port, "/partial"), end_stream=True)    # cut mid-body
+    c.conn.send_headers(7, c.request_headers(t.port, "/slow?ms=3000"), end_stream=True)  # too slow
+    c.conn.send_headers(9, c.request_headers(t.port, "/"), end_stream=True)           # fine
+    c.flush()
+
+    def finished(ev):
+        done = {e.stream_id for e in ev if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset))}
+        return {1, 3, 5, 7, 9} <= done
+
+    events = c.events_until(finished, timeout=15)
+    status = {e.stream_id: dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived)}
+    resets = {e.stream_id: e.error_code for e in events if isinstance(e, h2.events.StreamReset)}
+    assert status[1] == "502" and status[3] == "502" and status[7] == "504" and status[9] == "200"
+    assert status[5] == "200" and resets[5] == h2.errors.ErrorCodes.INTERNAL_ERROR
+    assert set(resets) == {5}
+    c.close()
