@@ -7,7 +7,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench-switch bench-rollback clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle clean
 
 all: build
 
@@ -52,6 +52,20 @@ check-config: build
 
 clean:
 	rm -rf .build
+
+# Turnout against HAProxy, nginx and nghttpx (one worker each), then idle-connection memory:
+# see README "Benchmarks".
+BENCH_PACKAGES := nginx haproxy nghttp2-proxy nghttp2-client wrk
+
+bench-deps: deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"
+
+bench: build bench-deps
+	$(PYTHON) Benchmarks/compare.py --scaling
+	$(PYTHON) Benchmarks/idle_connections.py --connections 10000
+
+bench-idle: build
+	$(PYTHON) Benchmarks/idle_connections.py --connections 10000
 
 # Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
 bench-switch: build test-deps
