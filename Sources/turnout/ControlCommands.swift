@@ -66,6 +66,9 @@ func callAdmin(_ options: AdminOptions, _ method: String, _ path: String, json: 
         let message = object?["error"] as? String ?? response.body.trimmingCharacters(in: .whitespacesAndNewlines)
         let code = object?["code"] as? String ?? "http_\(response.status)"
         FileHandle.standardError.write(Data("turnout: refused (\(response.status) \(code)): \(message)\n".utf8))
+        for problem in object?["problems"] as? [String] ?? [] {
+            FileHandle.standardError.write(Data("  \(problem)\n".utf8))
+        }
         throw ExitCode(1)
     }
     if options.json {
@@ -195,6 +198,28 @@ struct Rollback: ParsableCommand {
     func run() throws {
         let state = try callAdmin(options, "POST", "/v1/rollback", ifMatch: ifMatch)
         if !options.json { print("rolled back: " + StateTable.summary(state)) }
+    }
+}
+
+struct Reload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the proxy re-read its config file (as SIGHUP does).",
+        discussion: """
+            Pools, endpoints, routing options, health settings, timeouts, limits, listeners and TLS
+            certificates take effect without dropping a connection; runtime weights and the live pool
+            are kept. An invalid file is refused with every problem listed (exit 1) and changes
+            nothing. workers, admin, state_file and access_log need a restart (reported).
+            """
+    )
+    @OptionGroup var options: AdminOptions
+
+    func run() throws {
+        let result = try callAdmin(options, "POST", "/v1/reload")
+        guard !options.json else { return }
+        let changes = result["changes"] as? [String] ?? []
+        print(changes.isEmpty ? "reloaded: nothing changed" : "reloaded: " + changes.joined(separator: "; "))
+        let restart = result["restart_required"] as? [String] ?? []
+        if !restart.isEmpty { print("needs a restart to take effect: " + restart.joined(separator: "; ")) }
     }
 }
 

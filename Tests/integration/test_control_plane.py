@@ -325,3 +325,46 @@ def test_fifty_switches_under_load_fail_no_request_and_are_obeyed(blue_green):
                 checked += 1
                 assert got == pool, f"request sent after switch {i} to {pool} returned went to {got}"
     assert checked > 5000, checked
+
+
+def test_state_file_is_never_torn_by_kill_9_during_mutations(blue_green):
+    """kill -9 at arbitrary moments of a tight loop of mutations: the file always holds a whole
+    state, at least as new as the last acknowledged one, and the proxy restarts from it."""
+    import random
+    t, _, _ = blue_green()
+    rng = random.Random(7)
+    for round_ in range(8):
+        acknowledged = [0]
+        stop = threading.Event()
+
+        def mutate():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                g = 1 + (i % 99)
+                try:
+                    status, state, _ = admin_call(t, "PUT", "/v1/weights", {"weights": {"blue": 100 - g, "green": g}})
+                except Exception:
+                    return  # the proxy is gone
+                if status == 200:
+                    acknowledged[0] = state["generation"]
+
+        th = threading.Thread(target=mutate)
+        th.start()
+        wait_for(lambda: acknowledged[0] > 0, what="mutations to start")
+        # Let a random number of mutations happen, then kill at whatever moment that is.
+        target = acknowledged[0] + rng.randint(3, 40)
+        wait_for(lambda: acknowledged[0] >= target, what="more mutations")
+        t.proc.send_signal(signal.SIGKILL)
+        t.proc.wait()
+        stop.set()
+        th.join(timeout=30)
+        with open(t.state_file) as f:
+            doc = json.load(f)  # never torn: always valid JSON with a whole state
+        assert doc["format"] == 1
+        assert acknowledged[0] <= doc["generation"] <= acknowledged[0] + 1, (round_, acknowledged[0], doc["generation"])
+        assert sum(doc["weights_bp"].values()) == 10000
+        t.log.close()
+        t.start()
+        _, state, _ = admin_call(t, "GET", "/v1/state")
+        assert state["generation"] == doc["generation"]

@@ -97,17 +97,18 @@ def test_sighup_reloads_certificates_without_dropping_open_connections(tls_turno
     shutil.copy(cert, os.path.join(t.certdir, "server.crt"))
     shutil.copy(key, os.path.join(t.certdir, "server.key"))
     t.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reloaded TLS certificates" in t.read_log(), what="the reload")
+    wait_for(lambda: "TLS certificates reloaded" in t.read_log(), what="the reload")
     assert "CN = renewed.example" in peer_subject(t.tls_port)
     # The connection opened before the reload keeps working.
     conn.request("GET", "/")
     assert conn.getresponse().read() == b"blue\n"
     conn.close()
-    # A broken file on the next reload keeps the current certificate.
+    # A broken file on the next reload refuses the reload: the current certificate stays.
     with open(os.path.join(t.certdir, "server.key"), "w") as f:
         f.write("not a key\n")
     t.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "not reloaded, the old ones stay in use" in t.read_log(), what="the failed reload")
+    wait_for(lambda: "config not reloaded, the running config is kept" in t.read_log(), what="the failed reload")
+    assert "server.key" in t.read_log().split("config not reloaded")[-1]
     assert "CN = renewed.example" in peer_subject(t.tls_port)
     assert t.proc.poll() is None
 

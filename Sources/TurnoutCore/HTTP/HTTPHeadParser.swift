@@ -222,9 +222,10 @@ public enum HTTPHeadParser {
 
     static func isValidHost(_ h: String) -> Bool {
         guard h.utf8.count <= 255 else { return false }
+        // Token bytes exclude '@', so userinfo can never sneak in.
         return h.utf8.allSatisfy { b in
             HTTPSyntax.isTokenByte(b) || b == 58 || b == 91 || b == 93  // ':' '[' ']'
-        } && !h.contains("@")
+        }
     }
 
     /// Parses and validates a response head occupying `buffer[start..<end]`.

@@ -13,13 +13,19 @@ public enum HealthStatus: String, Sendable, Equatable, Codable {
 /// consecutive passes are needed to become healthy and `fall` consecutive failures to become
 /// unhealthy.
 public struct HealthTracker: Sendable, Equatable {
-    public let rise: Int
-    public let fall: Int
+    public private(set) var rise: Int
+    public private(set) var fall: Int
     public private(set) var status: HealthStatus = .unknown
     public private(set) var consecutivePasses = 0
     public private(set) var consecutiveFailures = 0
 
     public init(rise: Int, fall: Int) {
+        self.rise = max(1, rise)
+        self.fall = max(1, fall)
+    }
+
+    /// Takes new thresholds (a reload), keeping the status and the current run of results.
+    public mutating func retune(rise: Int, fall: Int) {
         self.rise = max(1, rise)
         self.fall = max(1, fall)
     }

@@ -11,11 +11,11 @@ public final class RoutingStore: Sendable {
     struct Inner {
         var state: RoutingState
         var health: [Int: HealthStatus]
+        /// Every endpoint, by pool in config order.
+        var endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
+        var routing: RoutingConfig
+        var nextEndpointID: Int
     }
-
-    /// Every endpoint, by pool in config order.
-    public let endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
-    public let routing: RoutingConfig
 
     public init(config: TurnoutConfig, state: RoutingState) {
         var nextID = 0
@@ -28,11 +28,10 @@ public final class RoutingStore: Sendable {
             }
             all.append((pool, eps))
         }
-        self.endpoints = all
-        self.routing = config.routing
-        let inner = Inner(state: state, health: [:])
+        let inner = Inner(state: state, health: [:], endpoints: all, routing: config.routing, nextEndpointID: nextID)
         self.inner = Mutex(inner)
-        self.published = ManagedAtomic(Self.build(inner, endpoints: all, routing: config.routing))
+        self.topology = ManagedAtomic(Topology(all, config.routing))
+        self.published = ManagedAtomic(Self.build(inner))
     }
 
     /// The current routing snapshot. Lock-free; call once per request.
@@ -40,6 +39,23 @@ public final class RoutingStore: Sendable {
     public var table: RoutingTable { published.load(ordering: .acquiring) }
 
     public var state: RoutingState { inner.withLock { $0.state } }
+
+    /// Pools and endpoints as last published, readable without the lock (also from code that
+    /// runs under it, like a mutation's checks).
+    final class Topology: AtomicReference, Sendable {
+        let endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
+        let routing: RoutingConfig
+        init(_ endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])], _ routing: RoutingConfig) {
+            self.endpoints = endpoints
+            self.routing = routing
+        }
+    }
+    private let topology: ManagedAtomic<Topology>
+
+    /// Every endpoint, by pool in config order (a reload may change them).
+    public var endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] { topology.load(ordering: .acquiring).endpoints }
+
+    public var routing: RoutingConfig { topology.load(ordering: .acquiring).routing }
 
     public func health(of endpointID: Int) -> HealthStatus {
         inner.withLock { $0.health[endpointID] ?? .unknown }
@@ -51,8 +67,82 @@ public final class RoutingStore: Sendable {
     public func setHealth(endpointID: Int, _ status: HealthStatus) {
         inner.withLock { inner in
             guard inner.health[endpointID] != status else { return }
+            guard inner.endpoints.contains(where: { $0.endpoints.contains { $0.id == endpointID } }) else { return }
             inner.health[endpointID] = status
-            published.store(Self.build(inner, endpoints: endpoints, routing: routing), ordering: .releasing)
+            published.store(Self.build(inner), ordering: .releasing)
+        }
+    }
+
+    /// What a reload changed in the pools.
+    public struct Reconfiguration: Sendable {
+        public var added: [UpstreamEndpoint] = []
+        public var removed: [UpstreamEndpoint] = []
+        public var addedPools: [String] = []
+        public var removedPools: [String] = []
+    }
+
+    /// Takes the pools, endpoints and routing options of a reloaded config. An endpoint that stays
+    /// (same pool, same address) keeps its identity, health and counters; a new one starts unknown
+    /// (it takes traffic once probed healthy). Runtime weights and the live pool are kept; a new
+    /// pool gets weight 0. Refused, changing nothing, when a pool that is live, has weight, or is
+    /// being ramped would disappear. A changed state (pools added or removed) is persisted first.
+    public func reconfigure<E: Error>(_ config: TurnoutConfig, persist: (RoutingState) throws(E) -> Void,
+                                      refuse: (String) -> E) throws(E) -> Reconfiguration {
+        try inner.withLock { (inner: inout Inner) throws(E) -> Reconfiguration in
+            var out = Reconfiguration()
+            let newNames = Set(config.pools.map(\.name))
+            for entry in inner.endpoints where !newNames.contains(entry.pool.name) {
+                let name = entry.pool.name
+                if inner.state.live == name { throw refuse("pool \(name) is live; switch away from it before removing it") }
+                if (inner.state.weights[name] ?? 0) > 0 {
+                    throw refuse("pool \(name) still has weight \(Percent.format(basisPoints: inner.state.weights[name] ?? 0))%; set its weight to 0 before removing it")
+                }
+                if let ramp = inner.state.ramp, ramp.isActive, ramp.plan.pool == name || ramp.preRampLive == name {
+                    throw refuse("pool \(name) is part of a running ramp")
+                }
+                out.removedPools.append(name)
+            }
+            var nextID = inner.nextEndpointID
+            var all: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] = []
+            for pool in config.pools {
+                let old = inner.endpoints.first { $0.pool.name == pool.name }?.endpoints ?? []
+                if old.isEmpty && !inner.endpoints.contains(where: { $0.pool.name == pool.name }) { out.addedPools.append(pool.name) }
+                var eps: [UpstreamEndpoint] = []
+                for address in pool.endpoints {
+                    if let kept = old.first(where: { $0.address == address }) {
+                        eps.append(kept)
+                    } else {
+                        let e = UpstreamEndpoint(id: nextID, pool: pool.name, address: address)
+                        nextID += 1
+                        eps.append(e)
+                        out.added.append(e)
+                    }
+                }
+                out.removed += old.filter { e in !eps.contains { $0 === e } }
+                all.append((pool, eps))
+            }
+            var state = inner.state
+            for name in out.removedPools {
+                state.weights[name] = nil
+                state.previousWeights?[name] = nil
+            }
+            for name in out.addedPools { state.weights[name] = 0; state.previousWeights?[name] = 0 }
+            if let prevLive = state.previousLive, !newNames.contains(prevLive) {
+                state.previousLive = nil
+                state.previousWeights = nil
+            }
+            if state != inner.state {
+                state.generation += 1
+                try persist(state)
+                inner.state = state
+            }
+            for e in out.removed { inner.health[e.id] = nil }
+            inner.endpoints = all
+            inner.routing = config.routing
+            inner.nextEndpointID = nextID
+            topology.store(Topology(all, config.routing), ordering: .releasing)
+            published.store(Self.build(inner), ordering: .releasing)
+            return out
         }
     }
 
@@ -69,21 +159,22 @@ public final class RoutingStore: Sendable {
             guard next != inner.state else { return next }
             try persist(next)
             inner.state = next
-            published.store(Self.build(inner, endpoints: endpoints, routing: routing), ordering: .releasing)
+            published.store(Self.build(inner), ordering: .releasing)
             return next
         }
     }
 
-    static func build(_ inner: Inner, endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])], routing: RoutingConfig) -> RoutingTable {
+    static func build(_ inner: Inner) -> RoutingTable {
         var pools: [PoolRoute] = []
         var weights: [Int] = []
         var live = 0
-        for (i, entry) in endpoints.enumerated() {
+        for (i, entry) in inner.endpoints.enumerated() {
             let healthy = entry.endpoints.indices.filter { inner.health[entry.endpoints[$0].id] == .healthy }
             pools.append(PoolRoute(name: entry.pool.name, endpoints: entry.endpoints, healthy: healthy, balance: entry.pool.balance))
             weights.append(inner.state.weights[entry.pool.name] ?? 0)
             if entry.pool.name == inner.state.live { live = i }
         }
+        let routing = inner.routing
         return RoutingTable(generation: inner.state.generation, live: live, pools: pools, weights: weights,
                             sticky: routing.sticky, previewHeader: routing.previewHeader, failover: routing.failover)
     }

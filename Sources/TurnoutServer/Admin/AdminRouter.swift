@@ -38,6 +38,8 @@ final class AdminRouter: @unchecked Sendable {
     var rampWindow: () -> RampWindow? = { nil }
     /// The Prometheus exposition (set by the server, which owns the counters).
     var metrics: () -> String = { "" }
+    /// Re-reads the config file (set by the server, which owns everything a reload touches).
+    var reload: () -> Result<ReloadOutcome, ReloadError> = { .failure(.refused("reload is not available")) }
 
     static let maxBody = 64 * 1024
 
@@ -54,7 +56,7 @@ final class AdminRouter: @unchecked Sendable {
         let routes: [String: [String]] = [
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
             "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
-            "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"],
+            "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"], "/v1/reload": ["POST"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -122,6 +124,20 @@ final class AdminRouter: @unchecked Sendable {
                 let text = weights.sorted { $0.key < $1.key }.map { "\($0.key)=\(Percent.format(basisPoints: $0.value))" }.joined(separator: " ")
                 return try mutate(req, action: "weights \(text)", kind: "weights") { state, view throws(AdminError) in
                     try RoutingCommands.setWeights(weights, force: force, state: state, pools: view)
+                }
+            case "/v1/reload":
+                if !req.body.isEmpty { _ = try AdminJSON.object(req.body, allowed: []) }
+                switch reload() {
+                case .success(let outcome):
+                    let body = "{\"reloaded\":true,\"changes\":[\(outcome.changes.map(JSONWriter.quote).joined(separator: ","))],"
+                        + "\"restart_required\":[\(outcome.restartRequired.map(JSONWriter.quote).joined(separator: ","))]}"
+                    return AdminResponse(status: 200, body: body)
+                case .failure(.invalid(let problems)):
+                    let body = "{\"error\":\"the new config is invalid; the running config is kept\",\"code\":\"invalid_config\","
+                        + "\"problems\":[\(problems.map(JSONWriter.quote).joined(separator: ","))]}"
+                    return AdminResponse(status: 400, body: body)
+                case .failure(.refused(let reason)):
+                    throw AdminError(409, "reload_refused", "\(reason); the running config is kept")
                 }
             case "/v1/rollback":
                 if !req.body.isEmpty { _ = try AdminJSON.object(req.body, allowed: []) }

@@ -16,7 +16,10 @@ public struct StartupError: Error, CustomStringConvertible {
 /// A running proxy: event loops, listeners, upstream pools and the health prober, wired to one
 /// routing store. `start()` returns once the listeners accept; `drain()` shuts down gracefully.
 public final class ProxyServer: @unchecked Sendable {
-    public let config: TurnoutConfig
+    /// The configuration in force (a reload replaces it).
+    public var config: TurnoutConfig { context.config }
+    /// The config file `reload()` reads again (nil: reload is refused).
+    public var configPath: String?
     public let store: RoutingStore
     let context: ProxyContext
     let group: EventLoopGroup
@@ -24,16 +27,17 @@ public final class ProxyServer: @unchecked Sendable {
     let loopStats: [LoopStats]
     let prober: HealthProber
     private var listeners: [Listener] = []
+    private let listenersLock = NSLock()
     private let registry = ConnectionRegistry()
-    private let logger: Logger
+    let logger: Logger
     let admin: AdminServer
     let router: AdminRouter
     private var ramps: RampController?
 
     /// Builds the proxy for `config`, starting from `state`. Reads the admin token file, if any;
     /// nothing listens until `start()`.
-    public init(config: TurnoutConfig, state: RoutingState, logger: Logger) throws {
-        self.config = config
+    public init(config: TurnoutConfig, state: RoutingState, logger: Logger, configPath: String? = nil) throws {
+        self.configPath = configPath
         self.logger = logger
         self.store = RoutingStore(config: config, state: state)
         self.context = ProxyContext(config: config, store: store, logger: logger)
@@ -78,7 +82,7 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     /// The addresses the listeners are bound to (useful with port 0).
-    public var boundAddresses: [SocketAddress] { listeners.map(\.address) }
+    public var boundAddresses: [SocketAddress] { listenerSnapshot().map(\.address) }
 
     /// The routing state to start with: the state file when it exists (it wins over the config's
     /// weights), else the config's. A state file that cannot be used stops start-up, unless
@@ -109,7 +113,7 @@ public final class ProxyServer: @unchecked Sendable {
         Self.raiseFileLimit(logger: logger, wanted: config.limits.maxClientConnections * 2 + 256)
         for (i, l) in config.listeners.enumerated() {
             do {
-                listeners.append(try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, registry: registry))
+                listeners.append(try makeListener(l))
             } catch let error as TLSError {
                 for opened in listeners { opened.close() }
                 throw StartupError("listeners[\(i)].tls (\(l.address)): \(error)")
@@ -130,6 +134,7 @@ public final class ProxyServer: @unchecked Sendable {
         let ramps = RampController(loop: admin.loop, store: store, stateFile: config.stateFile, events: context.events,
                                    logger: logger, collectStats: { [unowned self] in trafficStats() })
         router.rampWindow = { [unowned ramps] in ramps.window() }
+        router.reload = { [unowned self] in reload() }
         router.metrics = { [unowned self] in
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
                                     connections: upstreamConnectionCounts(),
@@ -179,29 +184,22 @@ public final class ProxyServer: @unchecked Sendable {
         return out
     }
 
-    /// Loads every TLS listener's certificates again. A listener whose files fail to load keeps
-    /// its old certificates; the error is logged. Returns the problems (empty: all reloaded).
-    @discardableResult
-    public func reloadCertificates() -> [String] {
-        var problems: [String] = []
-        for l in listeners {
-            guard let tls = l.tls else { continue }
-            do {
-                try tls.reload()
-                logger.notice("reloaded TLS certificates of \(l.address)")
-            } catch {
-                problems.append("\(l.address): \(error)")
-                logger.error("TLS certificates of \(l.address) not reloaded, the old ones stay in use: \(error)")
-            }
-        }
-        return problems
+    func makeListener(_ l: ListenerConfig) throws -> Listener {
+        try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, registry: registry)
+    }
+
+    /// The listeners now accepting.
+    func listenerSnapshot() -> [Listener] { listenersLock.withLock { listeners } }
+
+    func replaceListeners(kept: [Listener], added: [Listener]) {
+        listenersLock.withLock { listeners = kept + added }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `timeouts.drain`), closes idle
     /// connections, then calls `completion` with the number of connections that had to be cut.
     public func drain(completion: @escaping @Sendable (Int) -> Void) {
         context.draining.store(true, ordering: .relaxed)
-        for l in listeners { l.close() }
+        for l in listenerSnapshot() { l.close() }
         prober.stop()
         for (i, loop) in group.loops.enumerated() {
             let pool = pools[i]
@@ -248,13 +246,12 @@ public final class ProxyServer: @unchecked Sendable {
             s.activate()
             sources.append(s)
         }
-        // SIGHUP reloads TLS certificates (new connections get them; open ones keep theirs).
-        // Reloading the rest of the configuration is issue 7; the running configuration is kept.
+        // SIGHUP reloads the config file (see reload()); it never stops the proxy.
         signal(SIGHUP, SIG_IGN)
         let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: signalQueue)
         hup.setEventHandler { [self] in
-            logger.notice("received SIGHUP: reloading TLS certificates; the rest of the running configuration is kept")
-            reloadCertificates()
+            logger.notice("received SIGHUP: reloading \(configPath ?? "the configuration")")
+            _ = reload()
         }
         hup.activate()
         sources.append(hup)

@@ -52,8 +52,32 @@ final class HealthProber: @unchecked Sendable {
         }
     }
 
+    /// After a reload: probes endpoints that were added (they start unknown), stops probing those
+    /// that were removed, and applies the new rise/fall to every tracker. Interval, timeout and
+    /// path are read from the configuration at each probe.
+    func reconfigure(added: [UpstreamEndpoint], removed: [UpstreamEndpoint]) {
+        loop.execute { [self] in
+            let health = context.config.health
+            for id in Array(trackers.keys) { trackers[id]?.retune(rise: health.rise, fall: health.fall) }
+            let gone = Set(removed.map(\.id))
+            for id in gone {
+                trackers[id] = nil
+                results[id] = nil
+            }
+            endpoints.removeAll { gone.contains($0.id) }
+            let spreadMs = min(health.intervalMs, 200)
+            for (i, e) in added.enumerated() {
+                trackers[e.id] = HealthTracker(rise: health.rise, fall: health.fall)
+                endpoints.append(e)
+                let offset = spreadMs * Int64(i) / Int64(max(1, added.count))
+                loop.queue.asyncAfter(deadline: .now() + .milliseconds(Int(offset))) { [self] in self.probe(e) }
+            }
+        }
+    }
+
     private func probe(_ endpoint: UpstreamEndpoint) {
-        guard !stopped else { return }
+        // A removed endpoint has no tracker: its chain of probes ends here.
+        guard !stopped, trackers[endpoint.id] != nil else { return }
         let started = DispatchTime.now()
         let next: @Sendable () -> Void = { [self] in
             let interval = DispatchTimeInterval.milliseconds(Int(context.config.health.intervalMs))

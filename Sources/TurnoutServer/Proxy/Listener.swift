@@ -10,6 +10,8 @@ import TurnoutCore
 final class Listener: @unchecked Sendable {
     let fd: Int32
     let address: SocketAddress
+    /// The config entry this listener was made from (a reload matches listeners by address).
+    let config: ListenerConfig
     private let queue: DispatchQueue
     private var source: DispatchSourceRead?
     private var suspended = false
@@ -24,6 +26,7 @@ final class Listener: @unchecked Sendable {
 
     init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
          stats: [LoopStats], registry: ConnectionRegistry) throws {
+        self.config = config
         let addresses = try SocketAddress.resolve(config.address.host, port: config.address.port)
         self.fd = try Sockets.listen(on: addresses[0])
         self.address = Sockets.localAddress(fd) ?? addresses[0]

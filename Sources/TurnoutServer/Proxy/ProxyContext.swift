@@ -3,11 +3,30 @@ import Logging
 import Synchronization
 import TurnoutCore
 
-/// What every event loop shares for the whole life of a proxy: the config, the routing store,
-/// resolved upstream addresses, loggers and the drain flag. Everything here is immutable or
-/// thread-safe.
+/// What every event loop shares for the whole life of a proxy: the configuration in force, the
+/// routing store, resolved upstream addresses, loggers and the drain flag. Everything here is
+/// immutable or thread-safe; the configuration is swapped whole by a reload.
 final class ProxyContext: Sendable {
-    let config: TurnoutConfig
+    /// The configuration and what is derived from it, replaced as one value by a reload.
+    final class Settings: Sendable {
+        let config: TurnoutConfig
+        /// Per endpoint id: the pool config (for idle limits).
+        let poolOfEndpoint: [Int: PoolConfig]
+        /// Seconds a client should wait before retrying after a 503.
+        let retryAfterSeconds: Int
+
+        init(config: TurnoutConfig, store: RoutingStore) {
+            self.config = config
+            var map: [Int: PoolConfig] = [:]
+            for entry in store.endpoints {
+                for e in entry.endpoints { map[e.id] = entry.pool }
+            }
+            self.poolOfEndpoint = map
+            self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
+        }
+    }
+
+    private let current: ManagedAtomic<Settings>
     let store: RoutingStore
     let addresses: AddressBook
     let logger: Logger
@@ -16,26 +35,34 @@ final class ProxyContext: Sendable {
     let events = EventBus()
     /// Client connections open right now, across loops.
     let openClientConnections = ManagedAtomic<Int>(0)
-    /// Per endpoint id: the pool config (for idle limits).
-    let poolOfEndpoint: [Int: PoolConfig]
-    /// Seconds a client should wait before retrying after a 503.
-    let retryAfterSeconds: Int
 
     init(config: TurnoutConfig, store: RoutingStore, logger: Logger) {
-        self.config = config
+        self.current = ManagedAtomic(Settings(config: config, store: store))
         self.store = store
         self.addresses = AddressBook()
         self.logger = logger
         var access = logger
         access[metadataKey: "log"] = "access"
+        // Whether access lines are logged is fixed at start-up (`access_log` needs a restart).
         self.accessLogger = config.accessLog ? access : nil
-        var map: [Int: PoolConfig] = [:]
-        for entry in store.endpoints {
-            for e in entry.endpoints { map[e.id] = entry.pool }
-        }
-        self.poolOfEndpoint = map
-        self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
-        for e in store.allEndpoints {
+        addLiteralAddresses()
+    }
+
+    /// The settings in force. Load once per operation that needs several values.
+    var settings: Settings { current.load(ordering: .acquiring) }
+    var config: TurnoutConfig { settings.config }
+    var retryAfterSeconds: Int { settings.retryAfterSeconds }
+    func poolConfig(ofEndpoint id: Int) -> PoolConfig? { settings.poolOfEndpoint[id] }
+
+    /// Publishes a reloaded configuration (after the routing store took its pools).
+    func replace(config: TurnoutConfig) {
+        current.store(Settings(config: config, store: store), ordering: .releasing)
+        addLiteralAddresses()
+    }
+
+    /// Endpoints given as IP literals need no resolution.
+    private func addLiteralAddresses() {
+        for e in store.allEndpoints where addresses.addresses(e.id).isEmpty {
             if let literal = SocketAddress.literal(e.address.host, port: e.address.port) {
                 addresses.set(e.id, [literal])
             }
@@ -54,3 +81,5 @@ final class AddressBook: Sendable {
 
     func addresses(_ id: Int) -> [SocketAddress] { table.withLock { $0[id] ?? [] } }
 }
+
+extension ProxyContext.Settings: AtomicReference {}

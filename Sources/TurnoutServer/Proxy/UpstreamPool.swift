@@ -46,7 +46,7 @@ final class UpstreamPool: @unchecked Sendable {
     func release(_ conn: UpstreamConnection) {
         conn.owner = nil
         conn.requestsServed += 1
-        let limit = context.poolOfEndpoint[conn.endpoint.id]?.maxIdleConnections ?? 0
+        let limit = context.poolConfig(ofEndpoint: conn.endpoint.id)?.maxIdleConnections ?? 0
         let list = idle[conn.endpoint.id, default: []]
         guard !conn.isClosed, list.count < limit, isHealthy(conn.endpoint), !context.isDraining else {
             conn.close()

@@ -98,10 +98,10 @@ final class TLSCertificates: Sendable {
 
     var current: TLSContext { state.withLock { $0.context } }
 
-    /// Loads the certificates again from their files; on any error the old ones stay in use.
-    func reload() throws(TLSError) {
-        let config = state.withLock { $0.config }
+    /// Loads the certificates named by `config` (a reload: possibly new files, possibly the same
+    /// files with new contents); on any error the old ones stay in use.
+    func replace(config: TLSConfig) throws(TLSError) {
         let fresh = try TLSContext(config)
-        state.withLock { $0.context = fresh }
+        state.withLock { $0 = (fresh, config) }
     }
 }
