@@ -1,4 +1,5 @@
 # Turnout: `make demo` and `make test` work on a fresh Debian 12 machine (as root, or with sudo).
+SHELL      := /bin/bash
 SWIFT      ?= swift
 PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
@@ -7,7 +8,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle fuzz fuzz-build clean
 
 all: build
 
@@ -21,6 +22,8 @@ test-deps: deps
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-pytest; }
 	@$(PYTHON) -c 'import h2' 2>/dev/null || $(PYTHON) -m pip install -q h2 2>/dev/null \
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h2; }
+	@$(PYTHON) -c 'import h11' 2>/dev/null || $(PYTHON) -m pip install -q h11 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h11; }
 
 # Installs the Debian packages in PACKAGES that are missing.
 apt-install:
@@ -51,7 +54,26 @@ check-config: build
 	$(RELEASE_BIN) check-config config/turnout.yaml
 
 clean:
-	rm -rf .build
+	rm -rf .build Fuzz/.build
+
+# libFuzzer targets (Fuzz/): each runs FUZZ_SECONDS (default 60) from the seed corpus in
+# Fuzz/Corpus/TARGET; findings land in Fuzz/findings/. See README "Fuzzing".
+FUZZ_TARGETS := FuzzRequestHead FuzzResponseHead FuzzChunked FuzzConfig FuzzAdminJSON
+FUZZ_SECONDS ?= 60
+
+fuzz-build: deps
+	cd Fuzz && $(SWIFT) build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+
+fuzz: fuzz-build
+	@mkdir -p Fuzz/findings
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p Fuzz/.corpus/$$t; \
+	  echo "== $$t: $(FUZZ_SECONDS)s"; \
+	  Fuzz/.build/debug/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	    -artifact_prefix=Fuzz/findings/$$t- -print_final_stats=1 Fuzz/.corpus/$$t Fuzz/Corpus/$$t 2>&1 \
+	    | grep -E "^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==ERROR|SUMMARY|.*(crash|leak|timeout)-)" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 # Turnout against HAProxy, nginx and nghttpx (one worker each), then idle-connection memory:
 # see README "Benchmarks".

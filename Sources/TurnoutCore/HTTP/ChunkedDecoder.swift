@@ -16,6 +16,7 @@ public struct ChunkedDecoder: Sendable {
         case dataCR
         case dataLF
         case trailerLineStart(total: Int)
+        case trailerName(total: Int)
         case trailerLine(total: Int)
         case trailerLF(total: Int, empty: Bool)
         case done
@@ -90,7 +91,17 @@ public struct ChunkedDecoder: Sendable {
                     state = .trailerLF(total: total, empty: true)
                 } else {
                     guard HTTPSyntax.isTokenByte(b) else { throw .bad("malformed trailer field") }
+                    state = .trailerName(total: total + 1)
+                }
+                index += 1
+            case .trailerName(let total):
+                // A field name, then a colon (RFC 9112 5: no whitespace before it).
+                guard total < Self.maxTrailerBytes else { throw .bad("trailer section too large") }
+                if b == 58 {
                     state = .trailerLine(total: total + 1)
+                } else {
+                    guard HTTPSyntax.isTokenByte(b) else { throw .bad("malformed trailer field") }
+                    state = .trailerName(total: total + 1)
                 }
                 index += 1
             case .trailerLine(let total):
