@@ -8,7 +8,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle fuzz fuzz-build clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -42,7 +42,7 @@ build-debug: deps
 demo: build
 	$(RELEASE_BIN) demo
 
-test: unit-test integration-test
+test: unit-test integration-test fuzz-smoke
 
 unit-test: deps
 	$(SWIFT) test
@@ -63,6 +63,10 @@ FUZZ_SECONDS ?= 60
 
 fuzz-build: deps
 	cd Fuzz && $(SWIFT) build -c debug -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
+
+# A short run of every fuzz target, part of `make test`.
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=10
 
 fuzz: fuzz-build
 	@mkdir -p Fuzz/findings

@@ -1,5 +1,6 @@
 """What clients see when things go wrong (SPEC "What clients see from the data path")."""
 import http.client
+import re
 import socket
 import subprocess
 import time
@@ -136,13 +137,64 @@ def test_unhealthy_endpoint_takes_no_traffic_and_failover_spills(cleanup, tmp_pa
     assert c.getresponse().read() == b"blue\n"
 
 
-def test_fd_count_returns_to_baseline_after_many_failures(blue_green):
-    t, _, _ = blue_green()
-    base = t.fd_count()
-    for i in range(300):
-        path = ["/garbage", "/partial", "/reset"][i % 3]
-        raw_exchange(t.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(), timeout=5)
-    wait_for(lambda: t.fd_count() <= base + 2, what=f"fds back near {base} (now {t.fd_count()})", timeout=10)
+FAILURE_SCRIPT = """
+local paths = {"/garbage", "/partial", "/reset", "/status?code=500", "/slow?ms=400", "/"}
+local i = 0
+request = function()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+"""
+
+
+def test_fd_count_and_memory_return_to_baseline_after_10000_upstream_failures(blue_green, tmp_path):
+    # Garbage heads, responses cut mid-body, resets before the head, 500s, answers slower than
+    # upstream_response (504), mixed with good requests, over keep-alive and reconnecting clients.
+    t, _, _ = blue_green(timeouts="{ upstream_response: 200ms }")
+    for _ in range(50):
+        raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=5)
+    base_fds, base_rss = t.fd_count(), t.rss_kib()
+    script = tmp_path / "failures.lua"
+    script.write_text(FAILURE_SCRIPT)
+    failures = 0
+    rounds = 0
+    while failures < 10_000 and rounds < 20:
+        rounds += 1
+        out = subprocess.run(["wrk", "-t1", "-c20", "-d2s", "-s", str(script), t.url + "/"],
+                             capture_output=True, text=True, timeout=60).stdout
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        failures += total * 5 // 6  # five of the six paths fail
+    assert failures >= 10_000, f"only {failures} failures in {rounds} rounds"
+    # Idle pooled upstream connections may remain (at most the pool's idle limit per loop).
+    wait_for(lambda: t.fd_count() <= base_fds + 8, what=f"fds back near {base_fds} (now {t.fd_count()})", timeout=15)
+    assert t.rss_kib() - base_rss < 32 * 1024, (base_rss, t.rss_kib())
+    assert raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"blue\n")
+
+
+def test_a_thousand_slowloris_clients_do_not_stop_a_normal_client(blue_green):
+    t, _, _ = blue_green(timeouts="{ client_header: 3s }")
+    slow = []
+    for i in range(1000):
+        s = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow-%d: " % i)  # and never finish the head
+        slow.append(s)
+    try:
+        for _ in range(20):
+            assert raw_exchange(t.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").endswith(b"blue\n")
+        # ...all while every slow client still holds its connection (none was answered yet).
+        slow[-1].setblocking(False)
+        try:
+            slow[-1].recv(100)
+            assert False, "a slow client was answered before the normal ones were served"
+        except BlockingIOError:
+            pass
+        slow[-1].setblocking(True)
+        # The slow ones are cut off after client_header with a 408.
+        slow[0].settimeout(10)
+        assert slow[0].recv(100).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in slow:
+            s.close()
 
 
 def test_binary_garbage_is_refused_at_once_not_after_the_header_timeout(blue_green):

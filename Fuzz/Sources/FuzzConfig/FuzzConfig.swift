@@ -1,5 +1,12 @@
 import TurnoutCore
 
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+) -> CInt
+
 /// The config loader: any text gives a config or a list of problems, never a crash.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -12,4 +19,12 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         precondition(!error.problems.isEmpty, "an error without problems")
     }
     return 0
+}
+
+/// SwiftPM links executables with `main` renamed to `FuzzConfig_main`; this hands control to libFuzzer.
+@_cdecl("FuzzConfig_main")
+func FuzzConfigMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var values = argv
+    return LLVMFuzzerRunDriver(&count, &values, fuzzConfig)
 }

@@ -1,5 +1,12 @@
 import TurnoutCore
 
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+) -> CInt
+
 /// Admin request bodies: JSON decoding and the weight checks.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzAdminJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
@@ -11,4 +18,12 @@ public func fuzzAdminJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         precondition(w.values.allSatisfy { $0 >= 0 && $0 <= 10_000 }, "a weight outside 0-100% was accepted")
     }
     return 0
+}
+
+/// SwiftPM links executables with `main` renamed to `FuzzAdminJSON_main`; this hands control to libFuzzer.
+@_cdecl("FuzzAdminJSON_main")
+func FuzzAdminJSONMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var values = argv
+    return LLVMFuzzerRunDriver(&count, &values, fuzzAdminJSON)
 }
