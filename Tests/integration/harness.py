@@ -41,8 +41,9 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 class Upstream:
     """An upstream.py process."""
 
-    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None):
+    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None, extra_args=()):
         self.delay_file = delay_file
+        self.extra_args = list(extra_args)
         self.name = name
         self.port = port or free_port()
         self.unhealthy_file = unhealthy_file
@@ -58,6 +59,7 @@ class Upstream:
             args += ["--fail-file", self.fail_file]
         if self.delay_file:
             args += ["--delay-file", self.delay_file]
+        args += self.extra_args
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("ready"):

@@ -203,3 +203,22 @@ def test_binary_garbage_is_refused_at_once_not_after_the_header_timeout(blue_gre
     resp = raw_exchange(t.port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(200)), timeout=5)
     assert status_of(resp) == 400
     assert time.monotonic() - started < 2
+
+
+def test_an_upstream_closing_keep_alive_connections_at_random_fails_no_request(cleanup):
+    # The keep-alive race: the upstream closes a pooled connection just as Turnout sends on it.
+    # Turnout retries such a request (nothing of it was processed) on a fresh connection.
+    blue = Upstream("blue", extra_args=["--drop-keepalive", "0.3"])
+    cleanup.append(blue)
+    t = Turnout({"blue": [blue.address]})
+    cleanup.append(t)
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    failures = []
+    for _ in range(2000):
+        c.request("GET", "/")
+        r = c.getresponse()
+        body = r.read()
+        if r.status != 200 or body != b"blue\n":
+            failures.append((r.status, body))
+    assert failures == []
+    assert "attempts=2" in t.read_log()  # the race did happen, and the retry covered it

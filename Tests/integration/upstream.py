@@ -15,6 +15,8 @@ Paths:
   /partial            promises 100 bytes, sends 10, closes
   /                   with --fail-file: 500 for the fraction of requests written in that file
   /                   with --delay-file: answers after the milliseconds written in that file
+  /                   with --drop-keepalive F: after a fraction F of answers the connection is
+                      closed a moment later, like an upstream's idle timeout racing a new request
   /stats              JSON: data connections accepted and requests served (probes excluded)
   anything else       200 with the server's name as body and X-Served-By header
 """
@@ -23,6 +25,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import socket
 import struct
 import sys
@@ -100,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
     name = "upstream"
     unhealthy_file = None
     fail_file = None
+    drop_keepalive = 0.0
     fail_counter = 0
     delay_file = None
 
@@ -273,8 +277,20 @@ class Handler(BaseHTTPRequestHandler):
             self.send_plain(200, body, [("Content-Type", "application/json")])
             return
         self.send_plain(200, f"{self.name}\n".encode())
+        if self.drop_keepalive and random.random() < self.drop_keepalive:
+            # Close this keep-alive connection a moment later, as an idle timeout would: a request
+            # Turnout sends on it meanwhile is lost without an answer.
+            conn = self.connection
+            threading.Timer(random.uniform(0, 0.003), lambda: _shutdown(conn)).start()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = handle_any
+
+
+def _shutdown(conn):
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def main():
@@ -284,7 +300,10 @@ def main():
     p.add_argument("--unhealthy-file")
     p.add_argument("--fail-file", help="while it exists, answer 500 to this fraction of / requests")
     p.add_argument("--delay-file", help="while it exists, delay / by the milliseconds written in it")
+    p.add_argument("--drop-keepalive", type=float, default=0.0,
+                   help="after this fraction of / answers, close the keep-alive connection a moment later")
     a = p.parse_args()
+    Handler.drop_keepalive = a.drop_keepalive
     Handler.delay_file = a.delay_file
     Handler.name = a.name
     Handler.unhealthy_file = a.unhealthy_file
