@@ -8,7 +8,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -54,7 +54,7 @@ check-config: build
 	$(RELEASE_BIN) check-config config/turnout.yaml
 
 clean:
-	rm -rf .build Fuzz/.build
+	rm -rf .build Fuzz/.build Benchmarks/.build
 
 # libFuzzer targets (Fuzz/): each runs FUZZ_SECONDS (default 60) from the seed corpus in
 # Fuzz/Corpus/TARGET; findings land in Fuzz/findings/. See README "Fuzzing".
@@ -89,6 +89,12 @@ bench-deps: deps
 bench: build bench-deps
 	$(PYTHON) Benchmarks/compare.py --scaling
 	$(PYTHON) Benchmarks/idle_connections.py --connections 10000
+	$(SWIFT) package --package-path Benchmarks benchmark --no-progress
+
+# Micro-benchmarks (ordo-one/benchmark, nested package in Benchmarks/): time and allocations per
+# request head parse, routing decision and head serialisation.
+bench-micro: deps
+	$(SWIFT) package --package-path Benchmarks benchmark --no-progress
 
 bench-idle: build
 	$(PYTHON) Benchmarks/idle_connections.py --connections 10000

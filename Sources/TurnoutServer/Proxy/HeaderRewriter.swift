@@ -3,7 +3,7 @@ import TurnoutCore
 /// Builds the heads Turnout sends: requests to upstreams and responses to clients. Hop-by-hop
 /// fields are dropped, framing is regenerated, and forwarding fields are added (SPEC "What clients
 /// see from the data path").
-enum HeaderRewriter {
+public enum HeaderRewriter {
     static let hopByHop: Set<String> = [
         "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection",
     ]
@@ -15,7 +15,7 @@ enum HeaderRewriter {
     /// The request head for the upstream, always HTTP/1.1.
     /// With `upgrade`, the request asks the upstream to switch to that protocol (`Upgrade` and
     /// `Connection: Upgrade` are sent; they are dropped otherwise).
-    static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
+    public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
                                 upgrade: String? = nil) -> [UInt8] {
         var out = ""
         out.reserveCapacity(256 + head.headers.count * 32)
@@ -61,7 +61,7 @@ enum HeaderRewriter {
     }
 
     /// The response head for the client. `framing` is what the client will receive.
-    static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
+    public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
                                clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
         var out = "HTTP/1.1 \(head.status) \(head.reason)\r\n"
         let named = connectionNamed(head.headers)
