@@ -164,8 +164,10 @@ listeners:
 admin:
   socket: {workdir}/turnout-admin-{workers}.sock
 pools:
-  blue: {{ endpoints: ["127.0.0.1:{blue}"] }}
-  green: {{ endpoints: ["127.0.0.1:{green}"] }}
+  # Enough idle upstream connections for 100 concurrent requests (h2c: 10 clients x 10 streams);
+  # HAProxy and nginx are configured to reuse theirs as well.
+  blue: {{ endpoints: ["127.0.0.1:{blue}"], max_idle_connections: 256 }}
+  green: {{ endpoints: ["127.0.0.1:{green}"], max_idle_connections: 256 }}
 routing:
   weights: {{ blue: 90, green: 10 }}
 health: {{ interval: 2s, timeout: 1s, rise: 1, fall: 3 }}
@@ -219,7 +221,7 @@ http {{
     upstream be {{
         server 127.0.0.1:{blue} weight=90;
         server 127.0.0.1:{green} weight=10;
-        keepalive 128;
+        keepalive 256;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
