@@ -222,3 +222,9 @@ def test_an_upstream_closing_keep_alive_connections_at_random_fails_no_request(c
             failures.append((r.status, body))
     assert failures == []
     assert "attempts=2" in t.read_log()  # the race did happen, and the retry covered it
+
+
+def test_an_oversized_upstream_response_head_is_a_502_never_forwarded(blue_green):
+    t, _, _ = blue_green()
+    out = raw_exchange(t.port, b"GET /bighead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 502") and b"aaaa" not in out

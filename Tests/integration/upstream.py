@@ -10,6 +10,7 @@ Paths:
   /slow?ms=N          answers after N ms
   /status?code=N      answers with that status (no body for 1xx/204/304)
   /garbage            sends something that is not HTTP, then closes
+  /bighead            a response head of 70 KB (over Turnout's 64 KiB limit)
   /ws                 WebSocket echo: each text message comes back as "NAME:message"
   /reset              closes the connection with a TCP reset, no response
   /partial            promises 100 bytes, sends 10, closes
@@ -256,6 +257,10 @@ class Handler(BaseHTTPRequestHandler):
             return
         if url.path == "/ws":
             self.websocket_echo()
+            return
+        if url.path == "/bighead":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70000 + b"\r\nContent-Length: 2\r\n\r\nok")
+            self.close_connection = True
             return
         if url.path == "/garbage":
             self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
