@@ -56,6 +56,7 @@ extension ProxyServer {
 
     private func applyReload() -> Result<ReloadOutcome, ReloadError> {
         guard let path = configPath else { return .failure(.refused("this proxy was not started from a config file")) }
+        guard !context.isDraining else { return .failure(.refused("the proxy is shutting down")) }
         let new: TurnoutConfig
         do {
             new = try ConfigLoader.load(path: path)
