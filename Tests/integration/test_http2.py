@@ -391,3 +391,79 @@ def test_upstream_failures_become_statuses_or_stream_resets(blue_green):
     assert status[5] == "200" and resets[5] == h2.errors.ErrorCodes.INTERNAL_ERROR
     assert set(resets) == {5}
     c.close()
+
+
+def test_websocket_over_http2_extended_connect(blue_green):
+    # RFC 8441: CONNECT with :protocol websocket on an HTTP/2 stream, bridged to the HTTP/1.1
+    # upstream's WebSocket. python-h2 without header validation speaks it.
+    from upstream import ws_frame
+    t, _, _ = blue_green()
+    c = H2Client(t.port, validate=False)
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.RemoteSettingsChanged) for e in ev))
+    changed = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)).changed_settings
+    assert changed[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL].new_value == 1
+    c.conn.send_headers(1, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                            (":path", "/ws"), (":authority", f"127.0.0.1:{t.port}"), ("sec-websocket-version", "13")])
+    c.flush()
+    events = c.events_until(lambda ev: any(isinstance(e, h2.events.ResponseReceived) for e in ev))
+    head = dict(next(e for e in events if isinstance(e, h2.events.ResponseReceived)).headers)
+    assert head[":status"] == "200" and head["x-served-by"] == "blue" and "sec-websocket-accept" not in head
+
+    received = bytearray()
+
+    def pump(predicate):
+        """Reads events until `predicate()`, collecting stream 1's DATA and returning its window."""
+        def seen(evs):
+            for e in evs[pump.done:]:
+                if isinstance(e, h2.events.DataReceived):
+                    received.extend(e.data)
+                    c.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+            pump.done = len(evs)
+            c.flush()
+            return predicate()
+        pump.done = 0
+        c.events_until(seen)
+
+    def send(data):
+        while data:
+            n = min(len(data), c.conn.local_flow_control_window(1), c.conn.max_outbound_frame_size)
+            if n == 0:
+                before = c.conn.local_flow_control_window(1)
+                pump(lambda: c.conn.local_flow_control_window(1) > before)
+                continue
+            c.conn.send_data(1, data[:n])
+            c.flush()
+            data = data[n:]
+
+    def message():
+        if len(received) < 2:
+            return None
+        n = received[1] & 0x7F
+        start = 2 if n < 126 else 4 if n == 126 else 10
+        if n >= 126:
+            n = int.from_bytes(received[2:start], "big")
+        if len(received) < start + n:
+            return None
+        text = bytes(received[start:start + n]).decode()
+        del received[:start + n]
+        return text
+
+    def ask(text):
+        send(ws_frame(0x1, text.encode(), mask=os.urandom(4)))
+        result = []
+        pump(lambda: result.append(message()) or result[-1] is not None)
+        return result[-1]
+
+    assert ask("one") == "blue:one"
+    assert admin_call(t, "POST", "/v1/switch", {"pool": "green"})[0] == 200
+    assert ask("two") == "blue:two"  # the open tunnel stays where it started
+    _, state, _ = admin_call(t, "GET", "/v1/state")
+    assert sum(e["tunnels"] for e in state["pools"]["blue"]["endpoints"]) == 1
+    big = "x" * 300_000
+    assert ask(big) == "blue:" + big  # larger than the stream window: flow control both ways
+    c.conn.send_data(1, ws_frame(0x8, b"", mask=os.urandom(4)), end_stream=True)
+    c.flush()
+    c.events_until(lambda ev: any(isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) for e in ev))
+    wait_for(lambda: in_flight(t) == 0, what="the tunnel to be counted closed")
+    wait_for(lambda: "protocol=h2" in t.read_log(), what="the tunnel's access log line")
+    c.close()

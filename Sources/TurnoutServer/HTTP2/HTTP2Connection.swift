@@ -93,6 +93,8 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Limits.streamWindow),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
                                    value: UInt32(limits.maxRequestHeadBytes)),
+            // WebSocket over HTTP/2 (RFC 8441).
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1),
         ]
         nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
         nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)
@@ -193,7 +195,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
             if s.sinkPendingBytes > SocketChannel.highWatermark {
                 waitingForDrain.insert(id)
             } else {
-                s.exchange?.clientDrained()
+                s.clientDrained()
             }
         }
     }
@@ -311,7 +313,10 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
             return
         }
         guard !closed else { return }
-        for s in Array(streams.values) { s.exchange?.checkTimeouts(now: now) }
+        for s in Array(streams.values) {
+            s.exchange?.checkTimeouts(now: now)
+            s.tunnel?.checkTimeouts(now: now)
+        }
         if streams.isEmpty && idleDeadline != 0 && now >= idleDeadline {
             sendGoaway()
             closeGracefully()

@@ -13,6 +13,8 @@ final class HTTP2Stream: ExchangeSink {
     private var path: String?
     private var authority: String?
     private var requestScheme: String?
+    /// `:protocol` of an extended CONNECT (RFC 8441), e.g. "websocket".
+    private var connectProtocol: String?
     private var fields: [HTTPField] = []
     private var cookies: [String] = []
     private var headerBytes = 0
@@ -20,6 +22,8 @@ final class HTTP2Stream: ExchangeSink {
     private(set) var requestEnded = false
 
     private(set) var exchange: UpstreamExchange?
+    /// After an extended CONNECT was accepted: the WebSocket bridged to its upstream.
+    private(set) var tunnel: HTTP2Tunnel?
     /// Answered without (or no longer needing) an upstream: further request body is discarded.
     private(set) var answered = false
     /// Request body received but not yet taken by the upstream (bounded by the stream window).
@@ -54,7 +58,7 @@ final class HTTP2Stream: ExchangeSink {
         case ":path": path = v
         case ":authority": authority = v
         case ":scheme": requestScheme = v
-        case ":protocol": headerProblem = (501, "extended CONNECT is not supported")
+        case ":protocol": connectProtocol = v
         case "cookie": cookies.append(v)
         default: fields.append(HTTPField(n, v))
         }
@@ -71,8 +75,13 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 400, message: "the request has no :method")
             return
         }
-        if method == "CONNECT" {
-            answer(status: 405, message: "CONNECT is not supported: Turnout is a reverse proxy, not a forward proxy")
+        let websocket = method == "CONNECT" && connectProtocol?.lowercased() == "websocket"
+        if method == "CONNECT" && !websocket {
+            if connectProtocol != nil {
+                answer(status: 501, message: "extended CONNECT supports only the websocket protocol")
+            } else {
+                answer(status: 405, message: "CONNECT is not supported: Turnout is a reverse proxy, not a forward proxy")
+            }
             return
         }
         guard let path, !path.isEmpty else {
@@ -90,14 +99,20 @@ final class HTTP2Stream: ExchangeSink {
         if !cookies.isEmpty { headers.append(HTTPField("cookie", cookies.joined(separator: "; "))) }
         fields = []
         let framing: BodyFraming
-        if endStream {
+        if websocket {
+            // The HTTP/1.1 upgrade the upstream understands (RFC 8441 section 5): a GET with a key
+            // of its own; what follows on the stream is the tunnel, not a body.
+            headers.removeAll { $0.name == "sec-websocket-key" || $0.name == "content-length" }
+            headers.append(HTTPField("sec-websocket-key", Self.websocketKey()))
+            framing = .none
+        } else if endStream {
             framing = .none
         } else if let cl = headers.first(where: { $0.name == "content-length" }), let n = Int64(cl.value), n >= 0 {
             framing = .length(n)
         } else {
             framing = .chunked
         }
-        let head = HTTPRequestHead(method: method, target: path, version: .http2, headers: HTTPHeaders(headers), host: host,
+        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: HTTPHeaders(headers), host: host,
                                    framing: framing, keepAlive: true, expectsContinue: false)
         if let max = c.context.config.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
@@ -111,10 +126,11 @@ final class HTTP2Stream: ExchangeSink {
                    extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
         case .forward(let poolName, let endpoint, let reason, let setCookie):
             let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: c.clientIP, scheme: c.scheme,
-                                                              fallbackHost: endpoint.address.description)
+                                                              fallbackHost: endpoint.address.description,
+                                                              upgrade: websocket ? "websocket" : nil)
             let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
                                       reason: reason, setCookie: setCookie, clientIP: c.clientIP, loop: c.loop,
-                                      context: c.context, pool: c.pool, stats: c.stats, sink: self)
+                                      context: c.context, pool: c.pool, stats: c.stats, sink: self, upgrade: websocket)
             exchange = ex
             ex.start()
         }
@@ -122,7 +138,33 @@ final class HTTP2Stream: ExchangeSink {
 
     // MARK: request body
 
+    static func websocketKey() -> String {
+        var g = SystemRandomNumberGenerator()
+        let bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
+        return base64(bytes)
+    }
+
+    static func base64(_ bytes: [UInt8]) -> String {
+        let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var i = 0
+        while i < bytes.count {
+            let n = min(3, bytes.count - i)
+            let b0 = Int(bytes[i]), b1 = n > 1 ? Int(bytes[i + 1]) : 0, b2 = n > 2 ? Int(bytes[i + 2]) : 0
+            out.append(table[b0 >> 2])
+            out.append(table[((b0 & 3) << 4) | (b1 >> 4)])
+            out.append(n > 1 ? table[((b1 & 15) << 2) | (b2 >> 6)] : 61)
+            out.append(n > 2 ? table[b2 & 63] : 61)
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     func bodyReceived(_ bytes: UnsafeRawBufferPointer) {
+        if let tunnel {
+            tunnel.fromClient(bytes)
+            return
+        }
         guard let ex = exchange, !ex.isOver else {
             connection.consume(id, bytes.count)
             return
@@ -140,6 +182,10 @@ final class HTTP2Stream: ExchangeSink {
 
     func requestBodyEnded() {
         requestEnded = true
+        if let tunnel {
+            tunnel.clientEnded()
+            return
+        }
         pumpBody()
     }
 
@@ -233,10 +279,42 @@ final class HTTP2Stream: ExchangeSink {
 
     /// HTTP/2 requests never ask for an upgrade (nghttp2 refuses `Upgrade` fields), so this only
     /// guards against an upstream that switches anyway.
+    /// The upstream accepted a WebSocket (extended CONNECT): the client gets 200 and the stream
+    /// becomes the tunnel.
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
-        upstream.close()
-        ex.endpoint.requestEnded()
-        connection.resetStream(id, code: NGHTTP2_INTERNAL_ERROR)
+        var fields = HTTP2Fields.response(head, setCookie: ex.setCookie, keepLength: false)
+        fields.removeAll { $0.0 == "sec-websocket-accept" }
+        connection.submitResponse(id, status: 200, fields: fields, endStream: false)
+        let t = HTTP2Tunnel(stream: self, upstream: upstream, context: connection.context, clientIP: connection.clientIP,
+                            poolName: ex.poolName, target: ex.head.target)
+        tunnel = t
+        let early = Array(body[bodyStart...])
+        body = []
+        bodyStart = 0
+        t.start(fromClient: early, fromUpstream: leftover)
+    }
+
+    /// Bytes from the tunnel's upstream, on their way out as DATA.
+    func tunnelBytes(_ bytes: UnsafeRawBufferPointer) {
+        guard !responseEnded else { return }
+        if outStart > 0 && outStart == out.count {
+            out.removeAll(keepingCapacity: true)
+            outStart = 0
+        }
+        out.append(contentsOf: bytes)
+        wakeDataSource()
+    }
+
+    /// The tunnel's upstream closed: what it sent goes out, then END_STREAM.
+    func endTunnelOutput() {
+        guard !responseEnded else { return }
+        responseEnded = true
+        wakeDataSource()
+    }
+
+    /// The client's side has room again.
+    func clientDrained() {
+        if let tunnel { tunnel.clientDrained() } else { exchange?.clientDrained() }
     }
 
     // MARK: answers of our own
@@ -300,6 +378,9 @@ final class HTTP2Stream: ExchangeSink {
 
     /// The stream is gone: closed normally, reset by the client, or its connection ended.
     func closed(reason: String) {
+        if let tunnel, !tunnel.ended {
+            tunnel.end(reason: reason, resetStream: false)
+        }
         if let ex = exchange, !ex.isOver {
             ex.cancel(reason: reason)
         }
