@@ -151,7 +151,7 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
 
     @Test(arguments: [
         "g\r\n", "\r\n", "5\nhello\r\n", "5\r\nhelloX\r\n", "1000000000000000\r\n", "-5\r\n", "0x5\r\n",
-        "5\r\nhello\r\n0\r\n bad\r\n\r\n",
+        "5\r\nhello\r\n0\r\n bad\r\n\r\n", "0\r\nno-colon\r\n\r\n", "0\r\nX-T : 1\r\n\r\n", "0\r\n:empty\r\n\r\n",
     ])
     func malformedChunksAreRefused(_ text: String) {
         #expect(throws: HTTPParseError.self) { try decode(text) }
