@@ -66,14 +66,17 @@ enum HTTP2Fields {
     static func response(_ head: HTTPResponseHead, setCookie: String?, keepLength: Bool) -> [(String, String)] {
         var out: [(String, String)] = []
         out.reserveCapacity(head.headers.count + 2)
-        let named = HeaderRewriter.connectionNamed(head.headers)
+        let named = HeaderRewriter.namedByConnection(head.headers)
         var via: [String] = []
         for f in head.headers {
-            let lower = f.name.lowercased()
-            if HeaderRewriter.hopByHop.contains(lower) || named.contains(lower) { continue }
-            if lower == "content-length" && !keepLength { continue }
-            if lower == "via" { via.append(f.value); continue }
-            out.append((lower, f.value))
+            switch HeaderRewriter.kind(f.name) {
+            case .hopByHop: continue
+            case .contentLength: if !keepLength { continue }
+            case .via: via.append(f.value); continue
+            case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
+                if HeaderRewriter.isNamed(f.name, in: named) { continue }
+            }
+            out.append((f.name.lowercased(), f.value))
         }
         via.append(head.version.viaToken + " turnout")
         out.append(("via", via.joined(separator: ", ")))

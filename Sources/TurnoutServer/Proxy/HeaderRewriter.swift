@@ -12,87 +12,148 @@ public enum HeaderRewriter {
         Set(headers.tokens("connection"))
     }
 
+    /// The field names Turnout handles itself, recognised without allocating (ASCII, any case).
+    enum FieldKind {
+        case hopByHop, contentLength, forwardedFor, forwardedProto, forwardedHost, via, host, other
+    }
+
+    static func kind(_ name: String) -> FieldKind {
+        func is_(_ lower: String) -> Bool { name.equalsIgnoringASCIICase(lower) }
+        switch name.utf8.count {
+        case 2: return is_("te") ? .hopByHop : .other
+        case 3: return is_("via") ? .via : .other
+        case 4: return is_("host") ? .host : .other
+        case 7: return is_("trailer") || is_("upgrade") ? .hopByHop : .other
+        case 10: return is_("connection") || is_("keep-alive") ? .hopByHop : .other
+        case 14: return is_("content-length") ? .contentLength : .other
+        case 15: return is_("x-forwarded-for") ? .forwardedFor : .other
+        case 16: return is_("proxy-connection") ? .hopByHop : is_("x-forwarded-host") ? .forwardedHost : .other
+        case 17: return is_("transfer-encoding") ? .hopByHop : is_("x-forwarded-proto") ? .forwardedProto : .other
+        default: return .other
+        }
+    }
+
+    /// Field names the message's Connection header lists (hop-by-hop too), lowercased; empty
+    /// (and without allocating) when there is none but the usual close/keep-alive.
+    static func namedByConnection(_ headers: HTTPHeaders) -> [String] {
+        guard headers.contains("connection") else { return [] }
+        return headers.tokens("connection").filter { $0 != "close" && $0 != "keep-alive" }
+    }
+
+    @inline(__always)
+    static func isNamed(_ name: String, in named: [String]) -> Bool {
+        !named.isEmpty && named.contains { name.equalsIgnoringASCIICase($0) }
+    }
+
     /// The request head for the upstream, always HTTP/1.1.
     /// With `upgrade`, the request asks the upstream to switch to that protocol (`Upgrade` and
     /// `Connection: Upgrade` are sent; they are dropped otherwise).
     public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
-                                upgrade: String? = nil) -> [UInt8] {
-        var out = ""
-        out.reserveCapacity(256 + head.headers.count * 32)
-        out += head.method
-        out += " "
-        out += head.target
-        out += " HTTP/1.1\r\n"
-        let named = connectionNamed(head.headers)
+                                       upgrade: String? = nil) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(320 + head.headers.count * 48)
+        out += head.method.utf8
+        out.append(32)
+        out += head.target.utf8
+        out += " HTTP/1.1\r\n".utf8
+        let named = namedByConnection(head.headers)
         var forwardedFor: [String] = []
         var via: [String] = []
         var sawHost = false
+        var sawContentLength = false
         for f in head.headers {
-            let lower = f.name.lowercased()
-            if hopByHop.contains(lower) || named.contains(lower) { continue }
-            switch lower {
-            case "content-length", "x-forwarded-proto", "x-forwarded-host": continue
-            case "x-forwarded-for": forwardedFor.append(f.value); continue
-            case "via": via.append(f.value); continue
-            case "host": sawHost = true
-            default: break
+            switch kind(f.name) {
+            case .hopByHop, .forwardedProto, .forwardedHost: continue
+            case .contentLength: sawContentLength = true; continue
+            case .forwardedFor: forwardedFor.append(f.value); continue
+            case .via: via.append(f.value); continue
+            case .host: sawHost = true
+            case .other: if isNamed(f.name, in: named) { continue }
             }
-            out += f.name
-            out += ": "
-            out += f.value
-            out += "\r\n"
+            appendField(&out, f.name, f.value)
         }
-        if !sawHost { out += "Host: \(fallbackHost)\r\n" }
-        forwardedFor.append(clientIP)
-        out += "X-Forwarded-For: \(forwardedFor.joined(separator: ", "))\r\n"
-        out += "X-Forwarded-Proto: \(scheme)\r\n"
-        if let host = head.host { out += "X-Forwarded-Host: \(host)\r\n" }
-        via.append(head.version.viaToken + " turnout")
-        out += "Via: \(via.joined(separator: ", "))\r\n"
-        if let upgrade { out += "Upgrade: \(upgrade)\r\nConnection: Upgrade\r\n" }
+        if !sawHost { appendField(&out, "Host", fallbackHost) }
+        out += "X-Forwarded-For: ".utf8
+        for v in forwardedFor {
+            out += v.utf8
+            out += ", ".utf8
+        }
+        out += clientIP.utf8
+        out += "\r\n".utf8
+        appendField(&out, "X-Forwarded-Proto", scheme)
+        if let host = head.host { appendField(&out, "X-Forwarded-Host", host) }
+        appendVia(&out, via, version: head.version)
+        if let upgrade {
+            appendField(&out, "Upgrade", upgrade)
+            out += "Connection: Upgrade\r\n".utf8
+        }
         switch head.framing {
-        case .length(let n): out += "Content-Length: \(n)\r\n"
-        case .chunked: out += "Transfer-Encoding: chunked\r\n"
+        case .length(let n): appendField(&out, "Content-Length", String(n))
+        case .chunked: out += "Transfer-Encoding: chunked\r\n".utf8
         case .none, .untilClose:
-            if head.headers.contains("content-length") { out += "Content-Length: 0\r\n" }
+            if sawContentLength { out += "Content-Length: 0\r\n".utf8 }
         }
-        out += "\r\n"
-        return Array(out.utf8)
+        out += "\r\n".utf8
+        return out
+    }
+
+    @inline(__always)
+    static func appendField(_ out: inout [UInt8], _ name: String, _ value: String) {
+        out += name.utf8
+        out += ": ".utf8
+        out += value.utf8
+        out += "\r\n".utf8
+    }
+
+    /// `Via` with the received entries, then Turnout's own.
+    static func appendVia(_ out: inout [UInt8], _ via: [String], version: HTTPVersion) {
+        out += "Via: ".utf8
+        for v in via {
+            out += v.utf8
+            out += ", ".utf8
+        }
+        out += version.viaToken.utf8
+        out += " turnout\r\n".utf8
     }
 
     /// The response head for the client. `framing` is what the client will receive.
     public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
-                               clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
-        var out = "HTTP/1.1 \(head.status) \(head.reason)\r\n"
-        let named = connectionNamed(head.headers)
+                                      clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(256 + head.headers.count * 48)
+        out += "HTTP/1.1 ".utf8
+        out += String(head.status).utf8
+        out.append(32)
+        out += head.reason.utf8
+        out += "\r\n".utf8
+        let named = namedByConnection(head.headers)
         var via: [String] = []
         let keepLength: Bool
         if case .none = clientFraming { keepLength = true } else { keepLength = false }
         for f in head.headers {
-            let lower = f.name.lowercased()
-            if hopByHop.contains(lower) || named.contains(lower) { continue }
-            if lower == "content-length" && !keepLength { continue }
-            if lower == "via" { via.append(f.value); continue }
-            out += f.name
-            out += ": "
-            out += f.value
-            out += "\r\n"
+            switch kind(f.name) {
+            case .hopByHop: continue
+            case .contentLength: if !keepLength { continue }
+            case .via: via.append(f.value); continue
+            case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
+                if isNamed(f.name, in: named) { continue }
+            }
+            appendField(&out, f.name, f.value)
         }
-        via.append(head.version.viaToken + " turnout")
-        out += "Via: \(via.joined(separator: ", "))\r\n"
-        if let setCookie { out += "Set-Cookie: \(setCookie)\r\n" }
+        appendVia(&out, via, version: head.version)
+        if let setCookie { appendField(&out, "Set-Cookie", setCookie) }
         switch clientFraming {
-        case .length(let n): out += "Content-Length: \(n)\r\n"
-        case .chunked: out += "Transfer-Encoding: chunked\r\n"
+        case .length(let n): appendField(&out, "Content-Length", String(n))
+        case .chunked: out += "Transfer-Encoding: chunked\r\n".utf8
         case .none, .untilClose: break
         }
         if !keepAlive {
-            out += "Connection: close\r\n"
+            out += "Connection: close\r\n".utf8
         } else if clientVersion == .http10 {
-            out += "Connection: keep-alive\r\n"
+            out += "Connection: keep-alive\r\n".utf8
         }
-        out += "\r\n"
-        return Array(out.utf8)
+        out += "\r\n".utf8
+        return out
     }
 
     /// The `101 Switching Protocols` head for the client: the upstream's fields, its `Upgrade`,
