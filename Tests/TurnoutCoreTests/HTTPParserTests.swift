@@ -158,6 +158,17 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
     }
 }
 
+@Suite struct ListTokenTests {
+    @Test func findsTokensInListFieldsWithoutCaringAboutCaseOrSpacing() {
+        let h = HTTPHeaders([HTTPField("Connection", " Keep-Alive ,\tUpgrade"), HTTPField("connection", "CLOSE")])
+        #expect(h.hasToken("connection", "keep-alive") && h.hasToken("connection", "upgrade") && h.hasToken("Connection", "close"))
+        #expect(!h.hasToken("connection", "keep") && !h.hasToken("connection", "alive") && !h.hasToken("te", "close"))
+        let odd = HTTPHeaders([HTTPField("Connection", "keep alive, ,close x, closed")])
+        #expect(!odd.hasToken("connection", "keep") && !odd.hasToken("connection", "close") && odd.hasToken("connection", "closed"))
+        #expect(HTTPHeaders([HTTPField("Connection", "close,")]).hasToken("connection", "close"))
+    }
+}
+
 @Suite struct HeadLimitTests {
     @Test func endlessEmptyLinesHitTheHeadLimit() {
         let crlfs = [UInt8](repeating: 0, count: 70_000).enumerated().map { $0.offset % 2 == 0 ? 13 : 10 } as [UInt8]

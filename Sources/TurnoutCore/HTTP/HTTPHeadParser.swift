@@ -115,10 +115,11 @@ public enum HTTPHeadParser {
 
     static func parseVersion(_ buffer: [UInt8], _ r: Range<Int>) -> HTTPVersion? {
         guard r.count == 8 else { return nil }
-        let p = Array(buffer[r])
-        guard p[0] == 72, p[1] == 84, p[2] == 84, p[3] == 80, p[4] == 47, p[6] == 46 else { return nil }  // "HTTP/x.y"
-        guard p[5] == 49 else { return nil }
-        switch p[7] {
+        let p = buffer[r]  // a slice: indices are r's
+        let o = r.lowerBound
+        guard p[o] == 72, p[o + 1] == 84, p[o + 2] == 84, p[o + 3] == 80, p[o + 4] == 47, p[o + 6] == 46 else { return nil }  // "HTTP/x.y"
+        guard p[o + 5] == 49 else { return nil }
+        switch p[o + 7] {
         case 48: return .http10
         case 49: return .http11
         default: return nil
@@ -127,9 +128,9 @@ public enum HTTPHeadParser {
 
     static func isHTTPVersionShaped(_ buffer: [UInt8], _ r: Range<Int>) -> Bool {
         guard r.count == 8 else { return false }
-        let p = Array(buffer[r])
-        return p[0] == 72 && p[1] == 84 && p[2] == 84 && p[3] == 80 && p[4] == 47 && p[6] == 46
-            && (48...57).contains(p[5]) && (48...57).contains(p[7])
+        let o = r.lowerBound
+        return buffer[o] == 72 && buffer[o + 1] == 84 && buffer[o + 2] == 84 && buffer[o + 3] == 80 && buffer[o + 4] == 47
+            && buffer[o + 6] == 46 && (48...57).contains(buffer[o + 5]) && (48...57).contains(buffer[o + 7])
     }
 
     /// Parses and validates a request head occupying `buffer[start..<end]` (end just past CRLFCRLF).
@@ -179,20 +180,20 @@ public enum HTTPHeadParser {
             throw .bad("invalid request target")
         }
 
-        let hosts = headers.values("host")
-        if hosts.count > 1 { throw .bad("more than one Host header") }
-        if version == .http11 && hosts.isEmpty { throw .bad("missing Host header") }
-        if let h = hosts.first, !isValidHost(h) { throw .bad("invalid Host header") }
-        var host = hosts.first
+        var host: String?
+        for f in headers.fields where f.name.equalsIgnoringASCIICase("host") {
+            if host != nil { throw .bad("more than one Host header") }
+            host = f.value
+        }
+        if version == .http11 && host == nil { throw .bad("missing Host header") }
+        if let h = host, !isValidHost(h) { throw .bad("invalid Host header") }
         if let absoluteAuthority {
             // RFC 9112 3.2.2: the target's authority replaces Host.
             host = absoluteAuthority
             headers.set("Host", absoluteAuthority)
         }
 
-        let connection = headers.tokens("connection")
-        let keepAlive: Bool
-        if version == .http11 { keepAlive = !connection.contains("close") } else { keepAlive = connection.contains("keep-alive") }
+        let keepAlive = version == .http11 ? !headers.hasToken("connection", "close") : headers.hasToken("connection", "keep-alive")
 
         let teValues = headers.values("transfer-encoding")
         let clValues = headers.values("content-length")
@@ -251,8 +252,7 @@ public enum HTTPHeadParser {
             reason = String(decoding: buffer[rr], as: UTF8.self)
         }
         let headers = try parseFields(buffer, ls.dropFirst(), maxCount: maxHeaderCount)
-        let connection = headers.tokens("connection")
-        let keepAlive = version == .http11 ? !connection.contains("close") : connection.contains("keep-alive")
+        let keepAlive = version == .http11 ? !headers.hasToken("connection", "close") : headers.hasToken("connection", "keep-alive")
         return HTTPResponseHead(version: version, status: status, reason: reason, headers: headers, keepAlive: keepAlive)
     }
 }

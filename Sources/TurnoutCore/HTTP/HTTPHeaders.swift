@@ -29,6 +29,41 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     public func contains(_ name: String) -> Bool { first(name) != nil }
 
+    /// Whether a comma-separated list field holds `token` (ASCII case-insensitive), without allocating.
+    public func hasToken(_ name: String, _ token: String) -> Bool {
+        if let found = token.utf8.withContiguousStorageIfAvailable({ hasToken(name, $0) }) { return found }
+        return hasToken(name, Array(token.utf8))
+    }
+
+    private func hasToken<C: RandomAccessCollection>(_ name: String, _ want: C) -> Bool where C.Element == UInt8, C.Index == Int {
+        for f in fields where f.name.equalsIgnoringASCIICase(name) {
+            var matched = 0       // bytes of `want` matched in the current element
+            var inToken = false   // past leading whitespace of the element
+            var failed = false
+            var trailingSpace = false
+            for b in f.value.utf8 {
+                if b == 44 {  // ','
+                    if !failed && matched == want.count { return true }
+                    matched = 0; inToken = false; failed = false; trailingSpace = false
+                    continue
+                }
+                if b == 32 || b == 9 {
+                    if inToken { trailingSpace = true }
+                    continue
+                }
+                inToken = true
+                if failed { continue }
+                if trailingSpace || matched >= want.count { failed = true; continue }
+                let lb = b >= 65 && b <= 90 ? b | 0x20 : b
+                let w = want[want.startIndex + matched]
+                let lw = w >= 65 && w <= 90 ? w | 0x20 : w
+                if lb == lw { matched += 1 } else { failed = true }
+            }
+            if !failed && matched == want.count && inToken { return true }
+        }
+        return false
+    }
+
     /// Comma-separated list elements across every field with this name, trimmed and lowercased.
     public func tokens(_ name: String) -> [String] {
         var out: [String] = []
