@@ -388,7 +388,11 @@ def test_upstream_failures_become_statuses_or_stream_resets(blue_green):
     status = {e.stream_id: dict(e.headers)[":status"] for e in events if isinstance(e, h2.events.ResponseReceived)}
     resets = {e.stream_id: e.error_code for e in events if isinstance(e, h2.events.StreamReset)}
     assert status[1] == "502" and status[3] == "502" and status[7] == "504" and status[9] == "200"
-    assert status[5] == "200" and resets[5] == h2.errors.ErrorCodes.INTERNAL_ERROR
+    # The cut response is reset, never ended as if complete. (Whether its 200 head reached the
+    # client first depends on whether the head was flushed before the upstream's close arrived.)
+    ended = {e.stream_id for e in events if isinstance(e, h2.events.StreamEnded)}
+    assert resets[5] == h2.errors.ErrorCodes.INTERNAL_ERROR and 5 not in ended
+    assert status.get(5, "200") == "200"
     assert set(resets) == {5}
     c.close()
 
