@@ -66,17 +66,9 @@ enum HTTP2Fields {
     static func response(_ head: HTTPResponseHead, setCookie: String?, keepLength: Bool) -> [(String, String)] {
         var out: [(String, String)] = []
         out.reserveCapacity(head.headers.count + 2)
-        let named = HeaderRewriter.namedByConnection(head.headers)
         var via: [String] = []
-        for f in head.headers {
-            switch HeaderRewriter.kind(f.name) {
-            case .hopByHop: continue
-            case .contentLength: if !keepLength { continue }
-            case .via: via.append(f.value); continue
-            case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
-                if HeaderRewriter.isNamed(f.name, in: named) { continue }
-            }
-            out.append((f.name.lowercased(), f.value))
+        HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) {
+            out.append(($0.name.lowercased(), $0.value))
         }
         via.append(head.version.viaToken + " turnout")
         out.append(("via", via.joined(separator: ", ")))

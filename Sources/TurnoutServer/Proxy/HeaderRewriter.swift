@@ -4,14 +4,6 @@ import TurnoutCore
 /// fields are dropped, framing is regenerated, and forwarding fields are added (SPEC "What clients
 /// see from the data path").
 public enum HeaderRewriter {
-    static let hopByHop: Set<String> = [
-        "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "proxy-connection",
-    ]
-
-    static func connectionNamed(_ headers: HTTPHeaders) -> Set<String> {
-        Set(headers.tokens("connection"))
-    }
-
     /// The field names Turnout handles itself, recognised without allocating (ASCII, any case).
     enum FieldKind {
         case hopByHop, contentLength, forwardedFor, forwardedProto, forwardedHost, via, host, other
@@ -116,6 +108,32 @@ public enum HeaderRewriter {
         out += " turnout\r\n".utf8
     }
 
+    /// Calls `body` with each end-to-end field of a response, in order: hop-by-hop fields and
+    /// those its Connection field names are dropped, Content-Length only kept with `keepLength`,
+    /// and `Via` entries go to `via` (or to `body` when `via` is nil).
+    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, via: inout [String]?,
+                                     _ body: (HTTPField) -> Void) {
+        let named = namedByConnection(headers)
+        for f in headers {
+            switch kind(f.name) {
+            case .hopByHop: continue
+            case .contentLength: if !keepLength { continue }
+            case .via:
+                if via != nil { via!.append(f.value); continue }
+            case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
+                if isNamed(f.name, in: named) { continue }
+            }
+            body(f)
+        }
+    }
+
+    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, via: inout [String],
+                                     _ body: (HTTPField) -> Void) {
+        var collected: [String]? = via
+        forEachEndToEndField(headers, keepLength: keepLength, via: &collected, body)
+        via = collected ?? []
+    }
+
     /// The response head for the client. `framing` is what the client will receive.
     public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
                                       clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
@@ -126,20 +144,10 @@ public enum HeaderRewriter {
         out.append(32)
         out += head.reason.utf8
         out += "\r\n".utf8
-        let named = namedByConnection(head.headers)
         var via: [String] = []
         let keepLength: Bool
         if case .none = clientFraming { keepLength = true } else { keepLength = false }
-        for f in head.headers {
-            switch kind(f.name) {
-            case .hopByHop: continue
-            case .contentLength: if !keepLength { continue }
-            case .via: via.append(f.value); continue
-            case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
-                if isNamed(f.name, in: named) { continue }
-            }
-            appendField(&out, f.name, f.value)
-        }
+        forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) { appendField(&out, $0.name, $0.value) }
         appendVia(&out, via, version: head.version)
         if let setCookie { appendField(&out, "Set-Cookie", setCookie) }
         switch clientFraming {
@@ -159,27 +167,20 @@ public enum HeaderRewriter {
     /// The `101 Switching Protocols` head for the client: the upstream's fields, its `Upgrade`,
     /// and `Connection: Upgrade`.
     static func switchingProtocols(_ head: HTTPResponseHead) -> [UInt8] {
-        var out = "HTTP/1.1 101 \(head.reason)\r\n"
-        let named = connectionNamed(head.headers)
+        var out = Array("HTTP/1.1 101 \(head.reason)\r\n".utf8)
         var via: [String] = []
-        for f in head.headers {
-            let lower = f.name.lowercased()
-            if lower == "via" { via.append(f.value); continue }
-            if hopByHop.contains(lower) || named.contains(lower) { continue }
-            out += "\(f.name): \(f.value)\r\n"
-        }
-        via.append(head.version.viaToken + " turnout")
-        out += "Via: \(via.joined(separator: ", "))\r\n"
-        if let upgrade = head.headers.first("upgrade") { out += "Upgrade: \(upgrade)\r\n" }
-        out += "Connection: Upgrade\r\n\r\n"
-        return Array(out.utf8)
+        forEachEndToEndField(head.headers, keepLength: true, via: &via) { appendField(&out, $0.name, $0.value) }
+        appendVia(&out, via, version: head.version)
+        if let upgrade = head.headers.first("upgrade") { appendField(&out, "Upgrade", upgrade) }
+        out += "Connection: Upgrade\r\n\r\n".utf8
+        return out
     }
 
     /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` named in `Connection`), when
     /// Turnout tunnels it: not `h2c` (HTTP/2 is spoken with prior knowledge instead), and only for
     /// requests without a body.
     static func requestedUpgrade(_ head: HTTPRequestHead) -> String? {
-        guard head.version == .http11, !head.hasBody, connectionNamed(head.headers).contains("upgrade"),
+        guard head.version == .http11, !head.hasBody, head.headers.hasToken("connection", "upgrade"),
               let value = head.headers.first("upgrade"), !value.isEmpty else { return nil }
         if head.headers.tokens("upgrade").contains("h2c") { return nil }
         return value
@@ -187,15 +188,11 @@ public enum HeaderRewriter {
 
     /// An interim (1xx) response for an HTTP/1.1 client.
     static func informational(_ head: HTTPResponseHead) -> [UInt8] {
-        var out = "HTTP/1.1 \(head.status) \(head.reason)\r\n"
-        let named = connectionNamed(head.headers)
-        for f in head.headers {
-            let lower = f.name.lowercased()
-            if hopByHop.contains(lower) || named.contains(lower) { continue }
-            out += "\(f.name): \(f.value)\r\n"
-        }
-        out += "\r\n"
-        return Array(out.utf8)
+        var out = Array("HTTP/1.1 \(head.status) \(head.reason)\r\n".utf8)
+        var keepVia: [String]? = nil
+        forEachEndToEndField(head.headers, keepLength: true, via: &keepVia) { appendField(&out, $0.name, $0.value) }
+        out += "\r\n".utf8
+        return out
     }
 
     /// A response Turnout makes itself (errors): small plain-text body.
