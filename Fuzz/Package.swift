@@ -8,8 +8,9 @@ let targets = ["FuzzRequestHead", "FuzzResponseHead", "FuzzChunked", "FuzzConfig
 let package = Package(
     name: "TurnoutFuzz",
     dependencies: [.package(name: "Turnout", path: "..")],
-    targets: targets.map { name in
-        .executableTarget(name: name, dependencies: [.product(name: "TurnoutCore", package: "Turnout")], path: "Sources/\(name)")
+    targets: [.target(name: "FuzzSupport", path: "Sources/FuzzSupport")] + targets.map { name in
+        .executableTarget(name: name, dependencies: ["FuzzSupport", .product(name: "TurnoutCore", package: "Turnout")],
+                          path: "Sources/\(name)")
     },
     swiftLanguageModes: [.v6]
 )

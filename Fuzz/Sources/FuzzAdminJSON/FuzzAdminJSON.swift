@@ -1,11 +1,5 @@
+import FuzzSupport
 import TurnoutCore
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// Admin request bodies: JSON decoding and the weight checks.
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -20,10 +14,6 @@ public func fuzzAdminJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links executables with `main` renamed to `FuzzAdminJSON_main`; this hands control to libFuzzer.
+/// The entry point SwiftPM gives this executable (see FuzzSupport).
 @_cdecl("FuzzAdminJSON_main")
-func FuzzAdminJSONMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var values = argv
-    return LLVMFuzzerRunDriver(&count, &values, fuzzAdminJSON)
-}
+func FuzzAdminJSONMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzzAdminJSON) }

@@ -1,11 +1,5 @@
+import FuzzSupport
 import TurnoutCore
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// The chunked decoder, fed the input in pieces of varying size: it must never crash, never read
 /// out of bounds, always make progress, and decode the same data whatever the split.
@@ -44,10 +38,6 @@ public func fuzzChunked(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links executables with `main` renamed to `FuzzChunked_main`; this hands control to libFuzzer.
+/// The entry point SwiftPM gives this executable (see FuzzSupport).
 @_cdecl("FuzzChunked_main")
-func FuzzChunkedMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var values = argv
-    return LLVMFuzzerRunDriver(&count, &values, fuzzChunked)
-}
+func FuzzChunkedMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzzChunked) }

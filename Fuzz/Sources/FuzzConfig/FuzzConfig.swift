@@ -1,11 +1,5 @@
+import FuzzSupport
 import TurnoutCore
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// The config loader: any text gives a config or a list of problems, never a crash.
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -21,10 +15,6 @@ public func fuzzConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links executables with `main` renamed to `FuzzConfig_main`; this hands control to libFuzzer.
+/// The entry point SwiftPM gives this executable (see FuzzSupport).
 @_cdecl("FuzzConfig_main")
-func FuzzConfigMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var values = argv
-    return LLVMFuzzerRunDriver(&count, &values, fuzzConfig)
-}
+func FuzzConfigMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzzConfig) }

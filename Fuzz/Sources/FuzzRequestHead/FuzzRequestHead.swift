@@ -1,11 +1,5 @@
+import FuzzSupport
 import TurnoutCore
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// Request heads: finding the end, the plausibility check and the strict parse must never crash,
 /// hang or accept a head whose framing is ambiguous.
@@ -24,10 +18,6 @@ public func fuzzRequestHead(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-/// SwiftPM links executables with `main` renamed to `FuzzRequestHead_main`; this hands control to libFuzzer.
+/// The entry point SwiftPM gives this executable (see FuzzSupport).
 @_cdecl("FuzzRequestHead_main")
-func FuzzRequestHeadMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var values = argv
-    return LLVMFuzzerRunDriver(&count, &values, fuzzRequestHead)
-}
+func FuzzRequestHeadMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzzRequestHead) }

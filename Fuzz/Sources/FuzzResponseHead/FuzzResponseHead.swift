@@ -1,11 +1,5 @@
+import FuzzSupport
 import TurnoutCore
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
 
 /// Upstream response heads and their framing.
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -18,10 +12,6 @@ public func fuzzResponseHead(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt 
     return 0
 }
 
-/// SwiftPM links executables with `main` renamed to `FuzzResponseHead_main`; this hands control to libFuzzer.
+/// The entry point SwiftPM gives this executable (see FuzzSupport).
 @_cdecl("FuzzResponseHead_main")
-func FuzzResponseHeadMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var values = argv
-    return LLVMFuzzerRunDriver(&count, &values, fuzzResponseHead)
-}
+func FuzzResponseHeadMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt { runFuzzer(argc, argv, fuzzResponseHead) }
