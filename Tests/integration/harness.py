@@ -236,3 +236,52 @@ def make_certificate(directory, name, hosts=("localhost", "127.0.0.1")):
                     "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={hosts[0]}", "-addext",
                     f"subjectAltName={san}"], check=True, capture_output=True)
     return cert, key
+
+
+PATTERN_BLOCK = bytes(range(256)) * 4096  # what upstream.py's /big sends, repeated
+
+
+def pattern_sha256(size):
+    """The sha256 of `size` bytes of the /big pattern (size a multiple of 1 MiB)."""
+    import hashlib
+    h = hashlib.sha256()
+    for _ in range(size // len(PATTERN_BLOCK)):
+        h.update(PATTERN_BLOCK)
+    return h.hexdigest()
+
+
+def write_pattern_file(path, size):
+    with open(path, "wb") as f:
+        for _ in range(size // len(PATTERN_BLOCK)):
+            f.write(PATTERN_BLOCK)
+
+
+class RssPeak:
+    """Samples a Turnout's RSS while the `with` block runs; `growth_mib` is peak minus start."""
+
+    def __init__(self, turnout):
+        import threading
+        self.turnout = turnout
+        self.base = turnout.rss_kib()
+        self.peak = self.base
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample)
+
+    def _sample(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.turnout.rss_kib())
+            time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        print(f"RSS base {self.base} KiB, peak {self.peak} KiB, growth {self.growth_mib:.1f} MiB")
+        return False
+
+    @property
+    def growth_mib(self):
+        return (self.peak - self.base) / 1024

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from harness import Turnout, Upstream, free_port, raw_exchange, turnout_binary, wait_for
+from harness import RssPeak, Turnout, Upstream, free_port, pattern_sha256, raw_exchange, turnout_binary, wait_for, write_pattern_file
 
 
 def get(port, path="/", headers=None, method="GET", body=None, conn=None):
@@ -190,41 +190,19 @@ def test_sequential_requests_reuse_upstream_connections(blue_green):
 def test_gigabyte_upload_and_download_pass_intact_with_bounded_memory(blue_green):
     t, _, _ = blue_green()
     size = 1 << 30
-    block = bytes(range(256)) * 4096
-    h = hashlib.sha256()
-    for _ in range(size // len(block)):
-        h.update(block)
-    expected = h.hexdigest()
-    base = t.rss_kib()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], t.rss_kib())
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    expected = pattern_sha256(size)
+    with RssPeak(t) as rss:
         down = subprocess.run(f"curl -sS {t.url}/big?bytes={size} | sha256sum", shell=True, capture_output=True,
                               text=True, timeout=300)
         assert down.stdout.split()[0] == expected
         src = os.path.join(t.dir, "upload.bin")
-        with open(src, "wb") as f:
-            for _ in range(size // len(block)):
-                f.write(block)
+        write_pattern_file(src, size)
         up = subprocess.run(["curl", "-sS", "-T", src, "-H", "Content-Type: application/octet-stream", f"{t.url}/echo"],
                             capture_output=True, text=True, timeout=300)
         os.unlink(src)
         echo = json.loads(up.stdout)
         assert echo["body_length"] == size and echo["body_sha256"] == expected
-    finally:
-        done.set()
-        sampler.join()
-    growth_mib = (peak[0] - base) / 1024
-    print(f"RSS base {base} KiB, peak {peak[0]} KiB, growth {growth_mib:.1f} MiB")
-    assert growth_mib < 64
+    assert rss.growth_mib < 64
 
 
 def test_killing_an_endpoint_under_load_fails_no_request(cleanup):

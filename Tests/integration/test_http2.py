@@ -22,7 +22,7 @@ import h2.settings
 import hpack
 import pytest
 
-from harness import Turnout, Upstream, admin_call, make_certificate, wait_for
+from harness import RssPeak, Turnout, Upstream, admin_call, make_certificate, pattern_sha256, wait_for, write_pattern_file
 
 
 def curl(*args, timeout=60):
@@ -170,23 +170,8 @@ def test_switch_during_h2load_fails_no_stream(tls_blue_green):
 def test_gigabyte_upload_and_download_over_h2_with_bounded_memory(tls_blue_green):
     t, _, _ = tls_blue_green()
     size = 1 << 30
-    block = bytes(range(256)) * 4096
-    h = hashlib.sha256()
-    for _ in range(size // len(block)):
-        h.update(block)
-    expected = h.hexdigest()
-    base = t.rss_kib()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], t.rss_kib())
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    expected = pattern_sha256(size)
+    with RssPeak(t) as rss:
         down = subprocess.run(f"curl -sS -k https://127.0.0.1:{t.tls_port}/big?bytes={size} | sha256sum",
                               shell=True, capture_output=True, text=True, timeout=300)
         assert down.stdout.split()[0] == expected
@@ -194,9 +179,7 @@ def test_gigabyte_upload_and_download_over_h2_with_bounded_memory(tls_blue_green
                               shell=True, capture_output=True, text=True, timeout=300)
         assert down.stdout.split()[0] == expected
         src = os.path.join(t.dir, "upload.bin")
-        with open(src, "wb") as f:
-            for _ in range(size // len(block)):
-                f.write(block)
+        write_pattern_file(src, size)
         up = subprocess.run(["curl", "-sS", "-k", "-T", src, f"https://127.0.0.1:{t.tls_port}/echo"],
                             capture_output=True, text=True, timeout=300)
         echo = json.loads(up.stdout)
@@ -207,12 +190,7 @@ def test_gigabyte_upload_and_download_over_h2_with_bounded_memory(tls_blue_green
         os.unlink(src)
         echo = json.loads(up.stdout)
         assert echo["body_length"] == size and echo["body_sha256"] == expected
-    finally:
-        done.set()
-        sampler.join()
-    growth_mib = (peak[0] - base) / 1024
-    print(f"RSS base {base} KiB, peak {peak[0]} KiB, growth {growth_mib:.1f} MiB")
-    assert growth_mib < 64
+    assert rss.growth_mib < 64
 
 
 # Frame-level cases with python-h2.
