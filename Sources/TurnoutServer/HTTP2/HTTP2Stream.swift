@@ -1,4 +1,5 @@
 import CNghttp2
+import Foundation
 import TurnoutCore
 
 /// One HTTP/2 request stream: collects the request head, routes it, feeds its body to the
@@ -140,24 +141,7 @@ final class HTTP2Stream: ExchangeSink {
 
     static func websocketKey() -> String {
         var g = SystemRandomNumberGenerator()
-        let bytes = (0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }
-        return base64(bytes)
-    }
-
-    static func base64(_ bytes: [UInt8]) -> String {
-        let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
-        var out: [UInt8] = []
-        var i = 0
-        while i < bytes.count {
-            let n = min(3, bytes.count - i)
-            let b0 = Int(bytes[i]), b1 = n > 1 ? Int(bytes[i + 1]) : 0, b2 = n > 2 ? Int(bytes[i + 2]) : 0
-            out.append(table[b0 >> 2])
-            out.append(table[((b0 & 3) << 4) | (b1 >> 4)])
-            out.append(n > 1 ? table[((b1 & 15) << 2) | (b2 >> 6)] : 61)
-            out.append(n > 2 ? table[b2 & 63] : 61)
-            i += 3
-        }
-        return String(decoding: out, as: UTF8.self)
+        return Data((0..<16).map { _ in UInt8.random(in: 0...255, using: &g) }).base64EncodedString()
     }
 
     func bodyReceived(_ bytes: UnsafeRawBufferPointer) {
