@@ -195,6 +195,17 @@ def test_state_survives_kill_9(blue_green):
     assert admin_call(t, "GET", "/v1/state")[1]["weights"] == {"blue": 70, "green": 30}
 
 
+def test_a_stopped_proxy_leaves_only_its_state_file(blue_green):
+    t, _, _ = blue_green()
+    for pool in ("green", "blue", "green"):
+        assert admin_call(t, "POST", "/v1/switch", {"pool": pool})[0] == 200
+    t.stop()
+    base = os.path.basename(t.state_file)
+    assert [n for n in os.listdir(os.path.dirname(t.state_file)) if n.startswith(base)] == [base]
+    with open(t.state_file) as f:
+        assert json.load(f)["live"] == "green"
+
+
 def test_corrupt_state_file_stops_startup_unless_reset(blue_green):
     t, _, _ = blue_green()
     admin_call(t, "POST", "/v1/switch", {"pool": "green"})
@@ -368,3 +379,8 @@ def test_state_file_is_never_torn_by_kill_9_during_mutations(blue_green):
         t.start()
         _, state, _ = admin_call(t, "GET", "/v1/state")
         assert state["generation"] == doc["generation"]
+        # Temporary files of the killed process are gone; only the new process's own remain.
+        base = os.path.basename(t.state_file)
+        for name in os.listdir(os.path.dirname(t.state_file)):
+            if name.startswith(base + ".next.") or name.startswith(base + ".tmp."):
+                assert int(name[len(base) + 1:].split(".")[1]) == t.proc.pid, name

@@ -2,6 +2,8 @@ import Foundation
 
 /// The routing state on disk. Written as JSON with write, fsync, rename (and an fsync of the
 /// directory), so a crash at any moment leaves either the old or the new file, never a torn one.
+/// A running proxy writes through `StateFileWriter`, which does the same into a file prepared
+/// ahead of time; this type reads the file and writes it at start-up.
 public enum StateFile {
     public static let format = 1
 
@@ -76,13 +78,21 @@ public enum StateFile {
     /// fsynced too, so the rename itself survives a power loss; callers on a latency-sensitive
     /// path pass false and call `syncDirectory(of:)` afterwards, off that path.
     public static func write(_ state: RoutingState, to path: String, syncDirectory: Bool = true) throws(WriteError) {
+        try write(encode(state, path: path), to: path, syncDirectory: syncDirectory)
+    }
+
+    /// The file's bytes for `state`: pretty-printed JSON with sorted keys and a final newline.
+    static func encode(_ state: RoutingState, path: String) throws(WriteError) -> Data {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
                            updated_at: Timestamp.iso8601(), ramp: state.ramp)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
-        let data: Data
-        do { data = try encoder.encode(doc) } catch { throw WriteError(path: path, reason: "\(error)") }
+        do { return try encoder.encode(doc) + [UInt8(ascii: "\n")] } catch { throw WriteError(path: path, reason: "\(error)") }
+    }
+
+    /// Writes `data` to a new temporary file, fsyncs it and renames it over `path`.
+    static func write(_ data: Data, to path: String, syncDirectory: Bool) throws(WriteError) {
         let tmp = "\(path).tmp.\(getpid())"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw WriteError(path: path, reason: String(cString: strerror(errno))) }

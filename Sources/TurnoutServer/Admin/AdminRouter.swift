@@ -30,7 +30,7 @@ struct AdminResponse {
 /// and answered; any failure leaves state, file and routing as they were.
 final class AdminRouter: @unchecked Sendable {
     let store: RoutingStore
-    let stateFile: String?
+    let stateFile: StateFileWriter?
     let logger: Logger
     let isDraining: @Sendable () -> Bool
     let events: EventBus
@@ -43,7 +43,7 @@ final class AdminRouter: @unchecked Sendable {
 
     static let maxBody = 64 * 1024
 
-    init(store: RoutingStore, stateFile: String?, logger: Logger, events: EventBus, isDraining: @escaping @Sendable () -> Bool) {
+    init(store: RoutingStore, stateFile: StateFileWriter?, logger: Logger, events: EventBus, isDraining: @escaping @Sendable () -> Bool) {
         self.store = store
         self.stateFile = stateFile
         self.logger = logger
@@ -177,13 +177,12 @@ final class AdminRouter: @unchecked Sendable {
         }, persist: { (next: RoutingState) throws(AdminError) in
             guard let stateFile else { return }
             do {
-                try StateFile.write(next, to: stateFile, syncDirectory: false)
+                try stateFile.write(next)
             } catch {
                 throw AdminError(500, "state_write_failed", "\(error); nothing was changed")
             }
         })
         if next.generation != before {
-            if let stateFile { scheduleDirectorySync(stateFile) }
             let weights = store.poolNames.map { "\($0)=\(Percent.format(basisPoints: next.weights[$0] ?? 0))" }.joined(separator: " ")
             logger.notice("\(action): generation \(next.generation), live \(next.live), weights \(weights)")
             events.publish(TurnoutEvent(kind: kind, generation: next.generation, reason: action,
@@ -192,25 +191,6 @@ final class AdminRouter: @unchecked Sendable {
                                                  ("previous", next.previousWeights.map { JSONWriter.weights($0, order: store.poolNames) } ?? "null")]))
         }
         return stateResponse(status: 200)
-    }
-
-    private let syncQueue = DispatchQueue(label: "turnout.state-sync", qos: .utility)
-    private var syncPending = false
-    private let syncLock = NSLock()
-
-    /// Makes the last rename durable across power loss without delaying the answer; several
-    /// mutations in a row share one directory fsync.
-    private func scheduleDirectorySync(_ path: String) {
-        syncLock.lock()
-        defer { syncLock.unlock() }
-        guard !syncPending else { return }
-        syncPending = true
-        syncQueue.async { [self] in
-            syncLock.lock()
-            syncPending = false
-            syncLock.unlock()
-            StateFile.syncDirectory(of: path)
-        }
     }
 
     private func stateResponse(status: Int) -> AdminResponse {

@@ -11,7 +11,7 @@ import TurnoutCore
 final class RampController: @unchecked Sendable {
     let loop: EventLoop
     let store: RoutingStore
-    let stateFile: String?
+    let stateFile: StateFileWriter?
     let events: EventBus
     let logger: Logger
     let collectStats: @Sendable () -> TrafficStats
@@ -27,7 +27,7 @@ final class RampController: @unchecked Sendable {
     /// The current step's observations, for `GET /v1/ramp`.
     private(set) var currentWindow: RampWindow?
 
-    init(loop: EventLoop, store: RoutingStore, stateFile: String?, events: EventBus, logger: Logger,
+    init(loop: EventLoop, store: RoutingStore, stateFile: StateFileWriter?, events: EventBus, logger: Logger,
          collectStats: @escaping @Sendable () -> TrafficStats) {
         self.loop = loop
         self.store = store
@@ -131,7 +131,7 @@ final class RampController: @unchecked Sendable {
                 return change(s, store.poolView(health: health))
             }, persist: { (n: RoutingState) throws(AdminError) in
                 guard let stateFile else { return }
-                do { try StateFile.write(n, to: stateFile) } catch {
+                do { try stateFile.write(n) } catch {
                     throw AdminError(500, "state_write_failed", "\(error)")
                 }
             })

@@ -98,12 +98,12 @@ extension ProxyServer {
         }
 
         // Pools and endpoints: the routing store refuses removals that would strand traffic.
-        let stateFile = old.stateFile
+        let stateFile = self.stateFile
         let reconfiguration: RoutingStore.Reconfiguration
         do {
             reconfiguration = try store.reconfigure(new, persist: { (state: RoutingState) throws(ReloadError) in
                 guard let stateFile else { return }
-                do { try StateFile.write(state, to: stateFile) } catch {
+                do { try stateFile.write(state) } catch {
                     throw ReloadError.refused("cannot write the state file: \(error)")
                 }
             }, refuse: { ReloadError.refused($0) })

@@ -32,6 +32,8 @@ public final class ProxyServer: @unchecked Sendable {
     let logger: Logger
     let admin: AdminServer
     let router: AdminRouter
+    /// The one writer of `state_file` while running (nil without one).
+    let stateFile: StateFileWriter?
     private var ramps: RampController?
 
     /// Builds the proxy for `config`, starting from `state`. Reads the admin token file, if any;
@@ -42,7 +44,8 @@ public final class ProxyServer: @unchecked Sendable {
         self.store = RoutingStore(config: config, state: state)
         self.context = ProxyContext(config: config, store: store, logger: logger)
         let context = self.context
-        let router = AdminRouter(store: store, stateFile: config.stateFile, logger: logger, events: context.events,
+        self.stateFile = config.stateFile.map { StateFileWriter(path: $0) }
+        let router = AdminRouter(store: store, stateFile: stateFile, logger: logger, events: context.events,
                                  isDraining: { context.isDraining })
         var token: String?
         if let tokenFile = config.admin.tokenFile {
@@ -131,7 +134,7 @@ public final class ProxyServer: @unchecked Sendable {
             throw error
         }
         admin.start()
-        let ramps = RampController(loop: admin.loop, store: store, stateFile: config.stateFile, events: context.events,
+        let ramps = RampController(loop: admin.loop, store: store, stateFile: stateFile, events: context.events,
                                    logger: logger, collectStats: { [unowned self] in trafficStats() })
         router.rampWindow = { [unowned ramps] in ramps.window() }
         router.reload = { [unowned self] in reload() }
@@ -238,6 +241,7 @@ public final class ProxyServer: @unchecked Sendable {
                     if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
                     extraShutdown?()
                     self.admin.stop()
+                    self.stateFile?.close()
                     logger.notice("stopped")
                     AsyncLogHandler.flush()
                     exit(0)
