@@ -343,21 +343,42 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         let keepAlive = ex.head.keepAlive && !draining && !clientEOF && ex.requestComplete
             && clientFraming != .untilClose && !context.isDraining
         if !keepAlive { closeAfter = true }
-        let bytes = HeaderRewriter.clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive,
-                                                  clientVersion: ex.head.version, setCookie: ex.setCookie)
-        transport.write(bytes)
+        // Held until the first body bytes or the end of this upstream read: a small response
+        // then leaves in one write instead of two.
+        heldHead = HeaderRewriter.clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive,
+                                                 clientVersion: ex.head.version, setCookie: ex.setCookie)
     }
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         if chunkToClient {
-            var framed = ChunkedEncoder.chunkHeader(size: bytes.count)
+            var framed = heldHead.isEmpty ? ChunkedEncoder.chunkHeader(size: bytes.count) : takeHeldHead() + ChunkedEncoder.chunkHeader(size: bytes.count)
             framed.append(contentsOf: bytes)
             framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
             transport.write(framed)
+        } else if !heldHead.isEmpty {
+            var out = takeHeldHead()
+            out.append(contentsOf: bytes)
+            transport.write(out)
         } else {
             transport.write(bytes)
         }
         ex.bytesToClient += Int64(bytes.count)
+    }
+
+    func exchangeReadDone(_ ex: UpstreamExchange) {
+        flushHeldHead()
+    }
+
+    /// The response head not written yet (see `exchangeResponseHead`); empty when there is none.
+    private var heldHead: [UInt8] = []
+
+    private func takeHeldHead() -> [UInt8] {
+        defer { heldHead = [] }
+        return heldHead
+    }
+
+    private func flushHeldHead() {
+        if !heldHead.isEmpty { transport.write(takeHeldHead()) }
     }
 
     func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {
@@ -370,7 +391,11 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
 
     func exchangeFinished(_ ex: UpstreamExchange) {
         guard exchange === ex else { return }
-        if chunkToClient { transport.write(ChunkedEncoder.lastChunk) }
+        if chunkToClient {
+            transport.write(takeHeldHead() + ChunkedEncoder.lastChunk)
+        } else {
+            flushHeldHead()
+        }
         // An answer that came before the whole request did: the rest of the body cannot be told
         // apart from a next request, so the connection ends here.
         if !ex.requestComplete { closeAfter = true }
@@ -385,6 +410,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
 
     func exchangeAborted(_ ex: UpstreamExchange, reason: String) {
         guard exchange === ex else { return }
+        flushHeldHead()
         exchange = nil
         teardown()
     }

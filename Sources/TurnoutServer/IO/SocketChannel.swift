@@ -116,9 +116,12 @@ final class SocketChannel: @unchecked Sendable {
         return !isClosed
     }
 
-    /// Reads until the socket would block (Dispatch sources on Linux may not fire again for data
-    /// that was already there), within a budget so one busy connection cannot starve its loop;
-    /// past the budget the rest is read in a later turn of the loop.
+    /// Reads what the socket holds: until a read comes back shorter than the buffer (the socket is
+    /// then empty) or would block, within a budget so one busy connection cannot starve its loop;
+    /// past the budget the rest is read in a later turn of the loop. Stopping at a short read
+    /// saves the read that would only say EAGAIN: Dispatch watches sockets level-triggered
+    /// (EPOLLONESHOT, re-armed after this handler), so bytes or a FIN that arrive meanwhile raise
+    /// a new event.
     private func handleReadable() {
         guard !isClosed, !readSuspended else { return }
         if isConnecting {
@@ -151,6 +154,7 @@ final class SocketChannel: @unchecked Sendable {
             case .processed(let n):
                 if lingering { continue }  // discarding input while closing gracefully
                 delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
+                if n < loop.readBuffer.count { return }
             }
         }
         scheduleRead()

@@ -27,6 +27,13 @@ protocol ExchangeSink: AnyObject {
     /// over its upstream connection (still counted in flight on its endpoint) and the bytes the
     /// upstream sent after the 101 head.
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>)
+    /// One read from the upstream has been delivered: what the sink held back to write together
+    /// (a response head waiting for its first body bytes) must go out now.
+    func exchangeReadDone(_ ex: UpstreamExchange)
+}
+
+extension ExchangeSink {
+    func exchangeReadDone(_ ex: UpstreamExchange) {}
 }
 
 /// One request forwarded to one upstream: connects (or takes a pooled connection), sends the
@@ -261,6 +268,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             upstream.close()
             return
         }
+        defer { sink.exchangeReadDone(self) }
         anyUpstreamByte = true
         // Fast path: body bytes of a length- or close-delimited response go straight to the client.
         if responseHead != nil && responseStart == responseBuffer.count {
