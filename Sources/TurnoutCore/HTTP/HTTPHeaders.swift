@@ -93,6 +93,19 @@ extension String {
         let a = self.utf8
         let b = other.utf8
         guard a.count == b.count else { return false }
+        // Native strings are contiguous UTF-8: compare the bytes directly.
+        if let same = a.withContiguousStorageIfAvailable({ pa in
+            b.withContiguousStorageIfAvailable { pb -> Bool in
+                for i in 0..<pa.count where pa[i] != pb[i] {
+                    let lx = (pa[i] >= 65 && pa[i] <= 90) ? pa[i] | 0x20 : pa[i]
+                    let ly = (pb[i] >= 65 && pb[i] <= 90) ? pb[i] | 0x20 : pb[i]
+                    if lx != ly { return false }
+                }
+                return true
+            }
+        }), let same {
+            return same
+        }
         for (x, y) in zip(a, b) where x != y {
             let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
             let ly = (y >= 65 && y <= 90) ? y | 0x20 : y

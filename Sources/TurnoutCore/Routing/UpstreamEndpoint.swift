@@ -16,9 +16,11 @@ public final class UpstreamEndpoint: Sendable, CustomStringConvertible {
         self.id = id
         self.pool = pool
         self.address = address
+        self.description = address.description
     }
 
-    public var description: String { address.description }
+    /// `host:port` as written (computed once: it is also the Host of requests that lack one).
+    public let description: String
 }
 
 extension UpstreamEndpoint {

@@ -265,7 +265,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
             closeAfter = false
             let upgrade = HeaderRewriter.requestedUpgrade(head)
             let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
-                                                              fallbackHost: endpoint.address.description, upgrade: upgrade)
+                                                              fallbackHost: endpoint.description, upgrade: upgrade)
             let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
                                       reason: reason, setCookie: setCookie, clientIP: clientIP, loop: loop,
                                       context: context, pool: pool, stats: stats, sink: self, upgrade: upgrade != nil)

@@ -127,7 +127,7 @@ final class HTTP2Stream: ExchangeSink {
                    extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
         case .forward(let poolName, let endpoint, let reason, let setCookie):
             let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: c.clientIP, scheme: c.scheme,
-                                                              fallbackHost: endpoint.address.description,
+                                                              fallbackHost: endpoint.description,
                                                               upgrade: websocket ? "websocket" : nil)
             let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
                                       reason: reason, setCookie: setCookie, clientIP: c.clientIP, loop: c.loop,
