@@ -26,6 +26,8 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        // Linux calls the Glibc module does not expose (accept4).
+        .target(name: "CTurnoutSys"),
         .target(
             name: "TurnoutCore",
             dependencies: [
@@ -39,6 +41,7 @@ let package = Package(
                 "TurnoutCore",
                 "CNghttp2",
                 "COpenSSL",
+                "CTurnoutSys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
             ]

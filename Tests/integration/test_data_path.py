@@ -187,6 +187,39 @@ def test_sequential_requests_reuse_upstream_connections(blue_green):
     assert stats["connections"] <= 4, stats
 
 
+def test_a_client_that_asked_to_close_is_closed_without_waiting_for_its_fin(blue_green):
+    """After answering `Connection: close` the proxy closes its socket at once (the client will send
+    nothing more) instead of lingering until the client's FIN: a byte the client sends afterwards
+    meets a closed socket and comes back as a reset. A client that keeps the connection open is
+    not affected."""
+    import errno
+    t, _, _ = blue_green()
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"blue\n"), data
+    assert b"connection: close" in data.lower()
+    # The first byte draws the reset; a send after it fails (recv would only repeat the EOF).
+    def reset():
+        try:
+            s.send(b"X")
+        except OSError as e:
+            return e.errno in (errno.ECONNRESET, errno.EPIPE)
+        return False
+
+    # A lingering proxy would hold the socket for its 2 s linger time and discard the bytes: the
+    # reset must come well before that.
+    wait_for(reset, timeout=1.5, what="a reset for a byte sent after close (the proxy lingered instead)")
+    s.close()
+    r, body = get(t.port, "/")
+    assert r.status == 200 and body == b"blue\n"
+
+
 def test_gigabyte_upload_and_download_pass_intact_with_bounded_memory(blue_green):
     t, _, _ = blue_green()
     size = 1 << 30

@@ -401,7 +401,9 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         if !ex.requestComplete { closeAfter = true }
         exchange = nil
         if closeAfter || clientEOF || draining || context.isDraining {
-            closeGracefully()
+            // A client that asked to close, whose request was read whole and who sent nothing
+            // after it, has nothing more to send: no need to wait for its FIN.
+            closeGracefully(linger: ex.head.keepAlive || !ex.requestComplete || inputStart < input.count || draining || context.isDraining)
             return
         }
         setDeadline(inputStart < input.count ? .header : .idle)
@@ -457,11 +459,11 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
     // MARK: closing
 
     /// Stops reading requests and closes once everything queued is written.
-    private func closeGracefully() {
+    private func closeGracefully(linger: Bool = true) {
         guard !closed else { return }
         closed = true
         deadlineKind = .none
-        transport.finish()
+        transport.finish(linger: linger)
         if transport.isClosed { unregister() }
     }
 

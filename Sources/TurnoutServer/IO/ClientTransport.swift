@@ -14,10 +14,16 @@ protocol ClientTransport: AnyObject {
     func write(_ bytes: ArraySlice<UInt8>)
     func pauseReading()
     func resumeReading()
-    /// Closes after everything queued is written (TLS sends close_notify first).
-    func finish()
+    /// Closes after everything queued is written (TLS sends close_notify first). With `linger`
+    /// (the safe default) input is then discarded until the peer closes; without it the socket is
+    /// closed once written, for a peer known to send nothing more.
+    func finish(linger: Bool)
     /// Closes now; queued bytes are dropped.
     func close()
+}
+
+extension ClientTransport {
+    func finish() { finish(linger: true) }
 }
 
 extension SocketChannel: ClientTransport {

@@ -266,7 +266,7 @@ final class SocketChannel: @unchecked Sendable {
         }
         disarmWrite()
         if finishAfterFlush {
-            beginLingeringClose()
+            completeFinish()
             return
         }
         delegate?.channelDrained(self)
@@ -276,10 +276,19 @@ final class SocketChannel: @unchecked Sendable {
 
     /// Closes after everything queued is written: half-closes the write side, then discards input
     /// until the peer closes (or the linger time passes), so a response is never cut by a reset.
-    func finish() {
+    /// Without `linger` (a peer that will send nothing more: it asked to close and all it sent was
+    /// read) the socket is closed as soon as the kernel has everything, saving the wait for its FIN.
+    func finish(linger: Bool = true) {
         guard !isClosed, !finishAfterFlush else { return }
         finishAfterFlush = true
-        if pendingBytes == 0 && !isConnecting { beginLingeringClose() }
+        lingerOnFinish = linger
+        if pendingBytes == 0 && !isConnecting { completeFinish() }
+    }
+
+    private var lingerOnFinish = true
+
+    private func completeFinish() {
+        if lingerOnFinish { beginLingeringClose() } else { close() }
     }
 
     private(set) var lingerDeadline: UInt64 = 0

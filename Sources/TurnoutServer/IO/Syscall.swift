@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CTurnoutSys
 
 /// An error from a system call, carrying the call's name and errno.
 public struct SystemError: Error, CustomStringConvertible, Sendable {
@@ -48,13 +49,8 @@ enum Syscall {
     }
 
     static func accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>, _ len: UnsafeMutablePointer<socklen_t>) throws(SystemError) -> IOResult {
-        let r = try check("accept") { Int(Glibc.accept(fd, addr, len)) }
-        if case .processed(let cfd) = r {
-            let c = Int32(cfd)
-            _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-        }
-        return r
+        // accept4 makes the socket non-blocking and close-on-exec in the same call.
+        try check("accept") { Int(turnout_accept4(fd, addr, len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))) }
     }
 
     static func socket(_ family: Int32, _ type: Int32) throws(SystemError) -> Int32 {

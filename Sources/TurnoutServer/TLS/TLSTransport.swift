@@ -103,7 +103,9 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         scheduleRead()
     }
 
-    func finish() {
+    /// Always lingers: the peer may answer close_notify with its own, and unread bytes at close
+    /// would turn into a reset that can cut the response.
+    func finish(linger: Bool) {
         guard !finished, !channel.isClosed else { return }
         if let ssl, handshakeDone {
             ERR_clear_error()
