@@ -148,7 +148,11 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
     func flush() {
         guard let session, !closed, !inSession else { return }
         inSession = true
-        while transport.pendingBytes <= SocketChannel.highWatermark {
+        // nghttp2 hands out one frame per call: gather them (in the loop's scratch buffer, taken
+        // for the duration) so that a flush is one write.
+        var outBuffer = loop.takeScratch()
+        defer { loop.returnScratch(outBuffer) }
+        while transport.pendingBytes + outBuffer.count <= SocketChannel.highWatermark {
             var data: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &data)
             if n < 0 {
@@ -158,8 +162,13 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
                 return
             }
             if n == 0 { break }
-            transport.write(UnsafeRawBufferPointer(start: data, count: n))
+            outBuffer.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
+            if outBuffer.count >= 64 * 1024 {
+                transport.write(outBuffer)
+                outBuffer.removeAll(keepingCapacity: true)
+            }
         }
+        if !outBuffer.isEmpty { transport.write(outBuffer) }
         inSession = false
         // Reading more input only makes sense while our output keeps moving.
         if transport.pendingBytes > SocketChannel.highWatermark {

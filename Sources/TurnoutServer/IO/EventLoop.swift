@@ -15,6 +15,8 @@ public final class EventLoop: @unchecked Sendable {
     let readBuffer: UnsafeMutableRawBufferPointer
     /// Scratch buffer for decrypted TLS data (filled while `readBuffer` may still be in use).
     let plaintextBuffer: UnsafeMutableRawBufferPointer
+    /// A reusable byte array for gathering output within one call (see `takeScratch`).
+    private var scratch: [UInt8] = []
     private var timed: [ObjectIdentifier: LoopTimed] = [:]
     private var tickTimer: DispatchSourceTimer?
     static let tickMs = 100
@@ -48,6 +50,19 @@ public final class EventLoop: @unchecked Sendable {
     /// Monotonic time in nanoseconds.
     @inline(__always)
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+
+    /// Lends the loop's scratch array, empty and with its capacity kept; a nested borrower gets a
+    /// fresh one. Give it back with `returnScratch`.
+    func takeScratch() -> [UInt8] {
+        var s: [UInt8] = []
+        swap(&s, &scratch)
+        s.removeAll(keepingCapacity: true)
+        return s
+    }
+
+    func returnScratch(_ s: [UInt8]) {
+        if s.capacity <= 256 * 1024 { scratch = s }
+    }
 
     func register(_ object: LoopTimed) { timed[ObjectIdentifier(object)] = object }
     func unregister(_ object: LoopTimed) { timed.removeValue(forKey: ObjectIdentifier(object)) }
