@@ -1,10 +1,11 @@
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest
-from harness import Turnout, Upstream
+from harness import Turnout, Upstream, make_certificate
 
 
 @pytest.fixture
@@ -30,5 +31,22 @@ def blue_green(cleanup):
         cleanup.extend([blue, green])
         t = Turnout({"blue": [blue.address], "green": [green.address]}, weights=weights, **kw)
         cleanup.append(t)
+        return t, blue, green
+    return make
+
+
+@pytest.fixture
+def tls_blue_green(cleanup):
+    """Like blue_green, with a TLS listener: a fresh self-signed certificate for localhost and
+    127.0.0.1 in `t.certdir`, or the `tls:` block `tls_block(certdir)` returns."""
+    def make(weights=None, tls_block=None, **kw):
+        blue, green = Upstream("blue"), Upstream("green")
+        cleanup.extend([blue, green])
+        certdir = tempfile.mkdtemp(prefix="turnout-cert-")
+        cert, key = make_certificate(certdir, "server")
+        tls = tls_block(certdir) if tls_block else f"{{ certificate: {cert}, private_key: {key} }}"
+        t = Turnout({"blue": [blue.address], "green": [green.address]}, weights=weights, tls=tls, **kw)
+        cleanup.append(t)
+        t.certdir = certdir
         return t, blue, green
     return make

@@ -10,7 +10,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import tempfile
 import threading
 import time
 
@@ -22,7 +21,7 @@ import h2.settings
 import hpack
 import pytest
 
-from harness import RssPeak, Turnout, Upstream, admin_call, make_certificate, pattern_sha256, wait_for, write_pattern_file
+from harness import RssPeak, Turnout, admin_call, pattern_sha256, wait_for, write_pattern_file
 
 
 def curl(*args, timeout=60):
@@ -42,20 +41,6 @@ def h2load_counts(out):
     total, started, done, ok, failed, errored, timeouts = map(int, m.groups())
     return {"total": total, "succeeded": ok, "failed": failed, "errored": errored, "timeout": timeouts,
             "2xx": int(codes.group(1)) if codes else 0}
-
-
-@pytest.fixture
-def tls_blue_green(cleanup):
-    def make(weights=None, **kw):
-        blue, green = Upstream("blue"), Upstream("green")
-        cleanup.extend([blue, green])
-        certdir = tempfile.mkdtemp(prefix="turnout-cert-")
-        cert, key = make_certificate(certdir, "server")
-        t = Turnout({"blue": [blue.address], "green": [green.address]}, weights=weights,
-                    tls=f"{{ certificate: {cert}, private_key: {key} }}", **kw)
-        cleanup.append(t)
-        return t, blue, green
-    return make
 
 
 def served_by_sequence(output):

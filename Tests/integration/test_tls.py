@@ -37,18 +37,8 @@ def peer_subject(port, servername=None):
 
 
 @pytest.fixture
-def tls_turnout(cleanup):
-    def make(tls_block=None, **kw):
-        blue, green = Upstream("blue"), Upstream("green")
-        cleanup.extend([blue, green])
-        certdir = tempfile.mkdtemp(prefix="turnout-cert-")
-        cert, key = make_certificate(certdir, "server")
-        tls = tls_block(certdir) if tls_block else f"{{ certificate: {cert}, private_key: {key} }}"
-        t = Turnout({"blue": [blue.address], "green": [green.address]}, tls=tls, **kw)
-        cleanup.append(t)
-        t.certdir = certdir
-        return t
-    return make
+def tls_turnout(tls_blue_green):
+    return lambda **kw: tls_blue_green(**kw)[0]
 
 
 def test_alpn_offers_h2_then_http11_and_tls_versions_are_12_and_13(tls_turnout):
@@ -75,7 +65,7 @@ def test_sni_picks_the_certificate_that_covers_the_name(tls_turnout):
         b_cert, b_key = make_certificate(d, "b", hosts=("b.example", "*.b.example"))
         return (f"{{ certificates: [ {{ certificate: {a_cert}, private_key: {a_key} }},"
                 f" {{ certificate: {b_cert}, private_key: {b_key} }} ] }}")
-    t = tls_turnout(block)
+    t = tls_turnout(tls_block=block)
     assert "CN = a.example" in peer_subject(t.tls_port)
     assert "CN = a.example" in peer_subject(t.tls_port, "a.example")
     assert "CN = b.example" in peer_subject(t.tls_port, "b.example")
