@@ -6,7 +6,7 @@ import TurnoutCore
 /// framing, one exchange at a time (pipelined requests wait in the input buffer and are answered
 /// in order). A plain connection that opens with the HTTP/2 preface becomes an `HTTP2Connection`.
 /// Loop-confined.
-final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unchecked Sendable {
+final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, ClientEnvironmentHolder, @unchecked Sendable {
     enum ClientDeadline { case none, idle, header, body }
     /// How much of the current request's body is still to come, in the client's framing.
     enum RequestBody {
@@ -16,16 +16,9 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
     }
 
     let transport: ClientTransport
-    unowned let loop: EventLoop
-    let context: ProxyContext
-    let pool: UpstreamPool
-    let stats: LoopStats
-    let clientIP: String
-    /// "https" on TLS listeners.
-    let scheme: String
+    let env: ClientEnvironment
     /// A plain listener: the HTTP/2 connection preface switches this connection to HTTP/2.
     let acceptsPriorKnowledgeH2: Bool
-    private let onClose: () -> Void
 
     private var input: [UInt8] = []
     private var inputStart = 0
@@ -46,17 +39,10 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
     private var limits: LimitsConfig { context.config.limits }
     private var timeouts: TimeoutConfig { context.config.timeouts }
 
-    init(transport: ClientTransport, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats,
-         clientIP: String, scheme: String, acceptsPriorKnowledgeH2: Bool, onClose: @escaping () -> Void) {
+    init(transport: ClientTransport, env: ClientEnvironment, acceptsPriorKnowledgeH2: Bool) {
         self.transport = transport
-        self.loop = loop
-        self.context = context
-        self.pool = pool
-        self.stats = stats
-        self.clientIP = clientIP
-        self.scheme = scheme
+        self.env = env
         self.acceptsPriorKnowledgeH2 = acceptsPriorKnowledgeH2
-        self.onClose = onClose
     }
 
     /// Starts reading. `initial` holds bytes already read from the client (after a TLS handshake).
@@ -184,8 +170,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         handedOff = true
         closed = true
         loop.unregister(self)
-        let h2 = HTTP2Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
-                                 clientIP: clientIP, scheme: scheme, onClose: onClose)
+        let h2 = HTTP2Connection(transport: transport, env: env)
         let bytes = Array(input[inputStart...])
         input = []
         inputStart = 0
@@ -425,8 +410,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         handedOff = true
         closed = true
         loop.unregister(self)
-        let tunnel = Tunnel(client: transport, upstream: upstream, loop: loop, context: context, clientIP: clientIP,
-                            poolName: ex.poolName, target: ex.head.target, onClose: onClose)
+        let tunnel = Tunnel(client: transport, upstream: upstream, env: env, poolName: ex.poolName, target: ex.head.target)
         let fromClient = input[inputStart...]
         tunnel.start(fromClient: fromClient, fromUpstream: leftover)
         input = []
@@ -483,7 +467,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, @unch
         guard !unregistered, !handedOff else { return }
         unregistered = true
         loop.unregister(self)
-        onClose()
+        env.onClose()
     }
 
     /// Called on this connection's loop when the proxy starts draining.

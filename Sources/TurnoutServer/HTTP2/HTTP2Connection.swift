@@ -11,7 +11,7 @@ import TurnoutCore
 /// once the upstream took it, and a stream's response stops being read from its upstream while
 /// more than `SocketChannel.highWatermark` bytes of it wait for the client's window or socket.
 /// Loop-confined.
-final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable {
+final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHolder, @unchecked Sendable {
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
     /// What the server announces and enforces (README "HTTP/2").
@@ -32,13 +32,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
     }
 
     let transport: ClientTransport
-    unowned let loop: EventLoop
-    let context: ProxyContext
-    let pool: UpstreamPool
-    let stats: LoopStats
-    let clientIP: String
-    let scheme: String
-    private let onClose: () -> Void
+    let env: ClientEnvironment
 
     private var session: OpaquePointer?
     private(set) var streams: [Int32: HTTP2Stream] = [:]
@@ -53,16 +47,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
 
     private var limits: LimitsConfig { context.config.limits }
 
-    init(transport: ClientTransport, loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats,
-         clientIP: String, scheme: String, onClose: @escaping () -> Void) {
+    init(transport: ClientTransport, env: ClientEnvironment) {
         self.transport = transport
-        self.loop = loop
-        self.context = context
-        self.pool = pool
-        self.stats = stats
-        self.clientIP = clientIP
-        self.scheme = scheme
-        self.onClose = onClose
+        self.env = env
     }
 
     deinit {
@@ -378,6 +365,6 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, @unchecked Sendable
             nghttp2_session_del(session)
             self.session = nil
         }
-        onClose()
+        env.onClose()
     }
 }

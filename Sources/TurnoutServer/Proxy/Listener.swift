@@ -86,9 +86,10 @@ final class Listener: @unchecked Sendable {
                     context.openClientConnections.wrappingDecrement(ordering: .relaxed)
                     registry.connectionClosed()
                 }
+                let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats, clientIP: peer,
+                                            scheme: tls == nil ? "http" : "https", onClose: onClose)
                 guard let tls else {
-                    let conn = HTTP1Connection(transport: channel, loop: loop, context: context, pool: pool, stats: stats,
-                                               clientIP: peer, scheme: "http", acceptsPriorKnowledgeH2: true, onClose: onClose)
+                    let conn = HTTP1Connection(transport: channel, env: env, acceptsPriorKnowledgeH2: true)
                     conn.start()
                     if context.isDraining { conn.beginDrain() }
                     return
@@ -98,13 +99,11 @@ final class Listener: @unchecked Sendable {
                                              onHandshake: { transport, alpn in
                     let session: ClientSession
                     if alpn == "h2" {
-                        let h2 = HTTP2Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
-                                                 clientIP: peer, scheme: "https", onClose: onClose)
+                        let h2 = HTTP2Connection(transport: transport, env: env)
                         h2.start(initial: [], transportStarted: true)
                         session = h2
                     } else {
-                        let h1 = HTTP1Connection(transport: transport, loop: loop, context: context, pool: pool, stats: stats,
-                                                 clientIP: peer, scheme: "https", acceptsPriorKnowledgeH2: false, onClose: onClose)
+                        let h1 = HTTP1Connection(transport: transport, env: env, acceptsPriorKnowledgeH2: false)
                         h1.start()
                         session = h1
                     }

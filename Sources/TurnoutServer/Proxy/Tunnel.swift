@@ -21,16 +21,15 @@ final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Se
     private var upstreamDone = false
     private var ended = false
 
-    init(client: ClientTransport, upstream: UpstreamConnection, loop: EventLoop, context: ProxyContext,
-         clientIP: String, poolName: String, target: String, onClose: @escaping () -> Void) {
+    init(client: ClientTransport, upstream: UpstreamConnection, env: ClientEnvironment, poolName: String, target: String) {
         self.client = client
         self.upstream = upstream
-        self.loop = loop
-        self.context = context
-        self.clientIP = clientIP
+        self.loop = env.loop
+        self.context = env.context
+        self.clientIP = env.clientIP
         self.poolName = poolName
         self.target = target
-        self.onClose = onClose
+        self.onClose = env.onClose
     }
 
     /// Takes over both connections. `fromClient` and `fromUpstream` are bytes each side sent

@@ -1,0 +1,30 @@
+/// What a client connection works with, whatever its protocol: its loop, the proxy's shared
+/// context, that loop's upstream pool and counters, who the client is, and what to call once the
+/// connection is gone. Handed on whole when an HTTP/1.1 connection becomes HTTP/2 (h2c) or a
+/// tunnel. Loop-confined like the connections that hold it.
+struct ClientEnvironment {
+    unowned let loop: EventLoop
+    let context: ProxyContext
+    let pool: UpstreamPool
+    let stats: LoopStats
+    let clientIP: String
+    /// "https" on TLS listeners.
+    let scheme: String
+    /// Called once when the client connection is finally closed (it keeps the open-connection
+    /// count and the listener's registry right).
+    let onClose: () -> Void
+}
+
+/// A client connection that holds a `ClientEnvironment`, with its parts at hand.
+protocol ClientEnvironmentHolder: AnyObject {
+    var env: ClientEnvironment { get }
+}
+
+extension ClientEnvironmentHolder {
+    var loop: EventLoop { env.loop }
+    var context: ProxyContext { env.context }
+    var pool: UpstreamPool { env.pool }
+    var stats: LoopStats { env.stats }
+    var clientIP: String { env.clientIP }
+    var scheme: String { env.scheme }
+}
