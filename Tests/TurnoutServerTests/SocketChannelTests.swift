@@ -93,6 +93,38 @@ private func waitOnLoop(_ loop: EventLoop, timeoutSeconds: Double = 10, _ condit
         }
     }
 
+    @Test func aHeadAndBodyWrittenTogetherArriveInOrderWhateverTheKernelTakes() {
+        let loop = EventLoop(index: 0, label: "test.writev")
+        let (a, b) = socketPair()
+        let reader = Recorder {}
+        let ca = SocketChannel(fd: a, loop: loop)
+        let cb = SocketChannel(fd: b, loop: loop)
+        let head1 = Array("HTTP/1.1 200 OK\r\nContent-Length: 3000000\r\n\r\n".utf8)
+        let body1 = (0..<3_000_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        let head2 = Array("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n".utf8)
+        let body2 = Array("green".utf8)
+        loop.queue.sync {
+            cb.delegate = reader
+            ca.start()
+            cb.start()
+            cb.pauseReading()
+            // One sendmsg takes the head and part of the body; the rest is queued behind it.
+            body1.withUnsafeBytes { ca.write(head1, then: $0) }
+            #expect(ca.pendingBytes > 0 && ca.pendingBytes < body1.count)
+            // With bytes already queued, the pair is queued behind them, in order.
+            body2.withUnsafeBytes { ca.write(head2, then: $0) }
+            #expect(ca.pendingBytes > head2.count + body2.count)
+            cb.resumeReading()
+        }
+        let expected = head1 + body1 + head2 + body2
+        #expect(waitOnLoop(loop) { reader.received.count == expected.count })
+        loop.queue.sync {
+            #expect(reader.received == expected)
+            ca.close()
+            cb.close()
+        }
+    }
+
     @Test func writingToAClosedPeerReportsAnErrorOnce() {
         let loop = EventLoop(index: 0, label: "test.epipe")
         let (a, b) = socketPair()

@@ -5,6 +5,8 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from harness import Turnout, Upstream, free_port, raw_exchange, wait_for
 
 
@@ -228,3 +230,21 @@ def test_an_oversized_upstream_response_head_is_a_502_never_forwarded(blue_green
     t, _, _ = blue_green()
     out = raw_exchange(t.port, b"GET /bighead HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 502") and b"aaaa" not in out
+
+
+@pytest.mark.parametrize("path,status,body", [("/overrun", 200, b"ok"), ("/overrun?code=204", 204, b"")])
+def test_bytes_after_a_complete_response_are_never_forwarded_and_the_connection_is_not_reused(blue_green, path, status, body):
+    """An upstream that sends more than its response announced, in the same write: the client gets
+    exactly the response, and that upstream connection is not used again (the next request opens
+    a new one), since what it sends next cannot be trusted."""
+    t, blue, _ = blue_green(weights={"blue": 100, "green": 0})
+    before = blue.stats()["connections"]
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    assert (r.status, r.read()) == (status, body)
+    c.request("GET", "/")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, b"blue\n")
+    # Two connections for the two requests, plus the one this stats call itself opens.
+    assert blue.stats()["connections"] == before + 3

@@ -14,6 +14,8 @@ Paths:
   /ws                 WebSocket echo: each text message comes back as "NAME:message"
   /reset              closes the connection with a TCP reset, no response
   /partial            promises 100 bytes, sends 10, closes
+  /overrun[?code=204] a response followed, in the same write, by bytes no response announced
+                      ("ok" with Content-Length 2, or a 204); the connection stays open
   /                   with --fail-file: 500 for the fraction of requests written in that file
   /                   with --delay-file: answers after the milliseconds written in that file
   /                   with --drop-keepalive F: after a fraction F of answers the connection is
@@ -275,6 +277,12 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
+            return
+        if url.path == "/overrun":
+            if q.get("code") == "204":
+                self.wfile.write(b"HTTP/1.1 204 No Content\r\nX-Served-By: " + self.name.encode() + b"\r\n\r\nEXTRA")
+            else:
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Served-By: " + self.name.encode() + b"\r\nContent-Length: 2\r\n\r\nokEXTRA")
             return
         if url.path == "/stats":
             with Stats.lock:

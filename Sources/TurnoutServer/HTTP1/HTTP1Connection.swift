@@ -341,9 +341,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
             framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
             transport.write(framed)
         } else if !heldHead.isEmpty {
-            var out = takeHeldHead()
-            out.append(contentsOf: bytes)
-            transport.write(out)
+            transport.write(takeHeldHead(), then: bytes)
         } else {
             transport.write(bytes)
         }

@@ -12,6 +12,8 @@ protocol ClientTransport: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer)
     func write(_ bytes: [UInt8])
     func write(_ bytes: ArraySlice<UInt8>)
+    /// `head` then `body`, in one system call where the transport can.
+    func write(_ head: [UInt8], then body: UnsafeRawBufferPointer)
     func pauseReading()
     func resumeReading()
     /// Closes after everything queued is written (TLS sends close_notify first). With `linger`
@@ -24,6 +26,11 @@ protocol ClientTransport: AnyObject {
 
 extension ClientTransport {
     func finish() { finish(linger: true) }
+
+    func write(_ head: [UInt8], then body: UnsafeRawBufferPointer) {
+        write(head)
+        write(body)
+    }
 }
 
 extension SocketChannel: ClientTransport {

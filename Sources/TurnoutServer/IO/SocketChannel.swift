@@ -191,15 +191,45 @@ final class SocketChannel: @unchecked Sendable {
                 }
             }
         }
-        if offset < bytes.count {
-            pending.append(Array(bytes[offset...]))
-            pendingBytes += bytes.count - offset
-            armWrite()
-        }
+        queue(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
     }
 
     func write(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { write($0) }
+    }
+
+    /// Writes `head` then `body` with one system call when the socket takes them (no copy of the
+    /// body into the head); whatever the kernel does not take is queued in order.
+    func write(_ head: [UInt8], then body: UnsafeRawBufferPointer) {
+        guard !isClosed, !finishAfterFlush else { return }
+        guard pendingBytes == 0, !isConnecting, !head.isEmpty, !body.isEmpty else {
+            write(head)
+            write(body)
+            return
+        }
+        let result = head.withUnsafeBytes { h in Result { () throws(SystemError) in try Syscall.send(fd, h, body) } }
+        var sent = 0
+        switch result {
+        case .success(.processed(let n)): sent = n
+        case .success(.wouldBlock): break
+        case .failure(let error):
+            failLater(error)
+            return
+        }
+        if sent < head.count {
+            head.withUnsafeBytes { h in queue(UnsafeRawBufferPointer(rebasing: h[sent...])) }
+            queue(body)
+        } else {
+            queue(UnsafeRawBufferPointer(rebasing: body[(sent - head.count)...]))
+        }
+    }
+
+    /// Appends bytes the kernel did not take to the send queue.
+    private func queue(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty else { return }
+        pending.append(Array(bytes))
+        pendingBytes += bytes.count
+        armWrite()
     }
 
     func write(_ bytes: ArraySlice<UInt8>) {

@@ -48,6 +48,20 @@ enum Syscall {
         try check("send") { Glibc.send(fd, buffer, count, Int32(MSG_NOSIGNAL)) }
     }
 
+    /// Sends two buffers in one call (sendmsg with two iovecs); returns how much of them went out.
+    static func send(_ fd: Int32, _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) throws(SystemError) -> IOResult {
+        try check("sendmsg") {
+            var iov = (iovec(iov_base: UnsafeMutableRawPointer(mutating: a.baseAddress), iov_len: a.count),
+                       iovec(iov_base: UnsafeMutableRawPointer(mutating: b.baseAddress), iov_len: b.count))
+            return withUnsafeMutableBytes(of: &iov) { raw in
+                var msg = msghdr()
+                msg.msg_iov = raw.baseAddress!.assumingMemoryBound(to: iovec.self)
+                msg.msg_iovlen = 2
+                return Glibc.sendmsg(fd, &msg, Int32(MSG_NOSIGNAL))
+            }
+        }
+    }
+
     static func accept(_ fd: Int32, _ addr: UnsafeMutablePointer<sockaddr>, _ len: UnsafeMutablePointer<socklen_t>) throws(SystemError) -> IOResult {
         // accept4 makes the socket non-blocking and close-on-exec in the same call.
         try check("accept") { Int(turnout_accept4(fd, addr, len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))) }

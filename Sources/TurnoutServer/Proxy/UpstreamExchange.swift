@@ -270,30 +270,72 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         }
         defer { sink.exchangeReadDone(self) }
         anyUpstreamByte = true
-        // Fast path: body bytes of a length- or close-delimited response go straight to the client.
-        if responseHead != nil && responseStart == responseBuffer.count {
-            switch responseBody {
-            case .length(let remaining):
-                let n = Int(min(Int64(bytes.count), remaining))
-                sink.exchangeResponseBody(self, UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
-                responseBody = .length(remaining: remaining - Int64(n))
-                if n < bytes.count { upstreamUnreusable = true }
-                afterResponseBytes()
-                return
-            case .untilClose:
-                sink.exchangeResponseBody(self, bytes)
-                afterResponseBytes()
-                return
-            default:
-                break
-            }
+        if deliverDirectly(bytes, to: sink) { return }
+        // A read that starts a response: only the head is copied (to be parsed); the body bytes
+        // behind it go to the client straight from the read buffer when the framing allows.
+        // (Not for upgrades: a 101 hands the buffered bytes after its head to the tunnel.)
+        if responseHead == nil && !upgrade && responseStart == responseBuffer.count, let headEnd = Self.headEnd(in: bytes) {
+            responseBuffer.append(contentsOf: bytes[..<headEnd])
+            let rest = UnsafeRawBufferPointer(rebasing: bytes[headEnd...])
+            // Bytes after a response that ends within its head (204, 304, a 0 length...) mean the
+            // upstream connection cannot be trusted for another request.
+            restAfterHead = !rest.isEmpty
+            parseResponseHead()
+            restAfterHead = false
+            guard !isOver, !rest.isEmpty else { return }
+            if deliverDirectly(rest, to: sink) { return }
+            responseBuffer.append(contentsOf: rest)
+        } else {
+            responseBuffer.append(contentsOf: bytes)
         }
-        responseBuffer.append(contentsOf: bytes)
         if responseHead == nil {
             parseResponseHead()
         } else {
             pumpResponse()
         }
+    }
+
+    /// Bytes follow the head being parsed in the same read (see `upstreamRead`).
+    private var restAfterHead = false
+
+    /// Body bytes of a length- or close-delimited response, with nothing buffered before them,
+    /// go to the client without a copy. False when the bytes need the buffer.
+    private func deliverDirectly(_ bytes: UnsafeRawBufferPointer, to sink: ExchangeSink) -> Bool {
+        guard responseHead != nil && responseStart == responseBuffer.count else { return false }
+        switch responseBody {
+        case .length(let remaining):
+            let n = Int(min(Int64(bytes.count), remaining))
+            sink.exchangeResponseBody(self, UnsafeRawBufferPointer(rebasing: bytes[0..<n]))
+            responseBody = .length(remaining: remaining - Int64(n))
+            if n < bytes.count { upstreamUnreusable = true }
+            afterResponseBytes()
+            return true
+        case .untilClose:
+            sink.exchangeResponseBody(self, bytes)
+            afterResponseBytes()
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// Where the first CRLF CRLF in `bytes` ends, if there is one: the end of a head, for the
+    /// parser to confirm.
+    static func headEnd(in bytes: UnsafeRawBufferPointer) -> Int? {
+        guard bytes.count >= 4 else { return nil }
+        var i = 3
+        while i < bytes.count {
+            let b = bytes[i]
+            if b == 10 {
+                if bytes[i - 1] == 13 && bytes[i - 2] == 10 && bytes[i - 3] == 13 { return i + 1 }
+                i += 1
+            } else if b == 13 {
+                i += 1
+            } else {
+                i += 4  // a byte that cannot end CRLF CRLF: the next candidate end is 4 on
+            }
+        }
+        return nil
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection, error: SystemError?) {
@@ -480,7 +522,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard !isOver else { return }
         isOver = true
         if let u = upstream {
-            let reusable = !upstreamUnreusable && requestComplete && !u.isClosed && responseStart == responseBuffer.count
+            let reusable = !upstreamUnreusable && !restAfterHead && requestComplete && !u.isClosed
+                && responseStart == responseBuffer.count
             if reusable { pool.release(u) } else { u.owner = nil; u.close() }
         }
         upstream = nil
