@@ -60,41 +60,50 @@ enum HTTP2Callbacks {
     }
 }
 
-/// Header fields in and out of HTTP/2 form: lowercase names, no connection-specific fields.
-enum HTTP2Fields {
-    /// The response fields for an HTTP/2 client, from an HTTP/1.1 upstream response.
-    static func response(_ head: HTTPResponseHead, setCookie: String?, keepLength: Bool) -> [(String, String)] {
-        var out: [(String, String)] = []
-        out.reserveCapacity(head.headers.count + 2)
-        var via: [String] = []
-        HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) {
-            out.append(($0.name.lowercased(), $0.value))
-        }
-        via.append(head.version.viaToken + " turnout")
-        out.append(("via", via.joined(separator: ", ")))
-        if let setCookie { out.append(("set-cookie", setCookie)) }
-        return out
+/// A response header block for nghttp2, built as bytes: `:status` first, then the fields with their
+/// names lowercased as they are copied (HTTP/2 field names are lowercase), no Strings in between.
+struct HTTP2HeaderBlock {
+    private var storage: [UInt8] = []
+    private var spans: [(name: Int, nameLength: Int, value: Int, valueLength: Int)] = []
+
+    init(status: Int) {
+        storage.reserveCapacity(512)
+        spans.reserveCapacity(12)
+        append(":status", String(status))
     }
 
-    /// Calls `body` with an nghttp2_nv array for `:status` plus `fields` (valid only during the call;
-    /// nghttp2 copies it).
-    static func withNV(status: Int, fields: [(String, String)], _ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
-        var storage: [UInt8] = []
-        var spans: [(Int, Int, Int, Int)] = []
-        func add(_ name: String, _ value: String) {
-            let ns = storage.count
-            storage.append(contentsOf: name.utf8)
-            let vs = storage.count
-            storage.append(contentsOf: value.utf8)
-            spans.append((ns, vs - ns, vs, storage.count - vs))
+    /// The fields of an HTTP/1.1 upstream response an HTTP/2 client gets: end-to-end fields only,
+    /// `via` extended, and the cohort cookie when one is set. `except` names a field (lowercase)
+    /// to leave out.
+    init(status: Int, response head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: String? = nil) {
+        self.init(status: status)
+        var via: [String] = []
+        HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) { f in
+            if let except, f.name.equalsIgnoringASCIICase(except) { return }
+            append(f.name, f.value)
         }
-        add(":status", String(status))
-        for (n, v) in fields { add(n, v) }
-        storage.append(0)
-        storage.withUnsafeMutableBufferPointer { buf in
+        via.append(head.version.viaToken + " turnout")
+        append("via", via.joined(separator: ", "))
+        if let setCookie { append("set-cookie", setCookie) }
+    }
+
+    mutating func append(_ name: String, _ value: String) {
+        let nameStart = storage.count
+        for b in name.utf8 { storage.append(b >= 65 && b <= 90 ? b | 0x20 : b) }
+        let valueStart = storage.count
+        storage.append(contentsOf: value.utf8)
+        spans.append((nameStart, valueStart - nameStart, valueStart, storage.count - valueStart))
+    }
+
+    /// Calls `body` with the nghttp2_nv array (valid only during the call; nghttp2 copies it).
+    func withNV(_ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
+        var bytes = storage
+        bytes.append(0)  // never empty, so the base address exists
+        bytes.withUnsafeMutableBufferPointer { buf in
             let base = buf.baseAddress!
             var nva = spans.map { s in
-                nghttp2_nv(name: base + s.0, value: base + s.2, namelen: s.1, valuelen: s.3, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+                nghttp2_nv(name: base + s.name, value: base + s.value, namelen: s.nameLength, valuelen: s.valueLength,
+                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
             }
             nva.withUnsafeMutableBufferPointer { body(UnsafePointer($0.baseAddress!), $0.count) }
         }

@@ -267,9 +267,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     /// Submits a response head (and a data source unless `endStream`). `fields` are lowercase.
-    func submitResponse(_ streamID: Int32, status: Int, fields: [(String, String)], endStream: Bool) {
+    func submitResponse(_ streamID: Int32, _ block: HTTP2HeaderBlock, endStream: Bool) {
         guard let session else { return }
-        HTTP2Fields.withNV(status: status, fields: fields) { nva, count in
+        block.withNV { nva, count in
             if endStream {
                 _ = nghttp2_submit_response(session, streamID, nva, count, nil)
             } else {
@@ -281,9 +281,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         scheduleFlush()
     }
 
-    func submitInformational(_ streamID: Int32, status: Int, fields: [(String, String)]) {
+    func submitInformational(_ streamID: Int32, _ block: HTTP2HeaderBlock) {
         guard let session else { return }
-        HTTP2Fields.withNV(status: status, fields: fields) { nva, count in
+        block.withNV { nva, count in
             _ = nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)
         }
         scheduleFlush()

@@ -205,7 +205,7 @@ final class HTTP2Stream: ExchangeSink {
     func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
         // 100 Continue is the client's business only if it asked; other 1xx pass through.
         if head.status == 100 && !ex.head.headers.contains("expect") { return }
-        connection.submitInformational(id, status: head.status, fields: HTTP2Fields.response(head, setCookie: nil, keepLength: false))
+        connection.submitInformational(id, HTTP2HeaderBlock(status: head.status, response: head, setCookie: nil, keepLength: false))
     }
 
     func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {
@@ -219,8 +219,7 @@ final class HTTP2Stream: ExchangeSink {
         if case .length = framing { keepLength = true }
         if case .none = framing { keepLength = true }
         if endStream { responseEnded = true }
-        connection.submitResponse(id, status: head.status,
-                                  fields: HTTP2Fields.response(head, setCookie: ex.setCookie, keepLength: keepLength),
+        connection.submitResponse(id, HTTP2HeaderBlock(status: head.status, response: head, setCookie: ex.setCookie, keepLength: keepLength),
                                   endStream: endStream)
     }
 
@@ -266,9 +265,8 @@ final class HTTP2Stream: ExchangeSink {
     /// The upstream accepted a WebSocket (extended CONNECT): the client gets 200 and the stream
     /// becomes the tunnel.
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
-        var fields = HTTP2Fields.response(head, setCookie: ex.setCookie, keepLength: false)
-        fields.removeAll { $0.0 == "sec-websocket-accept" }
-        connection.submitResponse(id, status: 200, fields: fields, endStream: false)
+        connection.submitResponse(id, HTTP2HeaderBlock(status: 200, response: head, setCookie: ex.setCookie, keepLength: false,
+                                                       except: "sec-websocket-accept"), endStream: false)
         let t = HTTP2Tunnel(stream: self, upstream: upstream, context: connection.context, clientIP: connection.clientIP,
                             poolName: ex.poolName, target: ex.head.target)
         tunnel = t
@@ -312,14 +310,13 @@ final class HTTP2Stream: ExchangeSink {
     private func respondWithError(status: Int, body: [UInt8], extra: [(String, String)]) {
         out = body
         outStart = 0
-        var fields: [(String, String)] = [
-            ("content-type", "text/plain; charset=utf-8"),
-            ("content-length", "\(body.count)"),
-            ("cache-control", "no-store"),
-        ]
-        fields.append(contentsOf: extra)
+        var block = HTTP2HeaderBlock(status: status)
+        block.append("content-type", "text/plain; charset=utf-8")
+        block.append("content-length", String(body.count))
+        block.append("cache-control", "no-store")
+        for (name, value) in extra { block.append(name, value) }
         responseEnded = true
-        connection.submitResponse(id, status: status, fields: fields, endStream: false)
+        connection.submitResponse(id, block, endStream: false)
     }
 
     // MARK: nghttp2's data source
