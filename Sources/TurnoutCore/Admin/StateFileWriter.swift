@@ -13,9 +13,9 @@ import Synchronization
 /// commit (1–3 ms here, more when the CPUs are busy), which is what a switch used to wait for.
 /// The JSON is followed by spaces up to the prepared size; JSON allows trailing whitespace.
 ///
-/// After each write the directory is fsynced (so the rename survives a power loss) and the next
-/// file prepared, on a background queue; a write that finds no prepared file, or one too small,
-/// takes the slow path of `StateFile.write`. A crash at any moment leaves the old or the new file.
+/// After each write the directory is fsynced (so the rename survives a power loss) and the
+/// prepared files topped up (two are kept ready), on a background queue; a write that finds no
+/// prepared file big enough takes the slow path of `StateFile.write`. A crash at any moment leaves the old or the new file.
 public final class StateFileWriter: Sendable {
     public let path: String
 
@@ -26,7 +26,8 @@ public final class StateFileWriter: Sendable {
     }
 
     private struct Shared {
-        var prepared: Prepared?
+        /// Files ready to take a state, up to `spares`.
+        var prepared: [Prepared] = []
         var preparing = false
         var nextSize = 4096
         var closed = false
@@ -36,7 +37,11 @@ public final class StateFileWriter: Sendable {
     }
 
     private let shared = Mutex(Shared())
-    private let background = DispatchQueue(label: "turnout.state-file", qos: .utility)
+    /// Prepared files kept ready: two, so that a second change close behind the first still finds
+    /// one while the next is being prepared.
+    static let spares = 2
+    /// The next change waits on this work, so it runs above the default priority.
+    private let background = DispatchQueue(label: "turnout.state-file", qos: .userInitiated)
 
     /// Removes temporary files left by earlier processes that died (their pid is gone), then
     /// prepares the first file in the background.
@@ -50,35 +55,36 @@ public final class StateFileWriter: Sendable {
     /// Writes `state` durably; when this returns, `path` holds it.
     public func write(_ state: RoutingState) throws(StateFile.WriteError) {
         let data = try StateFile.encode(state, path: path)
-        let prepared: Prepared? = shared.withLock { s in
+        let (prepared, tooSmall): (Prepared?, [Prepared]) = shared.withLock { s in
             if data.count * 2 > s.nextSize { s.nextSize = Self.roundUp(data.count * 2) }
-            defer { s.prepared = nil }
-            return s.prepared
+            let tooSmall = s.prepared.filter { $0.size < data.count }
+            s.prepared.removeAll { $0.size < data.count }
+            return (s.prepared.popLast(), tooSmall)
         }
         defer { schedule(syncDirectory: true) }
-        if let prepared, data.count <= prepared.size, overwrite(prepared, with: data) {
+        for p in tooSmall {
+            Foundation.close(p.fd)
+            unlink(p.path)
+        }
+        if let prepared, overwrite(prepared, with: data) {
             hold(prepared.fd)
             return
-        }
-        if let prepared {
-            Foundation.close(prepared.fd)
-            unlink(prepared.path)
         }
         try StateFile.write(data, to: path, syncDirectory: false)
         hold(open(path, O_RDONLY | O_CLOEXEC))
     }
 
-    /// Removes the prepared file; later writes take the slow path. Called when the proxy stops.
+    /// Removes the prepared files; later writes take the slow path. Called when the proxy stops.
     public func close() {
-        let (prepared, current): (Prepared?, Int32) = shared.withLock { s in
+        let (prepared, current): ([Prepared], Int32) = shared.withLock { s in
             s.closed = true
-            defer { s.prepared = nil; s.current = -1 }
+            defer { s.prepared = []; s.current = -1 }
             return (s.prepared, s.current)
         }
         background.sync {}  // a preparation under way finishes (and sees `closed`)
-        if let prepared {
-            Foundation.close(prepared.fd)
-            unlink(prepared.path)
+        for p in prepared {
+            Foundation.close(p.fd)
+            unlink(p.path)
         }
         if current >= 0 { Foundation.close(current) }
     }
@@ -117,7 +123,7 @@ public final class StateFileWriter: Sendable {
         if old >= 0 { background.async { Foundation.close(old) } }
     }
 
-    /// Background work, coalesced: prepare the next file when none is ready, then fsync the
+    /// Background work, coalesced: prepare files until `spares` are ready, then fsync the
     /// directory (making the last rename durable).
     private func schedule(syncDirectory: Bool) {
         let start: Bool = shared.withLock { s in
@@ -130,23 +136,29 @@ public final class StateFileWriter: Sendable {
             return
         }
         background.async { [self] in
+            var failed = false
             while true {
-                let size: Int? = shared.withLock { s in s.prepared == nil && !s.closed ? s.nextSize : nil }
-                let made = size.flatMap { prepare(size: $0) }
-                StateFile.syncDirectory(of: path)
-                let (discard, again): (Prepared?, Bool) = shared.withLock { s in
-                    var discard: Prepared?
-                    if let made {
-                        if s.closed || s.prepared != nil { discard = made } else { s.prepared = made }
+                while !failed, let size = shared.withLock({ s in !s.closed && s.prepared.count < Self.spares ? s.nextSize : nil }) {
+                    guard let made = prepare(size: size) else {
+                        failed = true  // the next write takes the slow path, which reports the error
+                        break
                     }
-                    // The file that was ready when this round began has been used meanwhile.
-                    let again = size == nil && s.prepared == nil && !s.closed
-                    if !again { s.preparing = false }
-                    return (discard, again)
+                    let discard: Prepared? = shared.withLock { s in
+                        if s.closed { return made }
+                        s.prepared.append(made)
+                        return nil
+                    }
+                    if let discard {
+                        Foundation.close(discard.fd)
+                        unlink(discard.path)
+                    }
                 }
-                if let discard {
-                    Foundation.close(discard.fd)
-                    unlink(discard.path)
+                StateFile.syncDirectory(of: path)
+                // A write may have taken a file meanwhile: go round again rather than leave a gap.
+                let again = shared.withLock { s in
+                    if !failed && !s.closed && s.prepared.count < Self.spares { return true }
+                    s.preparing = false
+                    return false
                 }
                 if !again { return }
             }
