@@ -15,7 +15,8 @@ import Synchronization
 ///
 /// After each write the directory is fsynced (so the rename survives a power loss) and the
 /// prepared files topped up (two are kept ready), on a background queue; a write that finds no
-/// prepared file big enough takes the slow path of `StateFile.write`. A crash at any moment leaves the old or the new file.
+/// prepared file big enough takes the slow path of `StateFile.write`. A crash at any moment
+/// leaves the old or the new file.
 public final class StateFileWriter: Sendable {
     public let path: String
 
@@ -44,7 +45,7 @@ public final class StateFileWriter: Sendable {
     private let background = DispatchQueue(label: "turnout.state-file", qos: .userInitiated)
 
     /// Removes temporary files left by earlier processes that died (their pid is gone), then
-    /// prepares the first file in the background.
+    /// prepares the first files in the background.
     public init(path: String) {
         self.path = path
         shared.withLock { $0.current = open(path, O_RDONLY | O_CLOEXEC) }
