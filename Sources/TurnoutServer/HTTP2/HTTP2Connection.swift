@@ -266,7 +266,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         scheduleFlush()
     }
 
-    /// Submits a response head (and a data source unless `endStream`). `fields` are lowercase.
+    /// Submits a response head (and a data source unless `endStream`).
     func submitResponse(_ streamID: Int32, _ block: HTTP2HeaderBlock, endStream: Bool) {
         guard let session else { return }
         block.withNV { nva, count in
