@@ -11,9 +11,6 @@ public final class RoutingStore: Sendable {
     struct Inner {
         var state: RoutingState
         var health: [Int: HealthStatus]
-        /// Every endpoint, by pool in config order.
-        var endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
-        var routing: RoutingConfig
         var nextEndpointID: Int
     }
 
@@ -28,10 +25,11 @@ public final class RoutingStore: Sendable {
             }
             all.append((pool, eps))
         }
-        let inner = Inner(state: state, health: [:], endpoints: all, routing: config.routing, nextEndpointID: nextID)
+        let inner = Inner(state: state, health: [:], nextEndpointID: nextID)
+        let topology = Topology(all, config.routing)
         self.inner = Mutex(inner)
-        self.topology = ManagedAtomic(Topology(all, config.routing))
-        self.published = ManagedAtomic(Self.build(inner))
+        self.topology = ManagedAtomic(topology)
+        self.published = ManagedAtomic(Self.build(inner, topology))
     }
 
     /// The current routing snapshot. Lock-free; call once per request.
@@ -40,8 +38,8 @@ public final class RoutingStore: Sendable {
 
     public var state: RoutingState { inner.withLock { $0.state } }
 
-    /// Pools and endpoints as last published, readable without the lock (also from code that
-    /// runs under it, like a mutation's checks).
+    /// Pools, endpoints and routing options, readable without the lock. Only replaced under the
+    /// lock (by a reload), so code under the lock reads the one in force.
     final class Topology: AtomicReference, Sendable {
         let endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
         let routing: RoutingConfig
@@ -67,9 +65,10 @@ public final class RoutingStore: Sendable {
     public func setHealth(endpointID: Int, _ status: HealthStatus) {
         inner.withLock { inner in
             guard inner.health[endpointID] != status else { return }
-            guard inner.endpoints.contains(where: { $0.endpoints.contains { $0.id == endpointID } }) else { return }
+            let topology = self.topology.load(ordering: .acquiring)
+            guard topology.endpoints.contains(where: { $0.endpoints.contains { $0.id == endpointID } }) else { return }
             inner.health[endpointID] = status
-            published.store(Self.build(inner), ordering: .releasing)
+            published.store(Self.build(inner, topology), ordering: .releasing)
         }
     }
 
@@ -90,8 +89,9 @@ public final class RoutingStore: Sendable {
                                       refuse: (String) -> E) throws(E) -> Reconfiguration {
         try inner.withLock { (inner: inout Inner) throws(E) -> Reconfiguration in
             var out = Reconfiguration()
+            let current = topology.load(ordering: .acquiring).endpoints
             let newNames = Set(config.pools.map(\.name))
-            for entry in inner.endpoints where !newNames.contains(entry.pool.name) {
+            for entry in current where !newNames.contains(entry.pool.name) {
                 let name = entry.pool.name
                 if inner.state.live == name { throw refuse("pool \(name) is live; switch away from it before removing it") }
                 if (inner.state.weights[name] ?? 0) > 0 {
@@ -105,8 +105,8 @@ public final class RoutingStore: Sendable {
             var nextID = inner.nextEndpointID
             var all: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] = []
             for pool in config.pools {
-                let old = inner.endpoints.first { $0.pool.name == pool.name }?.endpoints ?? []
-                if old.isEmpty && !inner.endpoints.contains(where: { $0.pool.name == pool.name }) { out.addedPools.append(pool.name) }
+                let old = current.first { $0.pool.name == pool.name }?.endpoints ?? []
+                if old.isEmpty && !current.contains(where: { $0.pool.name == pool.name }) { out.addedPools.append(pool.name) }
                 var eps: [UpstreamEndpoint] = []
                 for address in pool.endpoints {
                     if let kept = old.first(where: { $0.address == address }) {
@@ -137,11 +137,10 @@ public final class RoutingStore: Sendable {
                 inner.state = state
             }
             for e in out.removed { inner.health[e.id] = nil }
-            inner.endpoints = all
-            inner.routing = config.routing
             inner.nextEndpointID = nextID
-            topology.store(Topology(all, config.routing), ordering: .releasing)
-            published.store(Self.build(inner), ordering: .releasing)
+            let topology = Topology(all, config.routing)
+            self.topology.store(topology, ordering: .releasing)
+            published.store(Self.build(inner, topology), ordering: .releasing)
             return out
         }
     }
@@ -159,22 +158,22 @@ public final class RoutingStore: Sendable {
             guard next != inner.state else { return next }
             try persist(next)
             inner.state = next
-            published.store(Self.build(inner), ordering: .releasing)
+            published.store(Self.build(inner, topology.load(ordering: .acquiring)), ordering: .releasing)
             return next
         }
     }
 
-    static func build(_ inner: Inner) -> RoutingTable {
+    static func build(_ inner: Inner, _ topology: Topology) -> RoutingTable {
         var pools: [PoolRoute] = []
         var weights: [Int] = []
         var live = 0
-        for (i, entry) in inner.endpoints.enumerated() {
+        for (i, entry) in topology.endpoints.enumerated() {
             let healthy = entry.endpoints.indices.filter { inner.health[entry.endpoints[$0].id] == .healthy }
             pools.append(PoolRoute(name: entry.pool.name, endpoints: entry.endpoints, healthy: healthy, balance: entry.pool.balance))
             weights.append(inner.state.weights[entry.pool.name] ?? 0)
             if entry.pool.name == inner.state.live { live = i }
         }
-        let routing = inner.routing
+        let routing = topology.routing
         return RoutingTable(generation: inner.state.generation, live: live, pools: pools, weights: weights,
                             sticky: routing.sticky, previewHeader: routing.previewHeader, failover: routing.failover)
     }
