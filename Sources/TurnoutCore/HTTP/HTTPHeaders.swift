@@ -31,37 +31,34 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     /// Whether a comma-separated list field holds `token` (ASCII case-insensitive), without allocating.
     public func hasToken(_ name: String, _ token: String) -> Bool {
-        if let found = token.utf8.withContiguousStorageIfAvailable({ hasToken(name, $0) }) { return found }
-        return hasToken(name, Array(token.utf8))
+        var token = token
+        return token.withUTF8 { want in
+            !allListElements(name) { !$0.equalsIgnoringASCIICase(want) }
+        }
     }
 
-    private func hasToken<C: RandomAccessCollection>(_ name: String, _ want: C) -> Bool where C.Element == UInt8, C.Index == Int {
+    /// Whether `satisfy` holds for every element of the comma-separated list fields named `name`:
+    /// each element trimmed of spaces and tabs, empty ones skipped, given as bytes without
+    /// allocating. Stops at the first element that fails.
+    public func allListElements(_ name: String, satisfy: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
         for f in fields where f.name.equalsIgnoringASCIICase(name) {
-            var matched = 0       // bytes of `want` matched in the current element
-            var inToken = false   // past leading whitespace of the element
-            var failed = false
-            var trailingSpace = false
-            for b in f.value.utf8 {
-                if b == 44 {  // ','
-                    if !failed && matched == want.count { return true }
-                    matched = 0; inToken = false; failed = false; trailingSpace = false
-                    continue
+            var value = f.value
+            let all = value.withUTF8 { v -> Bool in
+                var i = 0
+                while i <= v.count {
+                    var end = i
+                    while end < v.count && v[end] != 44 { end += 1 }  // ','
+                    var s = i, e = end
+                    while s < e && (v[s] == 32 || v[s] == 9) { s += 1 }
+                    while e > s && (v[e - 1] == 32 || v[e - 1] == 9) { e -= 1 }
+                    if s < e && !satisfy(UnsafeBufferPointer(rebasing: v[s..<e])) { return false }
+                    i = end + 1
                 }
-                if b == 32 || b == 9 {
-                    if inToken { trailingSpace = true }
-                    continue
-                }
-                inToken = true
-                if failed { continue }
-                if trailingSpace || matched >= want.count { failed = true; continue }
-                let lb = b >= 65 && b <= 90 ? b | 0x20 : b
-                let w = want[want.startIndex + matched]
-                let lw = w >= 65 && w <= 90 ? w | 0x20 : w
-                if lb == lw { matched += 1 } else { failed = true }
+                return true
             }
-            if !failed && matched == want.count && inToken { return true }
+            if !all { return false }
         }
-        return false
+        return true
     }
 
     /// Comma-separated list elements across every field with this name, trimmed and lowercased.
@@ -95,14 +92,7 @@ extension String {
         guard a.count == b.count else { return false }
         // Native strings are contiguous UTF-8: compare the bytes directly.
         if let same = a.withContiguousStorageIfAvailable({ pa in
-            b.withContiguousStorageIfAvailable { pb -> Bool in
-                for i in 0..<pa.count where pa[i] != pb[i] {
-                    let lx = (pa[i] >= 65 && pa[i] <= 90) ? pa[i] | 0x20 : pa[i]
-                    let ly = (pb[i] >= 65 && pb[i] <= 90) ? pb[i] | 0x20 : pb[i]
-                    if lx != ly { return false }
-                }
-                return true
-            }
+            b.withContiguousStorageIfAvailable { pb in pa.equalsIgnoringASCIICase(pb) }
         }), let same {
             return same
         }
@@ -110,6 +100,19 @@ extension String {
             let lx = (x >= 65 && x <= 90) ? x | 0x20 : x
             let ly = (y >= 65 && y <= 90) ? y | 0x20 : y
             if lx != ly { return false }
+        }
+        return true
+    }
+}
+
+extension UnsafeBufferPointer where Element == UInt8 {
+    /// ASCII case-insensitive equality of two byte strings.
+    @inlinable
+    public func equalsIgnoringASCIICase(_ other: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard count == other.count else { return false }
+        for i in 0..<count where self[i] != other[i] {
+            let x = self[i], y = other[i]
+            if (x >= 65 && x <= 90 ? x | 0x20 : x) != (y >= 65 && y <= 90 ? y | 0x20 : y) { return false }
         }
         return true
     }

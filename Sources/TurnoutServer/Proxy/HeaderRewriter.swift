@@ -28,39 +28,13 @@ public enum HeaderRewriter {
     /// Field names the message's Connection header lists (hop-by-hop too), lowercased; empty
     /// (and without allocating) when there is none but the usual close/keep-alive.
     static func namedByConnection(_ headers: HTTPHeaders) -> [String] {
-        var other = false
-        for f in headers where f.name.equalsIgnoringASCIICase("connection") && !listsOnlyCloseOrKeepAlive(f.value) {
-            other = true
-        }
-        guard other else { return [] }
+        guard !headers.allListElements("connection", satisfy: isCloseOrKeepAlive) else { return [] }
         return headers.tokens("connection").filter { $0 != "close" && $0 != "keep-alive" }
     }
 
-    /// Whether every element of a Connection value is `close` or `keep-alive` (or empty), checked
-    /// over the bytes without allocating. Unsure (a non-contiguous string) counts as false.
-    static func listsOnlyCloseOrKeepAlive(_ value: String) -> Bool {
-        value.utf8.withContiguousStorageIfAvailable { v -> Bool in
-            func matches(_ start: Int, _ end: Int, _ word: StaticString) -> Bool {
-                guard end - start == word.utf8CodeUnitCount else { return false }
-                let w = word.utf8Start
-                for i in 0..<(end - start) {
-                    let b = v[start + i]
-                    if (b >= 65 && b <= 90 ? b | 0x20 : b) != w[i] { return false }
-                }
-                return true
-            }
-            var i = 0
-            while i <= v.count {
-                var end = i
-                while end < v.count && v[end] != 44 { end += 1 }  // ','
-                var s = i, e = end
-                while s < e && (v[s] == 32 || v[s] == 9) { s += 1 }
-                while e > s && (v[e - 1] == 32 || v[e - 1] == 9) { e -= 1 }
-                if s < e && !matches(s, e, "close") && !matches(s, e, "keep-alive") { return false }
-                i = end + 1
-            }
-            return true
-        } ?? false
+    private static func isCloseOrKeepAlive(_ element: UnsafeBufferPointer<UInt8>) -> Bool {
+        ("close" as StaticString).withUTF8Buffer { element.equalsIgnoringASCIICase($0) }
+            || ("keep-alive" as StaticString).withUTF8Buffer { element.equalsIgnoringASCIICase($0) }
     }
 
     @inline(__always)
