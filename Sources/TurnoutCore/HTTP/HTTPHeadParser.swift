@@ -114,18 +114,15 @@ public enum HTTPHeadParser {
     }
 
     static func parseVersion(_ buffer: [UInt8], _ r: Range<Int>) -> HTTPVersion? {
-        guard r.count == 8 else { return nil }
-        let p = buffer[r]  // a slice: indices are r's
-        let o = r.lowerBound
-        guard p[o] == 72, p[o + 1] == 84, p[o + 2] == 84, p[o + 3] == 80, p[o + 4] == 47, p[o + 6] == 46 else { return nil }  // "HTTP/x.y"
-        guard p[o + 5] == 49 else { return nil }
-        switch p[o + 7] {
+        guard isHTTPVersionShaped(buffer, r), buffer[r.lowerBound + 5] == 49 else { return nil }  // "HTTP/1.y"
+        switch buffer[r.lowerBound + 7] {
         case 48: return .http10
         case 49: return .http11
         default: return nil
         }
     }
 
+    /// "HTTP/d.d" with any digits.
     static func isHTTPVersionShaped(_ buffer: [UInt8], _ r: Range<Int>) -> Bool {
         guard r.count == 8 else { return false }
         let o = r.lowerBound
