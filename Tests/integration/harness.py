@@ -163,6 +163,16 @@ class Turnout:
         return self.proc.returncode
 
 
+def recv_until_close(sock):
+    """Everything `sock` receives until the peer closes its side."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def raw_exchange(port, data, timeout=5.0, read_until_close=True):
     """Sends raw bytes and returns everything received until the server closes (or timeout)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)

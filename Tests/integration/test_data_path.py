@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from harness import RssPeak, Turnout, Upstream, free_port, pattern_sha256, raw_exchange, turnout_binary, wait_for, write_pattern_file
+from harness import RssPeak, Turnout, Upstream, free_port, pattern_sha256, raw_exchange, recv_until_close, turnout_binary, wait_for, write_pattern_file
 
 
 def get(port, path="/", headers=None, method="GET", body=None, conn=None):
@@ -196,12 +196,7 @@ def test_a_client_that_asked_to_close_is_closed_without_waiting_for_its_fin(blue
     t, _, _ = blue_green()
     s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
     s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until_close(s)
     assert data.startswith(b"HTTP/1.1 200") and data.endswith(b"blue\n"), data
     assert b"connection: close" in data.lower()
     # The first byte draws the reset; a send after it fails (recv would only repeat the EOF).

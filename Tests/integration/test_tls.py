@@ -13,7 +13,7 @@ import tempfile
 
 import pytest
 
-from harness import Turnout, Upstream, make_certificate, run_cli, wait_for
+from harness import Turnout, Upstream, make_certificate, recv_until_close, run_cli, wait_for
 
 
 def s_client(port, *args, servername=None, brief=True):
@@ -182,11 +182,6 @@ def test_tls_http11_keep_alive_pipelining_and_large_bodies(tls_turnout):
     conn.close()
     raw = ctx.wrap_socket(socket.create_connection(("127.0.0.1", t.tls_port), timeout=10))
     raw.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    data = b""
-    while True:
-        chunk = raw.recv(65536)
-        if not chunk:
-            break
-        data += chunk
+    data = recv_until_close(raw)
     raw.close()
     assert data.count(b"HTTP/1.1 200") == 2
