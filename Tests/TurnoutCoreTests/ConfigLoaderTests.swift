@@ -5,6 +5,7 @@ import Testing
 @Suite struct ConfigLoaderTests {
     static let good = """
         workers: 2
+        io: dispatch
         listeners:
           - address: 127.0.0.1:8080
         admin:
@@ -25,6 +26,7 @@ import Testing
     @Test func readsEveryField() throws {
         let c = try ConfigLoader.parse(yaml: Self.good)
         #expect(c.workers == 2)
+        #expect(c.io == .dispatch)
         #expect(c.listeners.map(\.address.description) == ["127.0.0.1:8080"])
         #expect(c.admin.socket == "/tmp/t.sock")
         #expect(c.stateFile == "/tmp/state.json")
@@ -54,6 +56,7 @@ import Testing
             pools: { green: { endpoints: ["127.0.0.1:1"] }, blue: { endpoints: ["127.0.0.1:2"] } }
             """)
         #expect(c.workers == nil)
+        #expect(c.io == .epoll)
         #expect(c.routing.weights == ["blue": 10_000, "green": 0])
         #expect(c.health == HealthConfig())
         #expect(c.timeouts == TimeoutConfig())
@@ -64,6 +67,7 @@ import Testing
     @Test func reportsEveryProblemWithItsKeyPath() {
         let yaml = """
             workers: zero
+            io: kqueue
             listeners:
               - address: 127.0.0.1:99999
               - adress: 1.2.3.4:80
@@ -83,7 +87,7 @@ import Testing
             problems = error.problems.map(\.description)
         }
         let expected = [
-            "workers:", "listeners[0].address: invalid port", "listeners[1].adress: unknown key",
+            "workers:", "io: expected epoll or dispatch, got \"kqueue\"", "listeners[0].address: invalid port", "listeners[1].adress: unknown key",
             "listeners[1].address: required", "pools.blue.endpoints[0]: expected host:port",
             "pools.blue.endpoints[2]: 127.0.0.1:9001 is listed twice", "pools.green.endpoints: a pool needs at least one endpoint",
             "routing.weights.blue: at most two decimals", "routing.weights.purple: no pool named",

@@ -94,8 +94,12 @@ class Turnout:
         weight_text = ""
         if weights:
             weight_text = "  weights: { " + ", ".join(f"{k}: {v}" for k, v in weights.items()) + " }\n"
+        # TURNOUT_TEST_IO=dispatch runs a test against the other I/O mode (see the Makefile).
+        io = os.environ.get("TURNOUT_TEST_IO")
         self.config = (
             f"workers: {workers}\n"
+            + (f"io: {io}\n" if io else "")
+            +
             "listeners:\n  - address: 127.0.0.1:0\n"
             + (f"  - address: 127.0.0.1:0\n    tls: {tls}\n" if tls else "")
             + (f"limits: {limits}\n" if limits else "")

@@ -133,10 +133,11 @@ private struct Reader {
 
     mutating func readRoot(_ root: Node) -> TurnoutConfig? {
         let allowed: Set<String> = [
-            "workers", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log",
+            "workers", "io", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log",
         ]
         guard let items = entries(root, "", allowed: allowed) else { return nil }
         var workers: Int?
+        var io = IOMode.epoll
         var listeners: [ListenerConfig] = []
         var admin = AdminConfig()
         var stateFile: String?
@@ -153,6 +154,12 @@ private struct Reader {
             case "workers":
                 if case .scalar(let s) = value, s.string == "auto" { workers = nil } else {
                     workers = int(value, "workers", min: 1, max: 256)
+                }
+            case "io":
+                if let s = string(value, "io") {
+                    if let mode = IOMode(rawValue: s) { io = mode } else {
+                        fail("io", "expected epoll or dispatch, got \"\(s)\"")
+                    }
                 }
             case "listeners":
                 sawListeners = true
@@ -183,7 +190,7 @@ private struct Reader {
             fail("admin.token_file", "a TCP admin address requires token_file (the bearer token clients must send)")
         }
         return TurnoutConfig(
-            workers: workers, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
+            workers: workers, io: io, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
             routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog)
     }
 

@@ -5,6 +5,8 @@ import Foundation
 public struct TurnoutConfig: Sendable, Equatable {
     /// Number of event loops; `nil` means `auto` (one per core).
     public var workers: Int?
+    /// How the event loops learn that sockets are ready.
+    public var io: IOMode
     public var listeners: [ListenerConfig]
     public var admin: AdminConfig
     public var stateFile: String?
@@ -17,12 +19,13 @@ public struct TurnoutConfig: Sendable, Equatable {
     public var accessLog: Bool
 
     public init(
-        workers: Int? = nil, listeners: [ListenerConfig], admin: AdminConfig = AdminConfig(),
+        workers: Int? = nil, io: IOMode = .epoll, listeners: [ListenerConfig], admin: AdminConfig = AdminConfig(),
         stateFile: String? = nil, pools: [PoolConfig], routing: RoutingConfig,
         health: HealthConfig = HealthConfig(), timeouts: TimeoutConfig = TimeoutConfig(),
         limits: LimitsConfig = LimitsConfig(), accessLog: Bool = true
     ) {
         self.workers = workers
+        self.io = io
         self.listeners = listeners
         self.admin = admin
         self.stateFile = stateFile
@@ -40,6 +43,16 @@ public struct TurnoutConfig: Sendable, Equatable {
     }
 
     public func pool(named name: String) -> PoolConfig? { pools.first { $0.name == name } }
+}
+
+/// How an event loop learns that its sockets are ready. Either way a loop is one serial Dispatch
+/// queue that owns its connections, woken by Dispatch sources.
+public enum IOMode: String, Sendable, Equatable, CaseIterable {
+    /// One Dispatch read source per loop, on an epoll set holding all of the loop's sockets
+    /// edge-triggered: one wake-up of the loop serves a batch of ready sockets.
+    case epoll
+    /// A Dispatch read source per socket, and a write source while there is something to write.
+    case dispatch
 }
 
 /// `host:port` as written in the config. The host may be an IP literal or a DNS name.

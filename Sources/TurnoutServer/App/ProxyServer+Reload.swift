@@ -68,6 +68,7 @@ extension ProxyServer {
         if !tlsProblems.isEmpty { return .failure(.invalid(tlsProblems)) }
         var outcome = ReloadOutcome()
         if new.effectiveWorkers != old.effectiveWorkers { outcome.restartRequired.append("workers") }
+        if new.io != old.io { outcome.restartRequired.append("io") }
         if new.admin != old.admin { outcome.restartRequired.append("admin") }
         if new.stateFile != old.stateFile { outcome.restartRequired.append("state_file") }
         if new.accessLog != old.accessLog { outcome.restartRequired.append("access_log") }
@@ -115,6 +116,7 @@ extension ProxyServer {
         // From here on nothing can fail: publish the new settings.
         var applied = new
         applied.workers = old.workers
+        applied.io = old.io
         applied.admin = old.admin
         applied.stateFile = old.stateFile
         applied.accessLog = old.accessLog

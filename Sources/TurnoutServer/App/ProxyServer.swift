@@ -53,7 +53,7 @@ public final class ProxyServer: @unchecked Sendable {
         }
         self.admin = AdminServer(router: router, logger: logger, token: token)
         self.router = router
-        self.group = EventLoopGroup(count: config.effectiveWorkers)
+        self.group = try EventLoopGroup(count: config.effectiveWorkers, io: config.io)
         var pools: [UpstreamPool] = []
         for loop in group.loops {
             let pool = UpstreamPool(loop: loop, context: context)

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import TurnoutCore
 
 /// Something owned by an event loop that has deadlines; the loop's tick asks it to check them.
 protocol LoopTimed: AnyObject {
@@ -20,9 +21,12 @@ public final class EventLoop: @unchecked Sendable {
     private var timed: [ObjectIdentifier: LoopTimed] = [:]
     private var tickTimer: DispatchSourceTimer?
     static let tickMs = 100
+    /// The poller of the `epoll` I/O mode; nil in the `dispatch` mode (a source per socket).
+    private(set) var poller: EpollPoller?
     /// Work to run on each tick (upstream pool expiry and the like).
     var tickHooks: [(UInt64) -> Void] = []
 
+    /// A loop in the `dispatch` I/O mode; `usePoller()` right after switches it to `epoll`.
     public init(index: Int, label: String = "turnout.loop", qos: DispatchQoS = .unspecified) {
         self.index = index
         self.queue = DispatchQueue(label: "\(label).\(index)", qos: qos)
@@ -33,6 +37,12 @@ public final class EventLoop: @unchecked Sendable {
         timer.setEventHandler { [unowned self] in self.tick() }
         timer.activate()
         tickTimer = timer
+    }
+
+    /// Switches the loop to the `epoll` I/O mode. Call before any socket is started on it.
+    func usePoller() throws(SystemError) {
+        precondition(poller == nil)
+        poller = try EpollPoller(loop: self)
     }
 
     deinit {
@@ -79,6 +89,7 @@ public final class EventLoop: @unchecked Sendable {
     func stop() {
         tickTimer?.cancel()
         tickTimer = nil
+        poller?.stop()
     }
 }
 
@@ -88,8 +99,14 @@ public final class EventLoopGroup: @unchecked Sendable {
     private var next = 0
     private let lock = NSLock()
 
-    public init(count: Int, label: String = "turnout.loop") {
-        loops = (0..<max(1, count)).map { EventLoop(index: $0, label: label) }
+    public init(count: Int, label: String = "turnout.loop", io: IOMode) throws(SystemError) {
+        var loops: [EventLoop] = []
+        for i in 0..<max(1, count) {
+            let loop = EventLoop(index: i, label: label)
+            if io == .epoll { try loop.usePoller() }
+            loops.append(loop)
+        }
+        self.loops = loops
     }
 
     public func nextLoop() -> EventLoop {

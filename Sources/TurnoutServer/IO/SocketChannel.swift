@@ -21,11 +21,13 @@ extension ChannelDelegate {
     func channelConnected(_ channel: SocketChannel) {}
 }
 
-/// A non-blocking socket driven by Dispatch read and write sources on one event loop.
+/// A non-blocking socket on one event loop, driven either by its own Dispatch read and write
+/// sources (the loop's `dispatch` I/O mode) or by the loop's `EpollPoller` (the `epoll` mode).
 ///
-/// Source hygiene: handlers are set before activation; the write source exists only while there is
-/// something to write and is suspended, never recreated, when the queue drains; before cancelling,
-/// suspended sources are resumed; the fd is closed only after both sources' cancel handlers ran.
+/// Source hygiene in the `dispatch` mode: handlers are set before activation; the write source
+/// exists only while there is something to write and is suspended, never recreated, when the queue
+/// drains; before cancelling, suspended sources are resumed; the fd is closed only after both
+/// sources' cancel handlers ran.
 final class SocketChannel: @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
@@ -57,11 +59,20 @@ final class SocketChannel: @unchecked Sendable {
         self.isConnecting = connecting
     }
 
-    /// Installs the sources. Call once, on the loop, after setting the delegate.
+    /// Installs the sources, or registers with the loop's poller. Call once, on the loop, after
+    /// setting the delegate.
     func start() {
         loop.assertOnLoop()
         let closer = FDCloser(fd: fd)
         self.closer = closer
+        if let poller = loop.poller {
+            do throws(SystemError) {
+                try poller.add(self)
+            } catch {
+                failLater(error)
+            }
+            return
+        }
         let rs = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
         rs.setEventHandler { [unowned self] in self.handleReadable() }
         closer.retain()
@@ -90,17 +101,25 @@ final class SocketChannel: @unchecked Sendable {
     }
 
     private func updateReadSource() {
-        guard let rs = readSource, !isClosed else { return }
+        guard !isClosed, readSource != nil || loop.poller != nil else { return }
         let shouldRun = (!readPausedByUser || lingering) && !sawEOF
         if shouldRun && readSuspended {
             readSuspended = false
-            rs.resume()
+            readSource?.resume()
             // Bytes that arrived while suspended may not raise a new event: look now.
             scheduleRead()
         } else if !shouldRun && !readSuspended {
             readSuspended = true
-            rs.suspend()
+            readSource?.suspend()
         }
+    }
+
+    /// Events from the loop's poller (the `epoll` mode). They are edge-triggered: an edge that
+    /// arrives while reading is paused is not repeated, which is why resuming reads at once.
+    func handleEvents(_ events: UInt32) {
+        if events & EpollPoller.hangUpEvents != 0 { peerHungUp = true }
+        if events & EpollPoller.readEvents != 0 { handleReadable() }
+        if events & EpollPoller.writeEvents != 0, !isClosed, pendingBytes > 0 || isConnecting { handleWritable() }
     }
 
     /// Learns how a non-blocking connect ended. Returns false when it failed (the channel is closed).
@@ -116,12 +135,17 @@ final class SocketChannel: @unchecked Sendable {
         return !isClosed
     }
 
-    /// Reads what the socket holds: until a read comes back shorter than the buffer (the socket is
-    /// then empty) or would block, within a budget so one busy connection cannot starve its loop;
-    /// past the budget the rest is read in a later turn of the loop. Stopping at a short read
-    /// saves the read that would only say EAGAIN: Dispatch watches sockets level-triggered
-    /// (EPOLLONESHOT, re-armed after this handler), so bytes or a FIN that arrive meanwhile raise
-    /// a new event.
+    /// Reads what the socket holds, within a budget so one busy connection cannot starve its loop;
+    /// past the budget the rest is read in a later turn of the loop.
+    ///
+    /// In the `epoll` mode reading stops at a read shorter than the buffer, which saves the read
+    /// that would only say EAGAIN: the socket was empty at that moment, and every later arrival is
+    /// a new edge. A read stops short of a FIN or an error too, though, so once the poller reported
+    /// a hang-up (`peerHungUp`) reading goes on until EOF or EAGAIN.
+    ///
+    /// In the `dispatch` mode reading goes on until EAGAIN: libdispatch does not re-arm a source
+    /// after it saw EPOLLHUP, so bytes and a hang-up that arrive together (a reset after data, a
+    /// Unix socket closed after its last write) would leave the hang-up unseen after a short read.
     private func handleReadable() {
         guard !isClosed, !readSuspended else { return }
         if isConnecting {
@@ -154,13 +178,15 @@ final class SocketChannel: @unchecked Sendable {
             case .processed(let n):
                 if lingering { continue }  // discarding input while closing gracefully
                 delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
-                if n < loop.readBuffer.count { return }
+                if n < loop.readBuffer.count && loop.poller != nil && !peerHungUp { return }
             }
         }
         scheduleRead()
     }
 
     private var readScheduled = false
+    /// The poller reported the peer's FIN, a hang-up or an error (the `epoll` mode).
+    private var peerHungUp = false
 
     /// Runs the read handler again in a later turn of the loop.
     private func scheduleRead() {
@@ -238,6 +264,9 @@ final class SocketChannel: @unchecked Sendable {
 
     private func armWrite() {
         guard !isClosed else { return }
+        // The poller watches for writability all along: a send that fell short leaves the socket
+        // marked full, and the kernel raises an edge when room frees up.
+        if loop.poller != nil { return }
         if let ws = writeSource {
             if writeSuspended {
                 writeSuspended = false
@@ -347,6 +376,7 @@ final class SocketChannel: @unchecked Sendable {
         }
         pending = []
         pendingBytes = 0
+        loop.poller?.remove(self)
         if let rs = readSource {
             if readSuspended { rs.resume() }
             rs.cancel()
