@@ -22,6 +22,18 @@ int turnout_epoll_add(int epfd, int fd, uint64_t token) {
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
+int turnout_epoll_add_listener(int epfd, int fd, uint64_t token) {
+    struct epoll_event ev;
+    ev.events = EPOLLIN | EPOLLET;
+    ev.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+}
+
+int turnout_epoll_remove(int epfd, int fd) {
+    struct epoll_event ev = {0};
+    return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev);
+}
+
 int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max) {
     struct epoll_event evs[256];
     if (max > 256) max = 256;

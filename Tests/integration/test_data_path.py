@@ -306,3 +306,38 @@ def test_sighup_does_not_stop_the_proxy(blue_green):
     wait_for(lambda: "received SIGHUP" in t.read_log(), what="the SIGHUP to be logged")
     assert t.proc.poll() is None
     assert get(t.port, "/")[1] == b"blue\n"
+
+
+def test_accepting_pauses_at_max_client_connections_and_resumes_when_one_closes(blue_green):
+    t, _, _ = blue_green(limits="{ max_client_connections: 3 }")
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def ask(sock):
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"blue\n"):
+            chunk = sock.recv(4096)
+            assert chunk, data
+            data += chunk
+        return data
+
+    held = [socket.create_connection(("127.0.0.1", t.port), timeout=10) for _ in range(3)]
+    for s in held:
+        assert ask(s).startswith(b"HTTP/1.1 200")
+    # The kernel completes the fourth handshake, but Turnout does not take the connection.
+    waiting = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    waiting.sendall(request)
+    waiting.settimeout(0.5)
+    with pytest.raises(socket.timeout):
+        waiting.recv(4096)
+    assert ask(held[0]).startswith(b"HTTP/1.1 200")  # the open ones are served meanwhile
+    held.pop().close()
+    waiting.settimeout(10)
+    data = b""
+    while not data.endswith(b"blue\n"):
+        chunk = waiting.recv(4096)
+        assert chunk, data
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    for s in held + [waiting]:
+        s.close()

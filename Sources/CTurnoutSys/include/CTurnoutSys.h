@@ -15,6 +15,12 @@ int turnout_epoll_create(void);
 /// come back with `token`.
 int turnout_epoll_add(int epfd, int fd, uint64_t token);
 
+/// Adds a listening socket, edge-triggered, for input.
+int turnout_epoll_add_listener(int epfd, int fd, uint64_t token);
+
+/// Takes `fd` out of the set.
+int turnout_epoll_remove(int epfd, int fd);
+
 /// epoll_wait without blocking, EINTR retried. Fills `tokens` and `events` (struct epoll_event is
 /// packed on x86-64, so it is unpacked here); returns the count, or -1 with errno set.
 int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max);

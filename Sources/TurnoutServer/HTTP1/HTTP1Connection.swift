@@ -36,8 +36,8 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     private var draining = false
     private var handedOff = false
 
-    private var limits: LimitsConfig { context.config.limits }
-    private var timeouts: TimeoutConfig { context.config.timeouts }
+    private var limits: LimitsConfig { context.limits }
+    private var timeouts: TimeoutConfig { context.timeouts }
 
     init(transport: ClientTransport, env: ClientEnvironment, acceptsPriorKnowledgeH2: Bool) {
         self.transport = transport

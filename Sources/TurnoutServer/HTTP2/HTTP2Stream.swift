@@ -115,7 +115,7 @@ final class HTTP2Stream: ExchangeSink {
         }
         let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: HTTPHeaders(headers), host: host,
                                    framing: framing, keepAlive: true, expectsContinue: false)
-        if let max = c.context.config.limits.maxBodyBytes, case .length(let n) = framing, n > max {
+        if let max = c.context.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }

@@ -44,7 +44,7 @@ final class HTTP2Tunnel: UpstreamOwner, @unchecked Sendable {
     }
 
     private func touch() {
-        idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.tunnelMs) * 1_000_000
+        idleDeadline = EventLoop.now() + UInt64(context.timeouts.tunnelMs) * 1_000_000
     }
 
     /// DATA from the client: straight to the upstream while it keeps up, else held (and not yet
@@ -75,7 +75,7 @@ final class HTTP2Tunnel: UpstreamOwner, @unchecked Sendable {
 
     func checkTimeouts(now: UInt64) {
         guard !ended, now >= idleDeadline else { return }
-        end(reason: "tunnel idle for \(DurationParser.format(milliseconds: context.config.timeouts.tunnelMs))", resetStream: true)
+        end(reason: "tunnel idle for \(DurationParser.format(milliseconds: context.timeouts.tunnelMs))", resetStream: true)
     }
 
     // MARK: the upstream's side

@@ -4,6 +4,13 @@ import Glibc
 import CTurnoutSys
 import Dispatch
 
+/// Something a loop's poller watches: a socket channel, or a listener's socket.
+protocol PollTarget: AnyObject {
+    var fd: Int32 { get }
+    /// Called on the loop with the epoll event bits.
+    func handleEvents(_ events: UInt32)
+}
+
 /// The `epoll` I/O mode of an event loop: one Dispatch read source, on an epoll descriptor that
 /// holds every socket of the loop, edge-triggered and registered once.
 ///
@@ -17,18 +24,19 @@ final class EpollPoller: @unchecked Sendable {
     private let epfd: Int32
     unowned let loop: EventLoop
     private var source: DispatchSourceRead?
-    /// Channels by descriptor; an event's token carries the descriptor and the generation of the
+    /// Targets by descriptor; an event's token carries the descriptor and the generation of the
     /// registration, so an event fetched for a descriptor that was closed and reused in the same
-    /// batch is dropped instead of reaching the new channel.
+    /// batch is dropped instead of reaching the new target.
     private var slots: [Slot] = []
     private var generation: UInt32 = 0
     private static let batch = 256
+    private static let rounds = 8
     private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: batch)
     private let events = UnsafeMutablePointer<UInt32>.allocate(capacity: batch)
 
     private struct Slot {
         var generation: UInt32 = 0
-        var channel: SocketChannel?
+        var target: PollTarget?
     }
 
     static let readEvents = turnout_epoll_in | turnout_epoll_rdhup | turnout_epoll_hup | turnout_epoll_err
@@ -52,42 +60,48 @@ final class EpollPoller: @unchecked Sendable {
         events.deallocate()
     }
 
-    /// Watches `channel`'s socket from now until `remove`. Fails only when the kernel refuses
-    /// (out of memory, or the `max_user_watches` limit).
-    func add(_ channel: SocketChannel) throws(SystemError) {
+    /// Watches `target`'s socket from now until `remove`: edge-triggered, for input, output and
+    /// hang-up; a listening socket (`listening`) for input only. Fails only when the kernel
+    /// refuses (out of memory, or the `max_user_watches` limit).
+    func add(_ target: PollTarget, listening: Bool = false) throws(SystemError) {
         loop.assertOnLoop()
-        let fd = Int(channel.fd)
+        let fd = Int(target.fd)
         if fd >= slots.count { slots.append(contentsOf: repeatElement(Slot(), count: max(fd + 1 - slots.count, slots.count))) }
         generation &+= 1
-        let token = UInt64(generation) << 32 | UInt64(UInt32(channel.fd))
-        if turnout_epoll_add(epfd, channel.fd, token) != 0 { throw SystemError("epoll_ctl", errno: errno) }
-        slots[fd] = Slot(generation: generation, channel: channel)
+        let token = UInt64(generation) << 32 | UInt64(UInt32(target.fd))
+        let rc = listening ? turnout_epoll_add_listener(epfd, target.fd, token) : turnout_epoll_add(epfd, target.fd, token)
+        if rc != 0 { throw SystemError("epoll_ctl", errno: errno) }
+        slots[fd] = Slot(generation: generation, target: target)
     }
 
-    /// Forgets `channel`. Its descriptor leaves the epoll set when it is closed, right after.
-    func remove(_ channel: SocketChannel) {
-        let fd = Int(channel.fd)
-        guard fd < slots.count, slots[fd].channel === channel else { return }
+    /// Forgets `target`. A channel's descriptor leaves the epoll set when it is closed, right
+    /// after; `deregister` takes it out now (a listener, whose descriptor is closed only after).
+    func remove(_ target: PollTarget, deregister: Bool = false) {
+        loop.assertOnLoop()
+        let fd = Int(target.fd)
+        guard fd < slots.count, slots[fd].target === target else { return }
         slots[fd] = Slot()
+        if deregister { _ = turnout_epoll_remove(epfd, target.fd) }
     }
 
     /// Takes the ready events and hands them to their channels. Dispatch calls this when the epoll
     /// descriptor is readable; tests call it to take pending events at a known moment.
     func handleEvents() {
         loop.assertOnLoop()
-        // Up to four full batches per turn; events left over keep the descriptor readable, so
-        // Dispatch calls again after whatever else is queued on the loop.
-        for _ in 0..<4 {
+        // Polls again while events keep coming, up to eight rounds: under load that saves the
+        // Dispatch wake-up (its manager thread re-arms the source and hands the queue to a worker
+        // thread) for each small batch; the bound lets timers and other queued work run. Events
+        // left over keep the descriptor readable, so Dispatch calls again after that work.
+        for _ in 0..<Self.rounds {
             let n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch)))
             if n <= 0 { return }
             for i in 0..<n {
                 let token = tokens[i]
                 let fd = Int(UInt32(truncatingIfNeeded: token))
                 guard fd < slots.count, slots[fd].generation == UInt32(token >> 32),
-                      let channel = slots[fd].channel else { continue }
-                channel.handleEvents(events[i])
+                      let target = slots[fd].target else { continue }
+                target.handleEvents(events[i])
             }
-            if n < Self.batch { return }
         }
     }
 

@@ -28,7 +28,7 @@ extension ChannelDelegate {
 /// exists only while there is something to write and is suspended, never recreated, when the queue
 /// drains; before cancelling, suspended sources are resumed; the fd is closed only after both
 /// sources' cancel handlers ran.
-final class SocketChannel: @unchecked Sendable {
+final class SocketChannel: PollTarget, @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
     var delegate: ChannelDelegate?

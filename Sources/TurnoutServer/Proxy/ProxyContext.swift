@@ -10,18 +10,18 @@ final class ProxyContext: Sendable {
     /// The configuration and what is derived from it, replaced as one value by a reload.
     final class Settings: Sendable {
         let config: TurnoutConfig
-        /// Per endpoint id: the pool config (for idle limits).
-        let poolOfEndpoint: [Int: PoolConfig]
+        /// Per endpoint id: its pool's `max_idle_connections`.
+        let maxIdleOfEndpoint: [Int: Int]
         /// Seconds a client should wait before retrying after a 503.
         let retryAfterSeconds: Int
 
         init(config: TurnoutConfig, store: RoutingStore) {
             self.config = config
-            var map: [Int: PoolConfig] = [:]
+            var map: [Int: Int] = [:]
             for entry in store.endpoints {
-                for e in entry.endpoints { map[e.id] = entry.pool }
+                for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections }
             }
-            self.poolOfEndpoint = map
+            self.maxIdleOfEndpoint = map
             self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
         }
     }
@@ -51,8 +51,13 @@ final class ProxyContext: Sendable {
     /// The settings in force. Load once per operation that needs several values.
     var settings: Settings { current.load(ordering: .acquiring) }
     var config: TurnoutConfig { settings.config }
+    /// The timeouts and limits in force, read without copying the whole configuration (the hot
+    /// path reads these per request).
+    var timeouts: TimeoutConfig { settings.config.timeouts }
+    var limits: LimitsConfig { settings.config.limits }
     var retryAfterSeconds: Int { settings.retryAfterSeconds }
-    func poolConfig(ofEndpoint id: Int) -> PoolConfig? { settings.poolOfEndpoint[id] }
+    /// How many idle connections to keep to an endpoint (0 for one no longer configured).
+    func maxIdleConnections(ofEndpoint id: Int) -> Int { settings.maxIdleOfEndpoint[id] ?? 0 }
 
     /// Publishes a reloaded configuration (after the routing store took its pools).
     func replace(config: TurnoutConfig) {

@@ -54,7 +54,7 @@ final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Se
     }
 
     private func touch() {
-        idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.tunnelMs) * 1_000_000
+        idleDeadline = EventLoop.now() + UInt64(context.timeouts.tunnelMs) * 1_000_000
     }
 
     private func applyBackpressure() {
@@ -125,7 +125,7 @@ final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Se
             }
             return
         }
-        if now >= idleDeadline { end(reason: "tunnel idle for \(DurationParser.format(milliseconds: context.config.timeouts.tunnelMs))") }
+        if now >= idleDeadline { end(reason: "tunnel idle for \(DurationParser.format(milliseconds: context.timeouts.tunnelMs))") }
     }
 
     /// Open tunnels keep going while the proxy drains; the drain deadline ends them.

@@ -98,7 +98,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// Over: finished, failed or aborted. Nothing more reaches the sink.
     private(set) var isOver = false
 
-    private var timeouts: TimeoutConfig { context.config.timeouts }
+    private var timeouts: TimeoutConfig { context.timeouts }
 
     init(head: HTTPRequestHead, upstreamHead: [UInt8], poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,

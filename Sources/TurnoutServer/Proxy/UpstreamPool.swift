@@ -18,8 +18,8 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// The most recently used idle connection to the endpoint, if any.
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
-        while var list = idle[endpoint.id], let c = list.popLast() {
-            idle[endpoint.id] = list
+        // Popped in place: a copy of the list taken out of the dictionary would be copied again.
+        while let c = idle[endpoint.id]?.popLast() {
             if !c.isClosed { return c }
         }
         return nil
@@ -46,15 +46,15 @@ final class UpstreamPool: @unchecked Sendable {
     func release(_ conn: UpstreamConnection) {
         conn.owner = nil
         conn.requestsServed += 1
-        let limit = context.poolConfig(ofEndpoint: conn.endpoint.id)?.maxIdleConnections ?? 0
-        let list = idle[conn.endpoint.id, default: []]
-        guard !conn.isClosed, list.count < limit, isHealthy(conn.endpoint), !context.isDraining else {
+        let limit = context.maxIdleConnections(ofEndpoint: conn.endpoint.id)
+        let count = idle[conn.endpoint.id]?.count ?? 0
+        guard !conn.isClosed, count < limit, isHealthy(conn.endpoint), !context.isDraining else {
             conn.close()
             return
         }
-        conn.idleDeadline = EventLoop.now() + UInt64(context.config.timeouts.upstreamIdleMs) * 1_000_000
+        conn.idleDeadline = EventLoop.now() + UInt64(context.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
-        idle[conn.endpoint.id] = list + [conn]
+        idle[conn.endpoint.id, default: []].append(conn)
     }
 
     func connectionClosed(_ conn: UpstreamConnection) {
