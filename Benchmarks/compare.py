@@ -9,6 +9,12 @@ proxy splits blue=90/green=10 with keep-alive to the upstreams. Loads, one after
   close    wrk -t1 -c50 with "Connection: close" (a new connection per request)
   h2c      h2load -c10 -m10 over h2c (Turnout against nghttpx)
 
+--scaling adds Turnout with workers: 2 to the small load, and a load where the proxy, not the
+load generator, is the bottleneck, to compare Turnout's workers: 1 and workers: 2:
+
+  tls-close  wrk -t1 -c50 over HTTPS with "Connection: close": every request is a full TLS
+             handshake, and the server's RSA-2048 signature costs far more than the client's check
+
 Every measurement is repeated (--repeats) with the proxies in rotating order; the table shows
 medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests, peak RSS,
 and each figure as a ratio to HAProxy's (to nghttpx's for h2c). Run: make bench.
@@ -154,15 +160,28 @@ http {{
     return p, blue, green
 
 
-def start_turnout(workdir, blue, green, workers=1):
+def make_certificate(workdir):
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    if not os.path.exists(cert):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+                        "-days", "2", "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def start_turnout(workdir, blue, green, workers=1, tls=False):
     port = free_port()
-    conf = os.path.join(workdir, f"turnout-{workers}.yaml")
+    name = f"{'tls-' if tls else ''}{workers}"
+    conf = os.path.join(workdir, f"turnout-{name}.yaml")
+    tls_line = ""
+    if tls:
+        cert, key = make_certificate(workdir)
+        tls_line = f"\n    tls: {{ certificate: {cert}, private_key: {key} }}"
     with open(conf, "w") as f:
         f.write(f"""workers: {workers}
 listeners:
-  - address: 127.0.0.1:{port}
+  - address: 127.0.0.1:{port}{tls_line}
 admin:
-  socket: {workdir}/turnout-admin-{workers}.sock
+  socket: {workdir}/turnout-admin-{name}.sock
 pools:
   # Enough idle upstream connections for 100 concurrent requests (h2c: 10 clients x 10 streams);
   # HAProxy and nginx are configured to reuse theirs as well.
@@ -175,7 +194,8 @@ limits: {{ max_client_connections: 8000 }}
 access_log: false
 """)
     binary = os.environ.get("TURNOUT_BIN", os.path.join(ROOT, ".build", "release", "turnout"))
-    return Proc(f"turnout-w{workers}", [binary, "serve", "--config", conf, "--log-level", "warning"], port, workdir)
+    return Proc(f"turnout-{'tls-' if tls else ''}w{workers}", [binary, "serve", "--config", conf, "--log-level", "warning"],
+                port, workdir)
 
 
 def start_haproxy(workdir, blue, green):
@@ -253,9 +273,9 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value if unit == "ms" else value * 1000
 
 
-def run_wrk(port, path, seconds, connections, extra=()):
+def run_wrk(port, path, seconds, connections, extra=(), scheme="http"):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra,
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+                          f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
@@ -305,6 +325,8 @@ def measure(proxy, load, seconds, connections, workdir):
             r = run_wrk(proxy.port, "/static/64k.bin", seconds, connections)
         elif load == "close":
             r = run_wrk(proxy.port, "/", seconds, connections, extra=("-H", "Connection: close"))
+        elif load == "tls-close":
+            r = run_wrk(proxy.port, "/", seconds, connections, extra=("-H", "Connection: close"), scheme="https")
         else:
             r = run_h2load(proxy.port, seconds, workdir)
     finally:
@@ -321,8 +343,9 @@ LOADS = {
     "64k": ["turnout", "haproxy", "nginx"],
     "close": ["turnout", "haproxy", "nginx"],
     "h2c": ["turnout", "nghttpx"],
+    "tls-close": ["turnout-tls-w1", "turnout-tls-w2"],
 }
-REFERENCE = {"small": "haproxy", "64k": "haproxy", "close": "haproxy", "h2c": "nghttpx"}
+REFERENCE = {"small": "haproxy", "64k": "haproxy", "close": "haproxy", "h2c": "nghttpx", "tls-close": "turnout-tls-w1"}
 
 
 def main():
@@ -331,8 +354,11 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="measurements per proxy and load (medians are shown)")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--loads", default="small,64k,close,h2c")
-    ap.add_argument("--scaling", action="store_true", help="also compare Turnout workers: 1 and workers: 2")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also compare Turnout workers: 1 and workers: 2 (small, and the tls-close load)")
     a = ap.parse_args()
+    if a.scaling and "tls-close" not in a.loads.split(","):
+        a.loads += ",tls-close"
     for tool in ("nginx", "haproxy", "nghttpx", "wrk", "h2load"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing: run `make bench`, which installs it")
@@ -341,7 +367,9 @@ def main():
     os.chmod(workdir, 0o755)  # nginx workers run as nobody when started by root
     upstreams, blue, green = start_upstreams(workdir)
     starters = {"turnout": lambda: start_turnout(workdir, blue, green), "haproxy": lambda: start_haproxy(workdir, blue, green),
-                "nginx": lambda: start_nginx(workdir, blue, green), "nghttpx": lambda: start_nghttpx(workdir, blue, green)}
+                "nginx": lambda: start_nginx(workdir, blue, green), "nghttpx": lambda: start_nghttpx(workdir, blue, green),
+                "turnout-tls-w1": lambda: start_turnout(workdir, blue, green, workers=1, tls=True),
+                "turnout-tls-w2": lambda: start_turnout(workdir, blue, green, workers=2, tls=True)}
     proxies = {}
     results = {}
     try:
@@ -368,7 +396,8 @@ def main():
 
     print()
     print(f"Medians of {a.repeats} runs of {a.seconds}s each; ratios are to "
-          f"{'HAProxy' if 'h2c' not in a.loads or len(a.loads.split(',')) > 1 else 'nghttpx'} (nghttpx for h2c).")
+          f"{'HAProxy' if 'h2c' not in a.loads or len(a.loads.split(',')) > 1 else 'nghttpx'} (nghttpx for h2c"
+          f"{', Turnout workers: 1 for tls-close' if 'tls-close' in a.loads else ''}).")
     header = f"{'load':6} {'proxy':11} {'req/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'CPU s/100k':>10} {'ratio':>6} {'peak RSS MiB':>12}"
     print(header)
     print("-" * len(header))

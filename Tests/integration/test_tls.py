@@ -4,6 +4,7 @@ Real peers: openssl s_client, curl, Python's ssl module.
 """
 import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -185,3 +186,26 @@ def test_tls_http11_keep_alive_pipelining_and_large_bodies(tls_turnout):
     data = recv_until_close(raw)
     raw.close()
     assert data.count(b"HTTP/1.1 200") == 2
+
+
+def test_memory_stays_flat_over_thousands_of_tls_connections(tls_turnout):
+    # Every request a new TLS connection, closed by the client's Connection: close. A session
+    # kept alive after its socket closed (about 25 KiB of OpenSSL state each) would show here.
+    t = tls_turnout()
+    url = f"https://127.0.0.1:{t.tls_port}/"
+
+    def round_of_connections():
+        out = subprocess.run(["wrk", "-t1", "-c20", "-d3s", "-H", "Connection: close", url],
+                             capture_output=True, text=True, timeout=60).stdout
+        return int(re.search(r"(\d+) requests in", out).group(1))
+
+    round_of_connections()  # warm-up: allocator arenas, pooled upstream connections
+    base_rss = t.rss_kib()
+    total = 0
+    rounds = 0
+    while total < 4000 and rounds < 10:
+        total += round_of_connections()
+        rounds += 1
+    assert total >= 4000, f"only {total} TLS connections in {rounds} rounds"
+    growth = t.rss_kib() - base_rss
+    assert growth < 24 * 1024, f"RSS grew {growth} KiB over {total} TLS connections"

@@ -15,10 +15,13 @@ protocol ChannelDelegate: AnyObject, Sendable {
     func channelDrained(_ channel: SocketChannel)
     /// A non-blocking connect finished successfully.
     func channelConnected(_ channel: SocketChannel)
+    /// The channel was closed, by anyone, for any reason (it lets go of its delegate right after).
+    func channelClosed(_ channel: SocketChannel)
 }
 
 extension ChannelDelegate {
     func channelConnected(_ channel: SocketChannel) {}
+    func channelClosed(_ channel: SocketChannel) {}
 }
 
 /// A non-blocking socket on one event loop, driven either by its own Dispatch read and write
@@ -389,7 +392,9 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
         writeSource = nil
         closer?.release()
         closer = nil
+        let d = delegate
         delegate = nil
+        d?.channelClosed(self)
     }
 
     private func fail(_ error: SystemError) {

@@ -159,6 +159,12 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         if handshakeDone { delegate?.channelDrained(channel) }
     }
 
+    /// The socket is gone: let go of the connection above, which holds this transport. (A
+    /// socket closes itself at the end of a lingering close, without telling anyone else.)
+    func channelClosed(_ channel: SocketChannel) {
+        delegate = nil
+    }
+
     func checkTimeouts(now: UInt64) {
         if !handshakeDone && now >= handshakeDeadline {
             fail("the TLS handshake did not finish in time")
