@@ -85,7 +85,7 @@ fuzz: fuzz-build
 
 # Turnout against HAProxy, nginx and nghttpx (one worker each), then idle-connection memory:
 # see README "Benchmarks".
-BENCH_PACKAGES := nginx haproxy nghttp2-proxy nghttp2-client wrk
+BENCH_PACKAGES := nginx haproxy nghttp2-proxy nghttp2-client wrk openssl
 
 bench-deps: deps
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(BENCH_PACKAGES)"

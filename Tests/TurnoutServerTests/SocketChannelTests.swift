@@ -13,6 +13,8 @@ private final class Recorder: ChannelDelegate, @unchecked Sendable {
     var eof = false
     var drained = 0
     var errors: [SystemError] = []
+    /// Errors, EOFs and closes in the order they came.
+    var ends: [String] = []
     let onEvent: @Sendable () -> Void
 
     init(onEvent: @escaping @Sendable () -> Void) { self.onEvent = onEvent }
@@ -21,8 +23,9 @@ private final class Recorder: ChannelDelegate, @unchecked Sendable {
         received.append(contentsOf: bytes)
         onEvent()
     }
-    func channelEOF(_ channel: SocketChannel) { eof = true; onEvent() }
-    func channelError(_ channel: SocketChannel, _ error: SystemError) { errors.append(error); onEvent() }
+    func channelEOF(_ channel: SocketChannel) { eof = true; ends.append("eof"); onEvent() }
+    func channelError(_ channel: SocketChannel, _ error: SystemError) { errors.append(error); ends.append("error"); onEvent() }
+    func channelClosed(_ channel: SocketChannel) { ends.append("closed"); onEvent() }
     func channelDrained(_ channel: SocketChannel) { drained += 1; onEvent() }
 }
 
@@ -147,6 +150,11 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
         #expect(waitOnLoop(loop) { !rec.errors.isEmpty || rec.eof })
         loop.queue.sync { #expect((rec.errors.count == 1 && ca.isClosed) || (rec.errors.isEmpty && rec.eof)) }
         loop.queue.sync { ca.close() }
+        // A failure reports the error before the close (a TLS transport lets go of the connection
+        // above it on the close, and that connection must hear of the error first); and a close
+        // is told once.
+        #expect(waitOnLoop(loop) { rec.ends.last == "closed" })
+        loop.queue.sync { #expect(rec.ends == ["error", "closed"] || rec.ends == ["eof", "closed"], "\(rec.ends)") }
     }
 
     @Test(arguments: IOMode.allCases) func aFinThatArrivesWhileReadingIsPausedIsSeenOnResume(io: IOMode) throws {

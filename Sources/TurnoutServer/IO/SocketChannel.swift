@@ -371,6 +371,14 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
 
     /// Closes now. Queued bytes are dropped. With `reset`, the peer gets a TCP reset.
     func close(reset: Bool = false) {
+        let d = delegate
+        closeSilently(reset: reset)
+        d?.channelClosed(self)
+    }
+
+    /// Closes without telling the delegate `channelClosed`: for a failure, which reports the error
+    /// first and then the close.
+    private func closeSilently(reset: Bool = false) {
         guard !isClosed else { return }
         isClosed = true
         if reset {
@@ -392,22 +400,26 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
         writeSource = nil
         closer?.release()
         closer = nil
-        let d = delegate
         delegate = nil
-        d?.channelClosed(self)
     }
 
     private func fail(_ error: SystemError) {
+        guard !isClosed else { return }
         let d = delegate
-        close()
+        closeSilently()
         d?.channelError(self, error)
+        d?.channelClosed(self)
     }
 
     /// A write failed inside a call from the delegate: report it once that call has returned.
     private func failLater(_ error: SystemError) {
+        guard !isClosed else { return }
         let d = delegate
-        close()
-        loop.queue.async { d?.channelError(self, error) }
+        closeSilently()
+        loop.queue.async {
+            d?.channelError(self, error)
+            d?.channelClosed(self)
+        }
     }
 }
 
