@@ -45,6 +45,8 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+        // U+212A KELVIN SIGN lowercases to "k" in Unicode: "chun\u{212A}ed" must not read as chunked.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chun\u{212A}ed\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",  // obs-fold
         "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n",
@@ -110,6 +112,10 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
         }
         #expect(throws: HTTPParseError.self) {
             try parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n").framing(requestMethod: "GET")
+        }
+        #expect(throws: HTTPParseError.self) {
+            // Not chunked: U+212A KELVIN SIGN is no "k", whatever Unicode case mapping says.
+            try parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chun\u{212A}ed\r\n\r\n").framing(requestMethod: "GET")
         }
         #expect(throws: HTTPParseError.self) { try parse("HTTP/1.1 20 OK\r\n\r\n") }
         #expect(throws: HTTPParseError.self) { try parse("HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n") }

@@ -192,18 +192,18 @@ public enum HTTPHeadParser {
 
         let keepAlive = version == .http11 ? !headers.hasToken("connection", "close") : headers.hasToken("connection", "keep-alive")
 
-        let teValues = headers.values("transfer-encoding")
-        let clValues = headers.values("content-length")
+        let te = headers.count("transfer-encoding")
+        let cl = headers.count("content-length")
         let framing: BodyFraming
-        if !teValues.isEmpty {
-            if !clValues.isEmpty { throw .bad("both Content-Length and Transfer-Encoding") }
+        if te.count > 0 {
+            if cl.count > 0 { throw .bad("both Content-Length and Transfer-Encoding") }
             if version == .http10 { throw .bad("Transfer-Encoding in an HTTP/1.0 request") }
-            guard teValues.count == 1, teValues[0].lowercased() == "chunked" else {
+            guard te.count == 1, let value = te.first, value.equalsIgnoringASCIICase("chunked") else {
                 throw .bad("unsupported Transfer-Encoding (only a single chunked is accepted)")
             }
             framing = .chunked
-        } else if !clValues.isEmpty {
-            guard clValues.count == 1, let n = parseContentLength(clValues[0]) else { throw .bad("invalid Content-Length") }
+        } else if cl.count > 0 {
+            guard cl.count == 1, let value = cl.first, let n = parseContentLength(value) else { throw .bad("invalid Content-Length") }
             framing = n == 0 ? .none : .length(n)
         } else {
             framing = .none

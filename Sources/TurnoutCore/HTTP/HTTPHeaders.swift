@@ -29,6 +29,18 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
 
     public func contains(_ name: String) -> Bool { first(name) != nil }
 
+    /// How many fields are named `name`, and the first one's value: what framing checks need,
+    /// without building an array per message.
+    public func count(_ name: String) -> (count: Int, first: String?) {
+        var n = 0
+        var value: String?
+        for f in fields where f.name.equalsIgnoringASCIICase(name) {
+            if n == 0 { value = f.value }
+            n += 1
+        }
+        return (n, value)
+    }
+
     /// Whether a comma-separated list field holds `token` (ASCII case-insensitive), without allocating.
     public func hasToken(_ name: String, _ token: String) -> Bool {
         var token = token
@@ -61,12 +73,14 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
         return true
     }
 
-    /// Comma-separated list elements across every field with this name, trimmed and lowercased.
+    /// Comma-separated list elements across every field with this name, trimmed and lowercased
+    /// (ASCII only: Unicode case mapping would turn U+212A KELVIN SIGN into "k").
     public func tokens(_ name: String) -> [String] {
         var out: [String] = []
         for v in values(name) {
             for part in v.split(separator: ",") {
-                let t = part.trimmingHTTPWhitespace().lowercased()
+                let t = String(decoding: part.trimmingHTTPWhitespace().utf8.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 },
+                               as: UTF8.self)
                 if !t.isEmpty { out.append(t) }
             }
         }

@@ -95,15 +95,15 @@ public struct HTTPResponseHead: Sendable, Equatable {
         if requestMethod == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 {
             return .none
         }
-        let te = headers.tokens("transfer-encoding")
-        let cl = headers.values("content-length")
-        if !te.isEmpty {
-            if !cl.isEmpty { throw .bad("response has both Content-Length and Transfer-Encoding") }
+        let cl = headers.count("content-length")
+        // Tokens (an array) only when there is a Transfer-Encoding field, which is rare.
+        if headers.contains("transfer-encoding"), case let te = headers.tokens("transfer-encoding"), !te.isEmpty {
+            if cl.count > 0 { throw .bad("response has both Content-Length and Transfer-Encoding") }
             guard te == ["chunked"] else { throw .bad("unsupported response Transfer-Encoding \(te.joined(separator: ", "))") }
             return .chunked
         }
-        if !cl.isEmpty {
-            guard cl.count == 1, let n = HTTPHeadParser.parseContentLength(cl[0]) else {
+        if cl.count > 0 {
+            guard cl.count == 1, let value = cl.first, let n = HTTPHeadParser.parseContentLength(value) else {
                 throw .bad("invalid Content-Length in response")
             }
             return .length(n)

@@ -76,7 +76,7 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 400, message: "the request has no :method")
             return
         }
-        let websocket = method == "CONNECT" && connectProtocol?.lowercased() == "websocket"
+        let websocket = method == "CONNECT" && connectProtocol?.equalsIgnoringASCIICase("websocket") == true
         if method == "CONNECT" && !websocket {
             if connectProtocol != nil {
                 answer(status: 501, message: "extended CONNECT supports only the websocket protocol")
