@@ -73,7 +73,7 @@ import Testing
               - adress: 1.2.3.4:80
             pools:
               blue: { endpoints: ["nohost", "127.0.0.1:9001", "127.0.0.1:9001"] }
-              green: { endpoints: [] }
+              green: { endpoints: [], balance: random }
             routing:
               weights: { blue: 90.125, purple: 10 }
             health: { interval: soon, rise: 0 }
@@ -89,7 +89,7 @@ import Testing
         let expected = [
             "workers:", "io: expected epoll or dispatch, got \"kqueue\"", "listeners[0].address: invalid port", "listeners[1].adress: unknown key",
             "listeners[1].address: required", "pools.blue.endpoints[0]: expected host:port",
-            "pools.blue.endpoints[2]: 127.0.0.1:9001 is listed twice", "pools.green.endpoints: a pool needs at least one endpoint",
+            "pools.blue.endpoints[2]: 127.0.0.1:9001 is listed twice", "pools.green.endpoints: a pool needs at least one endpoint", "pools.green.balance: expected round_robin or least_outstanding, got \"random\"",
             "routing.weights.blue: at most two decimals", "routing.weights.purple: no pool named",
             "health.interval: expected a duration", "health.rise: must be between 1 and 100",
             "timeouts.connect: expected a duration", "extra: unknown key",

@@ -90,6 +90,14 @@ private struct Reader {
         return s.string
     }
 
+    /// One of an enum's raw values; anything else names them all ("expected a or b, got ...").
+    mutating func choice<E: RawRepresentable & CaseIterable>(_ node: Node, _ path: String) -> E? where E.RawValue == String {
+        guard let s = string(node, path) else { return nil }
+        if let value = E(rawValue: s) { return value }
+        fail(path, "expected \(E.allCases.map(\.rawValue).joined(separator: " or ")), got \"\(s)\"")
+        return nil
+    }
+
     mutating func nonEmptyString(_ node: Node, _ path: String) -> String? {
         guard let s = string(node, path) else { return nil }
         if s.isEmpty { fail(path, "must not be empty"); return nil }
@@ -155,12 +163,7 @@ private struct Reader {
                 if case .scalar(let s) = value, s.string == "auto" { workers = nil } else {
                     workers = int(value, "workers", min: 1, max: 256)
                 }
-            case "io":
-                if let s = string(value, "io") {
-                    if let mode = IOMode(rawValue: s) { io = mode } else {
-                        fail("io", "expected epoll or dispatch, got \"\(s)\"")
-                    }
-                }
+            case "io": io = choice(value, "io") ?? io
             case "listeners":
                 sawListeners = true
                 listeners = readListeners(value)
@@ -309,12 +312,7 @@ private struct Reader {
                             }
                         }
                     }
-                case "balance":
-                    if let s = string(v, "\(path).balance") {
-                        if let mode = BalanceMode(rawValue: s) { balance = mode } else {
-                            fail("\(path).balance", "expected round_robin or least_outstanding, got \"\(s)\"")
-                        }
-                    }
+                case "balance": balance = choice(v, "\(path).balance") ?? balance
                 case "max_idle_connections":
                     maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 100_000) ?? maxIdle
                 default: break
