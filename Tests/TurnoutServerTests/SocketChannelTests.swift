@@ -58,6 +58,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
 @Suite struct SocketChannelTests {
     @Test(arguments: IOMode.allCases) func bytesWrittenOnOneEndArriveWholeAtTheOther(io: IOMode) throws {
         let loop = try makeLoop(io, "test.channel")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         let rec = Recorder {}
         let ca = SocketChannel(fd: a, loop: loop)
@@ -80,6 +81,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
 
     @Test(arguments: IOMode.allCases) func aReaderThatStopsMakesWritesQueueAndDrainLater(io: IOMode) throws {
         let loop = try makeLoop(io, "test.backpressure")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         let writer = Recorder {}
         let reader = Recorder {}
@@ -106,6 +108,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
 
     @Test(arguments: IOMode.allCases) func aHeadAndBodyWrittenTogetherArriveInOrderWhateverTheKernelTakes(io: IOMode) throws {
         let loop = try makeLoop(io, "test.writev")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         let reader = Recorder {}
         let ca = SocketChannel(fd: a, loop: loop)
@@ -138,6 +141,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
 
     @Test(arguments: IOMode.allCases) func writingToAClosedPeerReportsAnErrorOnce(io: IOMode) throws {
         let loop = try makeLoop(io, "test.epipe")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         close(b)
         let rec = Recorder {}
@@ -159,6 +163,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
 
     @Test(arguments: IOMode.allCases) func aFinThatArrivesWhileReadingIsPausedIsSeenOnResume(io: IOMode) throws {
         let loop = try makeLoop(io, "test.pausedfin")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         let rec = Recorder {}
         let cb = SocketChannel(fd: b, loop: loop)
@@ -185,6 +190,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
     @Test(arguments: IOMode.allCases) func bytesAndAFinThatArriveTogetherAreBothSeen(io: IOMode) throws {
         // One edge-triggered event says both; the read of the bytes stops short of the FIN.
         let loop = try makeLoop(io, "test.datafin")
+        defer { loop.shutdown() }
         let (a, b) = socketPair()
         #expect(Glibc.write(a, "bye", 3) == 3)
         close(a)
@@ -204,6 +210,7 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
     @Test(arguments: IOMode.allCases) func hundredsOfSocketsReadyAtOnceAreAllServed(io: IOMode) throws {
         // More ready sockets than one epoll batch holds (256), all raised before the loop runs.
         let loop = try makeLoop(io, "test.many")
+        defer { loop.shutdown() }
         let count = 300
         let rec = Recorder {}
         var writers: [Int32] = []

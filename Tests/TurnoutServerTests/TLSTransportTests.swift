@@ -101,6 +101,7 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
 
     @Test func handshakeNegotiatesH2AndCarriesPlaintextBothWays() throws {
         let loop = EventLoop(index: 0, label: "test.tls")
+        defer { loop.shutdown() }
         let context = try serverContext()
         let (s, c) = socketPair()
         let seen = Seen()
@@ -118,6 +119,7 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
 
     @Test func clientsOfferingOnlyHTTP11GetIt() throws {
         let loop = EventLoop(index: 0, label: "test.tls")
+        defer { loop.shutdown() }
         let context = try serverContext()
         let (s, c) = socketPair()
         let seen = Seen()
@@ -131,6 +133,7 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
 
     @Test func aClientThatIsNotSpeakingTLSFailsTheHandshakeAndIsClosed() throws {
         let loop = EventLoop(index: 0, label: "test.tls")
+        defer { loop.shutdown() }
         let context = try serverContext()
         let (s, c) = socketPair()
         let seen = Seen()

@@ -49,13 +49,14 @@ final class EpollPoller: @unchecked Sendable {
         epfd = fd
         self.loop = loop
         let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: loop.queue)
-        s.setEventHandler { [unowned self] in self.handleEvents() }
+        s.setEventHandler { [weak self] in self?.handleEvents() }
         s.setCancelHandler { Glibc.close(fd) }
         source = s
         s.activate()
     }
 
     deinit {
+        source?.cancel()  // its handler holds the poller unowned
         tokens.deallocate()
         events.deallocate()
     }

@@ -34,7 +34,7 @@ public final class EventLoop: @unchecked Sendable {
         self.plaintextBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(20))
-        timer.setEventHandler { [unowned self] in self.tick() }
+        timer.setEventHandler { [weak self] in self?.tick() }
         timer.activate()
         tickTimer = timer
     }
@@ -46,6 +46,7 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     deinit {
+        stop()
         readBuffer.deallocate()
         plaintextBuffer.deallocate()
     }
@@ -85,7 +86,14 @@ public final class EventLoop: @unchecked Sendable {
         for hook in tickHooks { hook(now) }
     }
 
-    /// Stops the tick timer; used when a loop is shut down for good.
+    /// Stops the loop's timer and poller, on its queue, and waits until that is done; after it no
+    /// handler of theirs runs. A loop that is let go of must be shut down first: what runs on its
+    /// queue reads the loop (its buffers) without holding it. Not to be called on the loop.
+    public func shutdown() {
+        queue.sync { stop() }
+    }
+
+    /// Stops the tick timer and the poller; used when a loop is shut down for good.
     func stop() {
         tickTimer?.cancel()
         tickTimer = nil
