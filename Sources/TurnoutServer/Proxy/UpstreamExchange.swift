@@ -274,7 +274,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         // A read that starts a response: only the head is copied (to be parsed); the body bytes
         // behind it go to the client straight from the read buffer when the framing allows.
         // (Not for upgrades: a 101 hands the buffered bytes after its head to the tunnel.)
-        if responseHead == nil && !upgrade && responseStart == responseBuffer.count, let headEnd = Self.headEnd(in: bytes) {
+        if responseHead == nil && !upgrade && responseStart == responseBuffer.count, let headEnd = HTTPHeadParser.scanHeadEnd(bytes, from: 0, to: bytes.count) {
             responseBuffer.append(contentsOf: bytes[..<headEnd])
             let rest = UnsafeRawBufferPointer(rebasing: bytes[headEnd...])
             // Bytes after a response that ends within its head (204, 304, a 0 length...) mean the
@@ -317,25 +317,6 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         default:
             return false
         }
-    }
-
-    /// Where the first CRLF CRLF in `bytes` ends, if there is one: the end of a head, for the
-    /// parser to confirm.
-    static func headEnd(in bytes: UnsafeRawBufferPointer) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        var i = 3
-        while i < bytes.count {
-            let b = bytes[i]
-            if b == 10 {
-                if bytes[i - 1] == 13 && bytes[i - 2] == 10 && bytes[i - 3] == 13 { return i + 1 }
-                i += 1
-            } else if b == 13 {
-                i += 1
-            } else {
-                i += 4  // a byte that cannot end CRLF CRLF: the next candidate end is 4 on
-            }
-        }
-        return nil
     }
 
     func upstreamClosed(_ upstream: UpstreamConnection, error: SystemError?) {

@@ -1,5 +1,5 @@
 import Testing
-@testable import TurnoutServer
+import TurnoutCore
 
 @Suite struct HeadEndTests {
     /// The first CRLF CRLF, found the slow way.
@@ -12,7 +12,7 @@ import Testing
     }
 
     static func headEnd(_ bytes: [UInt8]) -> Int? {
-        bytes.withUnsafeBytes { UpstreamExchange.headEnd(in: $0) }
+        bytes.withUnsafeBytes { HTTPHeadParser.scanHeadEnd($0, from: 0, to: $0.count) }
     }
 
     @Test func findsTheEndOfAHead() {
