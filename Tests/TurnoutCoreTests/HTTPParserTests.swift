@@ -173,6 +173,13 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
         #expect(!odd.hasToken("connection", "keep") && !odd.hasToken("connection", "close") && odd.hasToken("connection", "closed"))
         #expect(HTTPHeaders([HTTPField("Connection", "close,")]).hasToken("connection", "close"))
     }
+
+    @Test func tokensAreTrimmedLowercasedAndSkipEmptyElements() {
+        let h = HTTPHeaders([HTTPField("Upgrade", " WebSocket ,\th2C,, "), HTTPField("upgrade", "X-Y"), HTTPField("TE", "gzip")])
+        #expect(h.tokens("upgrade") == ["websocket", "h2c", "x-y"])
+        #expect(h.tokens("connection").isEmpty)
+        #expect(HTTPHeaders([HTTPField("Upgrade", "\u{212A}EEP")]).tokens("upgrade") == ["\u{212A}eep"])  // ASCII only
+    }
 }
 
 @Suite struct HeadLimitTests {

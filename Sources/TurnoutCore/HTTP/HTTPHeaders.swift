@@ -77,12 +77,9 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     /// (ASCII only: Unicode case mapping would turn U+212A KELVIN SIGN into "k").
     public func tokens(_ name: String) -> [String] {
         var out: [String] = []
-        for v in values(name) {
-            for part in v.split(separator: ",") {
-                let t = String(decoding: part.trimmingHTTPWhitespace().utf8.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 },
-                               as: UTF8.self)
-                if !t.isEmpty { out.append(t) }
-            }
+        _ = allListElements(name) { element in
+            out.append(String(decoding: element.lazy.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 }, as: UTF8.self))
+            return true
         }
         return out
     }
