@@ -39,8 +39,9 @@ final class EpollPoller: @unchecked Sendable {
         var target: PollTarget?
     }
 
-    static let readEvents = turnout_epoll_in | turnout_epoll_rdhup | turnout_epoll_hup | turnout_epoll_err
+    /// The peer's FIN, a hang-up or an error: each also means "read now" (to see EOF or the error).
     static let hangUpEvents = turnout_epoll_rdhup | turnout_epoll_hup | turnout_epoll_err
+    static let readEvents = turnout_epoll_in | hangUpEvents
     static let writeEvents = turnout_epoll_out | turnout_epoll_hup | turnout_epoll_err
 
     init(loop: EventLoop) throws(SystemError) {
