@@ -275,9 +275,9 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value if unit == "ms" else value * 1000
 
 
-def run_wrk(port, path, seconds, connections, extra=(), scheme="http"):
+def run_wrk(port, path, seconds, connections, extra=()):
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra,
-                          f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
