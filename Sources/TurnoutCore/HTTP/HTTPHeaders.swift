@@ -1,4 +1,5 @@
-/// One header field as received: the name keeps its case, comparisons ignore it.
+/// One header field as Strings: for building heads by hand and for tests. The data path reads
+/// fields as bytes (`HTTPHeaders.forEach`).
 public struct HTTPField: Sendable, Equatable {
     public var name: String
     public var value: String
@@ -8,37 +9,135 @@ public struct HTTPField: Sendable, Equatable {
     }
 }
 
-/// An ordered list of header fields with case-insensitive look-up.
-public struct HTTPHeaders: Sendable, Equatable, Sequence {
-    public var fields: [HTTPField]
+/// An ordered list of header fields with case-insensitive look-up. Names keep their case.
+///
+/// The fields are kept as bytes: one array holds every name and value back to back, a second
+/// one where each starts and ends. A parsed head is one copy of its bytes and one array of
+/// spans, whatever its number of fields, and a field goes out again as a copy of its bytes,
+/// without being decoded into a `String` and encoded back. Look-ups by name compare bytes.
+public struct HTTPHeaders: Sendable {
+    @usableFromInline
+    struct Span: Sendable {
+        @usableFromInline var nameStart: Int32
+        @usableFromInline var nameEnd: Int32
+        @usableFromInline var valueStart: Int32
+        @usableFromInline var valueEnd: Int32
 
-    public init(_ fields: [HTTPField] = []) { self.fields = fields }
+        @inlinable
+        init(nameStart: Int, nameEnd: Int, valueStart: Int, valueEnd: Int) {
+            self.nameStart = Int32(truncatingIfNeeded: nameStart)
+            self.nameEnd = Int32(truncatingIfNeeded: nameEnd)
+            self.valueStart = Int32(truncatingIfNeeded: valueStart)
+            self.valueEnd = Int32(truncatingIfNeeded: valueEnd)
+        }
+    }
 
-    public func makeIterator() -> IndexingIterator<[HTTPField]> { fields.makeIterator() }
+    @usableFromInline var bytes: [UInt8]
+    @usableFromInline var spans: [Span]
 
-    public var count: Int { fields.count }
+    public init() {
+        bytes = []
+        spans = []
+    }
+
+    public init(_ fields: [HTTPField]) {
+        self.init()
+        for f in fields { append(f.name, f.value) }
+    }
+
+    /// Fields over `bytes` as a parser found them (offsets into `bytes`).
+    @usableFromInline
+    init(bytes: [UInt8], spans: [Span]) {
+        self.bytes = bytes
+        self.spans = spans
+    }
+
+    public var count: Int { spans.count }
+
+    /// Bytes of the names and values (an upper bound: removed fields still count), to size an
+    /// output buffer.
+    public var byteCount: Int { bytes.count + 4 * spans.count }
+
+    /// The fields as Strings, in order. Allocates: for tests, diagnostics and cold paths.
+    public var fields: [HTTPField] {
+        var out: [HTTPField] = []
+        out.reserveCapacity(spans.count)
+        forEach { n, v in out.append(HTTPField(String(decoding: n, as: UTF8.self), String(decoding: v, as: UTF8.self))) }
+        return out
+    }
+
+    /// Calls `body` with each field's name and value bytes, in order. The buffers are valid only
+    /// during the call.
+    @inlinable
+    public func forEach(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) throws -> Void) rethrows {
+        try bytes.withUnsafeBufferPointer { all in
+            for s in spans {
+                try body(UnsafeBufferPointer(rebasing: all[Int(s.nameStart)..<Int(s.nameEnd)]),
+                         UnsafeBufferPointer(rebasing: all[Int(s.valueStart)..<Int(s.valueEnd)]))
+            }
+        }
+    }
+
+    /// Calls `body` with the value of each field named `name` (ASCII case-insensitive), in order;
+    /// `body` returns false to stop. Returns false when it was stopped.
+    @inlinable
+    @discardableResult
+    public func forEachValue(_ name: String, _ body: (UnsafeBufferPointer<UInt8>) throws -> Bool) rethrows -> Bool {
+        var name = name
+        return try name.withUTF8 { want in
+            try bytes.withUnsafeBufferPointer { all in
+                for s in spans where Int(s.nameEnd - s.nameStart) == want.count {
+                    let n = UnsafeBufferPointer(rebasing: all[Int(s.nameStart)..<Int(s.nameEnd)])
+                    guard n.equalsIgnoringASCIICase(want) else { continue }
+                    if try !body(UnsafeBufferPointer(rebasing: all[Int(s.valueStart)..<Int(s.valueEnd)])) { return false }
+                }
+                return true
+            }
+        }
+    }
 
     public func first(_ name: String) -> String? {
-        for f in fields where f.name.equalsIgnoringASCIICase(name) { return f.value }
-        return nil
+        var value: String?
+        forEachValue(name) { v in
+            value = String(decoding: v, as: UTF8.self)
+            return false
+        }
+        return value
     }
 
     public func values(_ name: String) -> [String] {
-        fields.filter { $0.name.equalsIgnoringASCIICase(name) }.map(\.value)
+        var out: [String] = []
+        forEachValue(name) { v in
+            out.append(String(decoding: v, as: UTF8.self))
+            return true
+        }
+        return out
     }
 
-    public func contains(_ name: String) -> Bool { first(name) != nil }
+    public func contains(_ name: String) -> Bool { !forEachValue(name) { _ in false } }
 
-    /// How many fields are named `name`, and the first one's value: what framing checks need,
-    /// without building an array per message.
-    public func count(_ name: String) -> (count: Int, first: String?) {
+    /// How many fields are named `name`.
+    public func count(_ name: String) -> Int {
         var n = 0
-        var value: String?
-        for f in fields where f.name.equalsIgnoringASCIICase(name) {
-            if n == 0 { value = f.value }
+        forEachValue(name) { _ in
             n += 1
+            return true
         }
-        return (n, value)
+        return n
+    }
+
+    /// How many fields are named `name`, and what `read` makes of the first one's value: what
+    /// framing checks need, without allocating.
+    @inlinable
+    public func count<T>(_ name: String, readingFirst read: (UnsafeBufferPointer<UInt8>) -> T) -> (count: Int, first: T?) {
+        var n = 0
+        var first: T?
+        forEachValue(name) { v in
+            if n == 0 { first = read(v) }
+            n += 1
+            return true
+        }
+        return (n, first)
     }
 
     /// Whether a comma-separated list field holds `token` (ASCII case-insensitive), without allocating.
@@ -53,22 +152,21 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
     /// each element trimmed of spaces and tabs, empty ones skipped, given as bytes without
     /// allocating. Stops at the first element that fails.
     public func allListElements(_ name: String, satisfy: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
-        for f in fields where f.name.equalsIgnoringASCIICase(name) {
-            var value = f.value
-            let all = value.withUTF8 { v -> Bool in
-                var i = 0
-                while i <= v.count {
-                    var end = i
-                    while end < v.count && v[end] != 44 { end += 1 }  // ','
-                    var s = i, e = end
-                    while s < e && (v[s] == 32 || v[s] == 9) { s += 1 }
-                    while e > s && (v[e - 1] == 32 || v[e - 1] == 9) { e -= 1 }
-                    if s < e && !satisfy(UnsafeBufferPointer(rebasing: v[s..<e])) { return false }
-                    i = end + 1
-                }
-                return true
-            }
-            if !all { return false }
+        forEachValue(name) { v in HTTPHeaders.allListElements(of: v, satisfy: satisfy) }
+    }
+
+    /// Whether `satisfy` holds for every element of one comma-separated list value.
+    @inlinable
+    public static func allListElements(of v: UnsafeBufferPointer<UInt8>, satisfy: (UnsafeBufferPointer<UInt8>) -> Bool) -> Bool {
+        var i = 0
+        while i <= v.count {
+            var end = i
+            while end < v.count && v[end] != 44 { end += 1 }  // ','
+            var s = i, e = end
+            while s < e && (v[s] == 32 || v[s] == 9) { s += 1 }
+            while e > s && (v[e - 1] == 32 || v[e - 1] == 9) { e -= 1 }
+            if s < e && !satisfy(UnsafeBufferPointer(rebasing: v[s..<e])) { return false }
+            i = end + 1
         }
         return true
     }
@@ -84,13 +182,66 @@ public struct HTTPHeaders: Sendable, Equatable, Sequence {
         return out
     }
 
-    public mutating func append(_ name: String, _ value: String) { fields.append(HTTPField(name, value)) }
+    public mutating func append(_ name: String, _ value: String) {
+        var name = name, value = value
+        name.withUTF8 { n in value.withUTF8 { v in append(name: n, value: v) } }
+    }
 
-    public mutating func remove(_ name: String) { fields.removeAll { $0.name.equalsIgnoringASCIICase(name) } }
+    /// Appends a field given as bytes (copied).
+    public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        let nameStart = bytes.count
+        bytes.append(contentsOf: name)
+        let valueStart = bytes.count
+        bytes.append(contentsOf: value)
+        spans.append(Span(nameStart: nameStart, nameEnd: valueStart, valueStart: valueStart, valueEnd: bytes.count))
+    }
+
+    /// Puts a field before all others.
+    public mutating func prepend(_ name: String, _ value: String) {
+        append(name, value)
+        spans.insert(spans.removeLast(), at: 0)
+    }
+
+    /// Room for `bytes` of names and values in `fields` fields, so that appending does not grow
+    /// the storage field by field.
+    public mutating func reserve(bytes: Int, fields: Int) {
+        self.bytes.reserveCapacity(bytes)
+        spans.reserveCapacity(fields)
+    }
+
+    /// Removes every field named `name`. Their bytes stay in the storage, unused.
+    public mutating func remove(_ name: String) {
+        var name = name
+        let bytes = self.bytes
+        name.withUTF8 { want in
+            bytes.withUnsafeBufferPointer { all in
+                spans.removeAll { s in
+                    UnsafeBufferPointer(rebasing: all[Int(s.nameStart)..<Int(s.nameEnd)]).equalsIgnoringASCIICase(want)
+                }
+            }
+        }
+    }
 
     public mutating func set(_ name: String, _ value: String) {
         remove(name)
         append(name, value)
+    }
+}
+
+extension HTTPHeaders: Equatable {
+    /// The same fields in the same order, names and values byte for byte.
+    public static func == (a: HTTPHeaders, b: HTTPHeaders) -> Bool {
+        guard a.spans.count == b.spans.count else { return false }
+        return a.bytes.withUnsafeBufferPointer { x in
+            b.bytes.withUnsafeBufferPointer { y in
+                for (s, t) in zip(a.spans, b.spans) {
+                    guard x[Int(s.nameStart)..<Int(s.nameEnd)].elementsEqual(y[Int(t.nameStart)..<Int(t.nameEnd)]),
+                          x[Int(s.valueStart)..<Int(s.valueEnd)].elementsEqual(y[Int(t.valueStart)..<Int(t.valueEnd)])
+                    else { return false }
+                }
+                return true
+            }
+        }
     }
 }
 
@@ -126,6 +277,38 @@ extension UnsafeBufferPointer where Element == UInt8 {
             if (x >= 65 && x <= 90 ? x | 0x20 : x) != (y >= 65 && y <= 90 ? y | 0x20 : y) { return false }
         }
         return true
+    }
+
+    /// ASCII case-insensitive equality with a literal, e.g. `name.equalsIgnoringASCIICase("host")`.
+    @inlinable
+    public func equalsIgnoringASCIICase(_ literal: StaticString) -> Bool {
+        guard count == literal.utf8CodeUnitCount else { return false }
+        return literal.withUTF8Buffer { equalsIgnoringASCIICase($0) }
+    }
+
+    /// Whether the bytes equal `literal` exactly.
+    @inlinable
+    public func equals(_ literal: StaticString) -> Bool {
+        guard count == literal.utf8CodeUnitCount else { return false }
+        return literal.withUTF8Buffer { l in
+            for i in 0..<count where self[i] != l[i] { return false }
+            return true
+        }
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// Appends the UTF-8 of a String without going through a generic sequence copy.
+    @inlinable
+    public mutating func appendUTF8(_ s: String) {
+        var s = s
+        s.withUTF8 { append(contentsOf: $0) }
+    }
+
+    /// Appends the bytes of a literal.
+    @inlinable
+    public mutating func append(literal: StaticString) {
+        literal.withUTF8Buffer { append(contentsOf: $0) }
     }
 }
 

@@ -95,7 +95,7 @@ public struct HTTPResponseHead: Sendable, Equatable {
         if requestMethod == "HEAD" || (100..<200).contains(status) || status == 204 || status == 304 {
             return .none
         }
-        let cl = headers.count("content-length")
+        let cl = headers.count("content-length", readingFirst: HTTPHeadParser.parseContentLength)
         // Tokens (an array) only when there is a Transfer-Encoding field, which is rare.
         if headers.contains("transfer-encoding"), case let te = headers.tokens("transfer-encoding"), !te.isEmpty {
             if cl.count > 0 { throw .bad("response has both Content-Length and Transfer-Encoding") }
@@ -103,9 +103,7 @@ public struct HTTPResponseHead: Sendable, Equatable {
             return .chunked
         }
         if cl.count > 0 {
-            guard cl.count == 1, let value = cl.first, let n = HTTPHeadParser.parseContentLength(value) else {
-                throw .bad("invalid Content-Length in response")
-            }
+            guard cl.count == 1, let n = cl.first ?? nil else { throw .bad("invalid Content-Length in response") }
             return .length(n)
         }
         return .untilClose

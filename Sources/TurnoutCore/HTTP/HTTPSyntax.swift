@@ -1,18 +1,16 @@
 /// Character classes of RFC 9110/9112, on bytes.
 public enum HTTPSyntax {
-    /// tchar: `!#$%&'*+-.^_`|~`, digits and letters.
+    /// tchar: `!#$%&'*+-.^_`|~`, digits and letters. A bit set per half of ASCII (bytes 0-63 and
+    /// 64-127): no table look-up through a lazily initialised global on the hot path.
     @inline(__always)
-    public static func isTokenByte(_ b: UInt8) -> Bool { tokenTable[Int(b)] }
-
-    private static let tokenTable: [Bool] = (0..<256).map { i in
-        let c = UInt8(i)
-        switch c {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return "!#$%&'*+-.^_`|~".utf8.contains(c)
-        }
+    public static func isTokenByte(_ b: UInt8) -> Bool {
+        if b < 64 { return (tokenBits0to63 >> UInt64(b)) & 1 != 0 }
+        if b < 128 { return (tokenBits64to127 >> UInt64(b &- 64)) & 1 != 0 }
+        return false
     }
+
+    @usableFromInline static let tokenBits0to63: UInt64 = 0x03FF_6CFA_0000_0000
+    @usableFromInline static let tokenBits64to127: UInt64 = 0x57FF_FFFF_C7FF_FFFE
 
     public static func isToken(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.allSatisfy(isTokenByte)

@@ -69,43 +69,63 @@ struct HTTP2HeaderBlock {
     init(status: Int) {
         storage.reserveCapacity(512)
         spans.reserveCapacity(12)
-        append(":status", String(status))
+        storage.append(literal: ":status")
+        HeaderRewriter.appendDecimal(&storage, status)
+        spans.append((0, 7, 7, storage.count - 7))
     }
 
     /// The fields of an HTTP/1.1 upstream response an HTTP/2 client gets: end-to-end fields only,
     /// `via` extended, and the cohort cookie when one is set. `except` names a field (lowercase)
     /// to leave out.
-    init(status: Int, response head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: String? = nil) {
+    init(status: Int, response head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: StaticString? = nil) {
         self.init(status: status)
-        var via: [String] = []
-        HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) { f in
-            if let except, f.name.equalsIgnoringASCIICase(except) { return }
-            append(f.name, f.value)
+        let hasVia = HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, skipVia: true) { name, value in
+            if let except, name.equalsIgnoringASCIICase(except) { return }
+            append(name: name, value: value)
         }
-        via.append(head.version.viaToken + " turnout")
-        append("via", via.joined(separator: ", "))
+        // via: the received entries, then Turnout's own.
+        let nameStart = storage.count
+        storage.append(literal: "via")
+        let valueStart = storage.count
+        if hasVia {
+            head.headers.forEachValue("via") { v in
+                storage.append(contentsOf: v)
+                storage.append(literal: ", ")
+                return true
+            }
+        }
+        storage.appendUTF8(head.version.viaToken)
+        storage.append(literal: " turnout")
+        spans.append((nameStart, 3, valueStart, storage.count - valueStart))
         if let setCookie { append("set-cookie", setCookie) }
     }
 
     mutating func append(_ name: String, _ value: String) {
+        var name = name, value = value
+        name.withUTF8 { n in value.withUTF8 { v in append(name: n, value: v) } }
+    }
+
+    mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         let nameStart = storage.count
-        for b in name.utf8 { storage.append(b >= 65 && b <= 90 ? b | 0x20 : b) }
+        for b in name { storage.append(b >= 65 && b <= 90 ? b | 0x20 : b) }
         let valueStart = storage.count
-        storage.append(contentsOf: value.utf8)
+        storage.append(contentsOf: value)
         spans.append((nameStart, valueStart - nameStart, valueStart, storage.count - valueStart))
     }
 
-    /// Calls `body` with the nghttp2_nv array (valid only during the call; nghttp2 copies it).
+    /// Calls `body` with the nghttp2_nv array (valid only during the call; nghttp2 copies names
+    /// and values, and does not write to them). The storage is never empty (`:status` comes
+    /// first), so it has a base address.
     func withNV(_ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
-        var bytes = storage
-        bytes.append(0)  // never empty, so the base address exists
-        bytes.withUnsafeMutableBufferPointer { buf in
-            let base = buf.baseAddress!
-            var nva = spans.map { s in
-                nghttp2_nv(name: base + s.name, value: base + s.value, namelen: s.nameLength, valuelen: s.valueLength,
-                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        storage.withUnsafeBufferPointer { buf in
+            let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
+            withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: spans.count) { nva in
+                for (i, s) in spans.enumerated() {
+                    nva.initializeElement(at: i, to: nghttp2_nv(name: base + s.name, value: base + s.value, namelen: s.nameLength,
+                                                                valuelen: s.valueLength, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                }
+                body(UnsafePointer(nva.baseAddress!), spans.count)
             }
-            nva.withUnsafeMutableBufferPointer { body(UnsafePointer($0.baseAddress!), $0.count) }
         }
     }
 }

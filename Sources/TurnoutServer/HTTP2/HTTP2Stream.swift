@@ -16,7 +16,7 @@ final class HTTP2Stream: ExchangeSink {
     private var requestScheme: String?
     /// `:protocol` of an extended CONNECT (RFC 8441), e.g. "websocket".
     private var connectProtocol: String?
-    private var fields: [HTTPField] = []
+    private var fields = HTTPHeaders()
     private var cookies: [String] = []
     private var headerBytes = 0
     private var headerProblem: (status: Int, message: String)?
@@ -49,19 +49,22 @@ final class HTTP2Stream: ExchangeSink {
         headerBytes += name.count + value.count + 32
         if headerBytes > maxBytes || fields.count >= maxCount {
             headerProblem = (431, "the request's header fields are larger than the limit")
-            fields = []
+            fields = HTTPHeaders()
             return
         }
-        let n = String(decoding: name, as: UTF8.self)
-        let v = String(decoding: value, as: UTF8.self)
-        switch n {
-        case ":method": method = v
-        case ":path": path = v
-        case ":authority": authority = v
-        case ":scheme": requestScheme = v
-        case ":protocol": connectProtocol = v
-        case "cookie": cookies.append(v)
-        default: fields.append(HTTPField(n, v))
+        if name.first == 58 {  // ':' a pseudo-header
+            let v = String(decoding: value, as: UTF8.self)
+            if name.equals(":method") { method = v }
+            else if name.equals(":path") { path = v }
+            else if name.equals(":authority") { authority = v }
+            else if name.equals(":scheme") { requestScheme = v }
+            else if name.equals(":protocol") { connectProtocol = v }
+            // nghttp2 refuses any other pseudo-header before it gets here.
+        } else if name.equals("cookie") {
+            cookies.append(String(decoding: value, as: UTF8.self))
+        } else {
+            if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
+            fields.append(name: name, value: value)
         }
     }
 
@@ -92,28 +95,29 @@ final class HTTP2Stream: ExchangeSink {
         // HTTP/1.1 upstreams need one Host field and one Cookie field (RFC 9113 8.3.1, 8.2.3).
         var headers = fields
         var host = authority
-        if let i = headers.firstIndex(where: { $0.name == "host" }) {
-            if host == nil { host = headers[i].value }
+        if let h = headers.first("host") {
+            if host == nil { host = h }
         } else if let authority {
-            headers.insert(HTTPField("host", authority), at: 0)
+            headers.prepend("host", authority)
         }
-        if !cookies.isEmpty { headers.append(HTTPField("cookie", cookies.joined(separator: "; "))) }
-        fields = []
+        if !cookies.isEmpty { headers.append("cookie", cookies.joined(separator: "; ")) }
+        fields = HTTPHeaders()
         let framing: BodyFraming
         if websocket {
             // The HTTP/1.1 upgrade the upstream understands (RFC 8441 section 5): a GET with a key
             // of its own; what follows on the stream is the tunnel, not a body.
-            headers.removeAll { $0.name == "sec-websocket-key" || $0.name == "content-length" }
-            headers.append(HTTPField("sec-websocket-key", Self.websocketKey()))
+            headers.remove("sec-websocket-key")
+            headers.remove("content-length")
+            headers.append("sec-websocket-key", Self.websocketKey())
             framing = .none
         } else if endStream {
             framing = .none
-        } else if let cl = headers.first(where: { $0.name == "content-length" }), let n = Int64(cl.value), n >= 0 {
+        } else if let cl = headers.first("content-length"), let n = Int64(cl), n >= 0 {
             framing = .length(n)
         } else {
             framing = .chunked
         }
-        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: HTTPHeaders(headers), host: host,
+        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
                                    framing: framing, keepAlive: true, expectsContinue: false)
         if let max = c.context.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")

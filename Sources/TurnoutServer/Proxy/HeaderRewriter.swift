@@ -9,18 +9,21 @@ public enum HeaderRewriter {
         case hopByHop, contentLength, forwardedFor, forwardedProto, forwardedHost, via, host, other
     }
 
-    static func kind(_ name: String) -> FieldKind {
-        func is_(_ lower: String) -> Bool { name.equalsIgnoringASCIICase(lower) }
-        switch name.utf8.count {
-        case 2: return is_("te") ? .hopByHop : .other
-        case 3: return is_("via") ? .via : .other
-        case 4: return is_("host") ? .host : .other
-        case 7: return is_("trailer") || is_("upgrade") ? .hopByHop : .other
-        case 10: return is_("connection") || is_("keep-alive") ? .hopByHop : .other
-        case 14: return is_("content-length") ? .contentLength : .other
-        case 15: return is_("x-forwarded-for") ? .forwardedFor : .other
-        case 16: return is_("proxy-connection") ? .hopByHop : is_("x-forwarded-host") ? .forwardedHost : .other
-        case 17: return is_("transfer-encoding") ? .hopByHop : is_("x-forwarded-proto") ? .forwardedProto : .other
+    static func kind(_ name: UnsafeBufferPointer<UInt8>) -> FieldKind {
+        switch name.count {
+        case 2: return name.equalsIgnoringASCIICase("te") ? .hopByHop : .other
+        case 3: return name.equalsIgnoringASCIICase("via") ? .via : .other
+        case 4: return name.equalsIgnoringASCIICase("host") ? .host : .other
+        case 7: return name.equalsIgnoringASCIICase("trailer") || name.equalsIgnoringASCIICase("upgrade") ? .hopByHop : .other
+        case 10: return name.equalsIgnoringASCIICase("connection") || name.equalsIgnoringASCIICase("keep-alive") ? .hopByHop : .other
+        case 14: return name.equalsIgnoringASCIICase("content-length") ? .contentLength : .other
+        case 15: return name.equalsIgnoringASCIICase("x-forwarded-for") ? .forwardedFor : .other
+        case 16:
+            return name.equalsIgnoringASCIICase("proxy-connection") ? .hopByHop
+                : name.equalsIgnoringASCIICase("x-forwarded-host") ? .forwardedHost : .other
+        case 17:
+            return name.equalsIgnoringASCIICase("transfer-encoding") ? .hopByHop
+                : name.equalsIgnoringASCIICase("x-forwarded-proto") ? .forwardedProto : .other
         default: return .other
         }
     }
@@ -33,13 +36,15 @@ public enum HeaderRewriter {
     }
 
     private static func isCloseOrKeepAlive(_ element: UnsafeBufferPointer<UInt8>) -> Bool {
-        ("close" as StaticString).withUTF8Buffer { element.equalsIgnoringASCIICase($0) }
-            || ("keep-alive" as StaticString).withUTF8Buffer { element.equalsIgnoringASCIICase($0) }
+        element.equalsIgnoringASCIICase("close") || element.equalsIgnoringASCIICase("keep-alive")
     }
 
     @inline(__always)
-    static func isNamed(_ name: String, in named: [String]) -> Bool {
-        !named.isEmpty && named.contains { name.equalsIgnoringASCIICase($0) }
+    static func isNamed(_ name: UnsafeBufferPointer<UInt8>, in named: [String]) -> Bool {
+        !named.isEmpty && named.contains { n in
+            var n = n
+            return n.withUTF8 { name.equalsIgnoringASCIICase($0) }
+        }
     }
 
     /// The request head for the upstream, always HTTP/1.1.
@@ -48,124 +53,156 @@ public enum HeaderRewriter {
     public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
                                        upgrade: String? = nil) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(320 + head.headers.count * 48)
-        out += head.method.utf8
+        out.reserveCapacity(256 + head.headers.byteCount + head.target.utf8.count + (head.host?.utf8.count ?? 0))
+        out.appendUTF8(head.method)
         out.append(32)
-        out += head.target.utf8
-        out += " HTTP/1.1\r\n".utf8
+        out.appendUTF8(head.target)
+        out.append(literal: " HTTP/1.1\r\n")
         let named = namedByConnection(head.headers)
-        var forwardedFor: [String] = []
-        var via: [String] = []
+        var hasForwardedFor = false
+        var hasVia = false
         var sawHost = false
         var sawContentLength = false
-        for f in head.headers {
-            switch kind(f.name) {
-            case .hopByHop, .forwardedProto, .forwardedHost: continue
-            case .contentLength: sawContentLength = true; continue
-            case .forwardedFor: forwardedFor.append(f.value); continue
-            case .via: via.append(f.value); continue
+        head.headers.forEach { name, value in
+            switch kind(name) {
+            case .hopByHop, .forwardedProto, .forwardedHost: return
+            case .contentLength: sawContentLength = true; return
+            case .forwardedFor: hasForwardedFor = true; return
+            case .via: hasVia = true; return
             case .host: sawHost = true
-            case .other: if isNamed(f.name, in: named) { continue }
+            case .other: if isNamed(name, in: named) { return }
             }
-            appendField(&out, f.name, f.value)
+            appendField(&out, name, value)
         }
         if !sawHost { appendField(&out, "Host", fallbackHost) }
-        out += "X-Forwarded-For: ".utf8
-        for v in forwardedFor {
-            out += v.utf8
-            out += ", ".utf8
+        out.append(literal: "X-Forwarded-For: ")
+        if hasForwardedFor {
+            head.headers.forEachValue("x-forwarded-for") { v in
+                out.append(contentsOf: v)
+                out.append(literal: ", ")
+                return true
+            }
         }
-        out += clientIP.utf8
-        out += "\r\n".utf8
+        out.appendUTF8(clientIP)
+        out.append(literal: "\r\n")
         appendField(&out, "X-Forwarded-Proto", scheme)
         if let host = head.host { appendField(&out, "X-Forwarded-Host", host) }
-        appendVia(&out, via, version: head.version)
+        appendVia(&out, hasVia ? head.headers : nil, version: head.version)
         if let upgrade {
             appendField(&out, "Upgrade", upgrade)
-            out += "Connection: Upgrade\r\n".utf8
+            out.append(literal: "Connection: Upgrade\r\n")
         }
         switch head.framing {
-        case .length(let n): appendField(&out, "Content-Length", String(n))
-        case .chunked: out += "Transfer-Encoding: chunked\r\n".utf8
+        case .length(let n):
+            out.append(literal: "Content-Length: ")
+            appendDecimal(&out, n)
+            out.append(literal: "\r\n")
+        case .chunked: out.append(literal: "Transfer-Encoding: chunked\r\n")
         case .none, .untilClose:
-            if sawContentLength { out += "Content-Length: 0\r\n".utf8 }
+            if sawContentLength { out.append(literal: "Content-Length: 0\r\n") }
         }
-        out += "\r\n".utf8
+        out.append(literal: "\r\n")
         return out
     }
 
     @inline(__always)
-    static func appendField(_ out: inout [UInt8], _ name: String, _ value: String) {
-        out += name.utf8
-        out += ": ".utf8
-        out += value.utf8
-        out += "\r\n".utf8
+    static func appendField(_ out: inout [UInt8], _ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) {
+        out.append(contentsOf: name)
+        out.append(literal: ": ")
+        out.append(contentsOf: value)
+        out.append(literal: "\r\n")
     }
 
-    /// `Via` with the received entries, then Turnout's own.
-    static func appendVia(_ out: inout [UInt8], _ via: [String], version: HTTPVersion) {
-        out += "Via: ".utf8
-        for v in via {
-            out += v.utf8
-            out += ", ".utf8
+    @inline(__always)
+    static func appendField(_ out: inout [UInt8], _ name: StaticString, _ value: String) {
+        out.append(literal: name)
+        out.append(literal: ": ")
+        out.appendUTF8(value)
+        out.append(literal: "\r\n")
+    }
+
+    /// Appends `n` (not negative) in decimal, without building a String.
+    static func appendDecimal<T: BinaryInteger>(_ out: inout [UInt8], _ n: T) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var v = UInt64(n)
+        var count = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat {
+                d[19 - count] = UInt8(48 + v % 10)
+                v /= 10
+                count += 1
+            } while v > 0
+            out.append(contentsOf: d[(20 - count)...])
         }
-        out += version.viaToken.utf8
-        out += " turnout\r\n".utf8
+    }
+
+    /// `Via` with the received entries (the `Via` fields of `received`), then Turnout's own.
+    static func appendVia(_ out: inout [UInt8], _ received: HTTPHeaders?, version: HTTPVersion) {
+        out.append(literal: "Via: ")
+        received?.forEachValue("via") { v in
+            out.append(contentsOf: v)
+            out.append(literal: ", ")
+            return true
+        }
+        out.appendUTF8(version.viaToken)
+        out.append(literal: " turnout\r\n")
     }
 
     /// Calls `body` with each end-to-end field of a response, in order: hop-by-hop fields and
     /// those its Connection field names are dropped, Content-Length only kept with `keepLength`,
-    /// and `Via` entries go to `via` (or to `body` when `via` is nil).
-    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, via: inout [String]?,
-                                     _ body: (HTTPField) -> Void) {
+    /// and `Via` fields left out with `skipVia` (the caller writes them with its own entry).
+    /// Returns whether there were `Via` fields.
+    @discardableResult
+    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, skipVia: Bool,
+                                     _ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Void) -> Bool {
         let named = namedByConnection(headers)
-        for f in headers {
-            switch kind(f.name) {
-            case .hopByHop: continue
-            case .contentLength: if !keepLength { continue }
+        var sawVia = false
+        headers.forEach { name, value in
+            switch kind(name) {
+            case .hopByHop: return
+            case .contentLength: if !keepLength { return }
             case .via:
-                if via != nil { via!.append(f.value); continue }
+                sawVia = true
+                if skipVia { return }
             case .other, .host, .forwardedFor, .forwardedProto, .forwardedHost:
-                if isNamed(f.name, in: named) { continue }
+                if isNamed(name, in: named) { return }
             }
-            body(f)
+            body(name, value)
         }
-    }
-
-    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, via: inout [String],
-                                     _ body: (HTTPField) -> Void) {
-        var collected: [String]? = via
-        forEachEndToEndField(headers, keepLength: keepLength, via: &collected, body)
-        via = collected ?? []
+        return sawVia
     }
 
     /// The response head for the client. `framing` is what the client will receive.
     public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
                                       clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(256 + head.headers.count * 48)
-        out += "HTTP/1.1 ".utf8
-        out += String(head.status).utf8
+        out.reserveCapacity(192 + head.headers.byteCount + head.reason.utf8.count + (setCookie?.utf8.count ?? 0))
+        out.append(literal: "HTTP/1.1 ")
+        appendDecimal(&out, head.status)
         out.append(32)
-        out += head.reason.utf8
-        out += "\r\n".utf8
-        var via: [String] = []
+        out.appendUTF8(head.reason)
+        out.append(literal: "\r\n")
         let keepLength: Bool
         if case .none = clientFraming { keepLength = true } else { keepLength = false }
-        forEachEndToEndField(head.headers, keepLength: keepLength, via: &via) { appendField(&out, $0.name, $0.value) }
-        appendVia(&out, via, version: head.version)
+        let hasVia = forEachEndToEndField(head.headers, keepLength: keepLength, skipVia: true) { appendField(&out, $0, $1) }
+        appendVia(&out, hasVia ? head.headers : nil, version: head.version)
         if let setCookie { appendField(&out, "Set-Cookie", setCookie) }
         switch clientFraming {
-        case .length(let n): appendField(&out, "Content-Length", String(n))
-        case .chunked: out += "Transfer-Encoding: chunked\r\n".utf8
+        case .length(let n):
+            out.append(literal: "Content-Length: ")
+            appendDecimal(&out, n)
+            out.append(literal: "\r\n")
+        case .chunked: out.append(literal: "Transfer-Encoding: chunked\r\n")
         case .none, .untilClose: break
         }
         if !keepAlive {
-            out += "Connection: close\r\n".utf8
+            out.append(literal: "Connection: close\r\n")
         } else if clientVersion == .http10 {
-            out += "Connection: keep-alive\r\n".utf8
+            out.append(literal: "Connection: keep-alive\r\n")
         }
-        out += "\r\n".utf8
+        out.append(literal: "\r\n")
         return out
     }
 
@@ -173,11 +210,10 @@ public enum HeaderRewriter {
     /// and `Connection: Upgrade`.
     static func switchingProtocols(_ head: HTTPResponseHead) -> [UInt8] {
         var out = Array("HTTP/1.1 101 \(head.reason)\r\n".utf8)
-        var via: [String] = []
-        forEachEndToEndField(head.headers, keepLength: true, via: &via) { appendField(&out, $0.name, $0.value) }
-        appendVia(&out, via, version: head.version)
+        let hasVia = forEachEndToEndField(head.headers, keepLength: true, skipVia: true) { appendField(&out, $0, $1) }
+        appendVia(&out, hasVia ? head.headers : nil, version: head.version)
         if let upgrade = head.headers.first("upgrade") { appendField(&out, "Upgrade", upgrade) }
-        out += "Connection: Upgrade\r\n\r\n".utf8
+        out.append(literal: "Connection: Upgrade\r\n\r\n")
         return out
     }
 
@@ -194,9 +230,8 @@ public enum HeaderRewriter {
     /// An interim (1xx) response for an HTTP/1.1 client.
     static func informational(_ head: HTTPResponseHead) -> [UInt8] {
         var out = Array("HTTP/1.1 \(head.status) \(head.reason)\r\n".utf8)
-        var keepVia: [String]? = nil
-        forEachEndToEndField(head.headers, keepLength: true, via: &keepVia) { appendField(&out, $0.name, $0.value) }
-        out += "\r\n".utf8
+        forEachEndToEndField(head.headers, keepLength: true, skipVia: false) { appendField(&out, $0, $1) }
+        out.append(literal: "\r\n")
         return out
     }
 
@@ -246,18 +281,31 @@ public enum HeaderRewriter {
         }
     }
 
-    /// The value of cookie `name` in the request's Cookie headers.
+    /// The value of cookie `name` in the request's Cookie headers: the first pair with that name
+    /// (case-sensitive), nil when it is absent or empty.
     static func cookie(_ name: String, in headers: HTTPHeaders) -> String? {
-        for value in headers.values("cookie") {
-            for pair in value.split(separator: ";") {
-                let p = pair.trimmingHTTPWhitespace()
-                guard let eq = p.firstIndex(of: "=") else { continue }
-                if p[..<eq] == name {
-                    let v = String(p[p.index(after: eq)...])
-                    return v.isEmpty ? nil : v
+        var name = name
+        var found: String?
+        _ = name.withUTF8 { want in
+            headers.forEachValue("cookie") { v in
+                var i = 0
+                while i < v.count {
+                    var end = i
+                    while end < v.count && v[end] != 59 { end += 1 }  // ';'
+                    var s = i, e = end
+                    while s < e && (v[s] == 32 || v[s] == 9) { s += 1 }
+                    while e > s && (v[e - 1] == 32 || v[e - 1] == 9) { e -= 1 }
+                    var eq = s
+                    while eq < e && v[eq] != 61 { eq += 1 }  // '='
+                    if eq < e && eq - s == want.count && v[s..<eq].elementsEqual(want) {
+                        if eq + 1 < e { found = String(decoding: UnsafeBufferPointer(rebasing: v[(eq + 1)..<e]), as: UTF8.self) }
+                        return false
+                    }
+                    i = end + 1
                 }
+                return true
             }
         }
-        return nil
+        return found
     }
 }

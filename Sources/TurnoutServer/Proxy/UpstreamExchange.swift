@@ -271,32 +271,29 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         defer { sink.exchangeReadDone(self) }
         anyUpstreamByte = true
         if deliverDirectly(bytes, to: sink) { return }
-        // A read that starts a response: only the head is copied (to be parsed); the body bytes
-        // behind it go to the client straight from the read buffer when the framing allows.
-        // (Not for upgrades: a 101 hands the buffered bytes after its head to the tunnel.)
-        if responseHead == nil && !upgrade && responseStart == responseBuffer.count, let headEnd = HTTPHeadParser.scanHeadEnd(bytes, from: 0, to: bytes.count) {
-            responseBuffer.append(contentsOf: bytes[..<headEnd])
-            let rest = UnsafeRawBufferPointer(rebasing: bytes[headEnd...])
-            // Bytes after a response that ends within its head (204, 304, a 0 length...) mean the
-            // upstream connection cannot be trusted for another request.
-            restAfterHead = !rest.isEmpty
-            parseResponseHead()
-            restAfterHead = false
-            guard !isOver, !rest.isEmpty else { return }
-            if deliverDirectly(rest, to: sink) { return }
-            responseBuffer.append(contentsOf: rest)
-        } else {
-            responseBuffer.append(contentsOf: bytes)
+        var bytes = bytes
+        // A read that starts a response: its heads are parsed straight from the read buffer (a
+        // head keeps one copy of its fields), and the body bytes behind them go to the client from
+        // there too when the framing allows. (Not for upgrades: a 101 hands the buffered bytes
+        // after its head to the tunnel.)
+        if responseHead == nil && !upgrade && responseStart == responseBuffer.count {
+            while responseHead == nil, let headEnd = HTTPHeadParser.scanHeadEnd(bytes, from: 0, to: bytes.count) {
+                let parsed = bytes.withMemoryRebound(to: UInt8.self) { parseHead($0, start: 0, end: headEnd) }
+                guard handleHead(parsed) else { return }
+                bytes = UnsafeRawBufferPointer(rebasing: bytes[headEnd...])
+            }
+            // The response is not over before the bytes after its head are buffered or delivered:
+            // bytes after a response that ends within its head (204, 304, a 0 length...) are
+            // then seen, and the upstream connection is not reused (`finish`).
+            if !bytes.isEmpty && deliverDirectly(bytes, to: sink) { return }
         }
+        responseBuffer.append(contentsOf: bytes)
         if responseHead == nil {
             parseResponseHead()
         } else {
             pumpResponse()
         }
     }
-
-    /// Bytes follow the head being parsed in the same read (see `upstreamRead`).
-    private var restAfterHead = false
 
     /// Body bytes of a length- or close-delimited response, with nothing buffered before them,
     /// go to the client without a copy. False when the bytes need the buffer.
@@ -338,6 +335,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     // MARK: the response
 
+    /// Parses the heads buffered in `responseBuffer`, then moves on to the body.
     private func parseResponseHead() {
         while responseHead == nil {
             let end: Int?
@@ -348,32 +346,49 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 return
             }
             guard let end else { return }
-            let parsed: HTTPResponseHead
-            let framing: BodyFraming
-            do {
-                parsed = try HTTPHeadParser.parseResponse(responseBuffer, start: responseStart, end: end)
-                framing = try parsed.framing(requestMethod: head.method)
-            } catch {
-                fail(status: 502, message: "the upstream sent a malformed response: \(error.message)")
-                return
-            }
+            let parsed = responseBuffer.withUnsafeBufferPointer { parseHead($0, start: responseStart, end: end) }
             responseStart = end
-            if (100..<200).contains(parsed.status) {
-                if parsed.status == 101 {
-                    if upgrade {
-                        switchProtocols(parsed)
-                    } else {
-                        fail(status: 502, message: "the upstream switched protocols without an upgrade request")
-                    }
-                    return
-                }
-                sink?.exchangeInformational(self, parsed)
-                continue
-            }
-            startResponse(parsed, framing: framing)
-            guard !isOver else { return }
+            guard handleHead(parsed) else { return }
         }
         pumpResponse()
+    }
+
+    /// One response head in `b[start..<end]` and the framing of its body.
+    private func parseHead(_ b: UnsafeBufferPointer<UInt8>, start: Int, end: Int) -> Result<(HTTPResponseHead, BodyFraming), HTTPParseError> {
+        do throws(HTTPParseError) {
+            let parsed = try HTTPHeadParser.parseResponse(b, start: start, end: end)
+            return .success((parsed, try parsed.framing(requestMethod: head.method)))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Acts on a parsed head: an interim one goes to the sink, a 101 opens a tunnel, a final one
+    /// starts the response. False when the exchange is over or switched (stop reading heads).
+    private func handleHead(_ result: Result<(HTTPResponseHead, BodyFraming), HTTPParseError>) -> Bool {
+        let parsed: HTTPResponseHead
+        let framing: BodyFraming
+        switch result {
+        case .failure(let error):
+            fail(status: 502, message: "the upstream sent a malformed response: \(error.message)")
+            return false
+        case .success(let r):
+            (parsed, framing) = r
+        }
+        if (100..<200).contains(parsed.status) {
+            if parsed.status == 101 {
+                if upgrade {
+                    switchProtocols(parsed)
+                } else {
+                    fail(status: 502, message: "the upstream switched protocols without an upgrade request")
+                }
+                return false
+            }
+            sink?.exchangeInformational(self, parsed)
+            return !isOver
+        }
+        startResponse(parsed, framing: framing)
+        return !isOver
     }
 
     private func startResponse(_ parsed: HTTPResponseHead, framing: BodyFraming) {
@@ -503,7 +518,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard !isOver else { return }
         isOver = true
         if let u = upstream {
-            let reusable = !upstreamUnreusable && !restAfterHead && requestComplete && !u.isClosed
+            let reusable = !upstreamUnreusable && requestComplete && !u.isClosed
                 && responseStart == responseBuffer.count
             if reusable { pool.release(u) } else { u.owner = nil; u.close() }
         }

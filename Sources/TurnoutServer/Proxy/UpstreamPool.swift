@@ -6,7 +6,12 @@ import TurnoutCore
 final class UpstreamPool: @unchecked Sendable {
     unowned let loop: EventLoop
     let context: ProxyContext
-    private var idle: [Int: [UpstreamConnection]] = [:]
+    /// Idle connections per endpoint id. A list is a class so that it is changed in place: a
+    /// dictionary value modified through the dictionary costs an allocation each time.
+    private final class IdleList {
+        var connections: [UpstreamConnection] = []
+    }
+    private var idle: [Int: IdleList] = [:]
     /// Open connections per endpoint id on this loop (idle and busy).
     private(set) var openCount: [Int: Int] = [:]
     private var connectRotation: [Int: Int] = [:]
@@ -19,7 +24,8 @@ final class UpstreamPool: @unchecked Sendable {
     /// The most recently used idle connection to the endpoint, if any.
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
-        while let c = idle[endpoint.id]?.popLast() {
+        guard let list = idle[endpoint.id] else { return nil }
+        while let c = list.connections.popLast() {
             if !c.isClosed { return c }
         }
         return nil
@@ -47,14 +53,21 @@ final class UpstreamPool: @unchecked Sendable {
         conn.owner = nil
         conn.requestsServed += 1
         let limit = context.maxIdleConnections(ofEndpoint: conn.endpoint.id)
-        let count = idle[conn.endpoint.id]?.count ?? 0
+        let list: IdleList
+        if let l = idle[conn.endpoint.id] {
+            list = l
+        } else {
+            list = IdleList()
+            idle[conn.endpoint.id] = list
+        }
+        let count = list.connections.count
         guard !conn.isClosed, count < limit, isHealthy(conn.endpoint), !context.isDraining else {
             conn.close()
             return
         }
         conn.idleDeadline = EventLoop.now() + UInt64(context.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
-        idle[conn.endpoint.id, default: []].append(conn)
+        list.connections.append(conn)
     }
 
     func connectionClosed(_ conn: UpstreamConnection) {
@@ -65,20 +78,17 @@ final class UpstreamPool: @unchecked Sendable {
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
         conn.close()
-        if var list = idle[conn.endpoint.id] {
-            list.removeAll { $0 === conn }
-            idle[conn.endpoint.id] = list
-        }
+        idle[conn.endpoint.id]?.connections.removeAll { $0 === conn }
     }
 
-    var idleCount: Int { idle.values.reduce(0) { $0 + $1.count } }
+    var idleCount: Int { idle.values.reduce(0) { $0 + $1.connections.count } }
 
     /// Open and idle connections per endpoint id, taken on the loop.
     func connectionCounts() -> [Int: (open: Int, idle: Int)] {
         loop.queue.sync {
             var out: [Int: (open: Int, idle: Int)] = [:]
             for (id, n) in openCount { out[id, default: (0, 0)].open = n }
-            for (id, list) in idle { out[id, default: (0, 0)].idle = list.filter { !$0.isClosed }.count }
+            for (id, list) in idle { out[id, default: (0, 0)].idle = list.connections.filter { !$0.isClosed }.count }
             return out
         }
     }
@@ -93,19 +103,19 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// Closes expired idle connections and those to endpoints that are no longer healthy.
     func tick(now: UInt64) {
-        for (id, list) in idle where !list.isEmpty {
-            let healthy = list.first.map { isHealthy($0.endpoint) } ?? true
+        for list in idle.values where !list.connections.isEmpty {
+            let healthy = list.connections.first.map { isHealthy($0.endpoint) } ?? true
             var keep: [UpstreamConnection] = []
-            for c in list {
+            for c in list.connections {
                 if c.isClosed { continue }
                 if !healthy || now >= c.idleDeadline || context.isDraining { c.close() } else { keep.append(c) }
             }
-            idle[id] = keep
+            list.connections = keep
         }
     }
 
     func closeAllIdle() {
-        for (_, list) in idle { for c in list { c.close() } }
+        for list in idle.values { for c in list.connections { c.close() } }
         idle = [:]
     }
 }
