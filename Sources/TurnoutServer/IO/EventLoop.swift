@@ -34,7 +34,10 @@ public final class EventLoop: @unchecked Sendable {
         self.plaintextBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
         let timer = DispatchSource.makeTimerSource(queue: queue)
         timer.schedule(deadline: .now() + .milliseconds(Self.tickMs), repeating: .milliseconds(Self.tickMs), leeway: .milliseconds(20))
-        timer.setEventHandler { [weak self] in self?.tick() }
+        // The handler holds the loop strongly, not weakly: a weak reference would give the loop a
+        // side table, and every retain and release of it (each use of an unowned reference to
+        // it) would take the slow path. `stop()` cancels the timer and so lets the loop go.
+        timer.setEventHandler { [self] in tick() }
         timer.activate()
         tickTimer = timer
     }
@@ -88,7 +91,8 @@ public final class EventLoop: @unchecked Sendable {
 
     /// Stops the loop's timer and poller, on its queue, and waits until that is done; after it no
     /// handler of theirs runs. A loop that is let go of must be shut down first: what runs on its
-    /// queue reads the loop (its buffers) without holding it. Not to be called on the loop.
+    /// queue reads the loop (its buffers) without holding it, and until then the timer's handler
+    /// keeps it alive. Not to be called on the loop.
     public func shutdown() {
         queue.sync { stop() }
     }

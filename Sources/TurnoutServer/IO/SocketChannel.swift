@@ -35,6 +35,10 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
     let fd: Int32
     unowned let loop: EventLoop
     var delegate: ChannelDelegate?
+    /// The loop's read buffer and I/O mode, kept here: the read path does not touch the loop
+    /// (each use of an unowned reference is a retain and a release).
+    private let readBuffer: UnsafeMutableRawBufferPointer
+    private let polled: Bool
 
     private var readSource: DispatchSourceRead?
     private var writeSource: DispatchSourceWrite?
@@ -59,6 +63,8 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
     init(fd: Int32, loop: EventLoop, connecting: Bool = false) {
         self.fd = fd
         self.loop = loop
+        self.readBuffer = loop.readBuffer
+        self.polled = loop.poller != nil
         self.isConnecting = connecting
     }
 
@@ -104,7 +110,7 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
     }
 
     private func updateReadSource() {
-        guard !isClosed, readSource != nil || loop.poller != nil else { return }
+        guard !isClosed, readSource != nil || polled else { return }
         let shouldRun = (!readPausedByUser || lingering) && !sawEOF
         if shouldRun && readSuspended {
             readSuspended = false
@@ -161,7 +167,7 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
             guard !isClosed, !readSuspended else { return }
             let result: IOResult
             do {
-                result = try Syscall.read(fd, loop.readBuffer.baseAddress!, loop.readBuffer.count)
+                result = try Syscall.read(fd, readBuffer.baseAddress!, readBuffer.count)
             } catch {
                 fail(error)
                 return
@@ -180,8 +186,8 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
                 return
             case .processed(let n):
                 if lingering { continue }  // discarding input while closing gracefully
-                delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: loop.readBuffer[0..<n]))
-                if n < loop.readBuffer.count && loop.poller != nil && !peerHungUp { return }
+                delegate?.channelRead(self, UnsafeRawBufferPointer(rebasing: readBuffer[0..<n]))
+                if n < readBuffer.count && polled && !peerHungUp { return }
             }
         }
         scheduleRead()
@@ -269,7 +275,7 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
         guard !isClosed else { return }
         // The poller watches for writability all along: a send that fell short leaves the socket
         // marked full, and the kernel raises an edge when room frees up.
-        if loop.poller != nil { return }
+        if polled { return }
         if let ws = writeSource {
             if writeSuspended {
                 writeSuspended = false

@@ -16,7 +16,10 @@ final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
     let endpoint: UpstreamEndpoint
     let channel: SocketChannel
     unowned let pool: UpstreamPool
-    weak var owner: UpstreamOwner?
+    /// Held strongly, not weakly: a weak reference would cost each exchange a side table, and
+    /// every retain and release of it the slow path. The owner lets go (`owner = nil`) when it
+    /// is done with the connection, and a closed connection lets go of its owner.
+    var owner: UpstreamOwner?
     /// Requests this connection finished; > 0 means it came from the idle pool.
     var requestsServed = 0
     var idleDeadline: UInt64 = 0
@@ -32,6 +35,7 @@ final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
     var isClosed: Bool { channel.isClosed }
 
     func close() {
+        owner = nil
         guard !channel.isClosed else { return }
         channel.close()
         pool.connectionClosed(self)
@@ -59,8 +63,13 @@ final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
 
     func channelError(_ channel: SocketChannel, _ error: SystemError) {
         let o = owner
+        owner = nil
         pool.connectionClosed(self)
         if let o { o.upstreamClosed(self, error: error) } else { pool.idleConnectionLost(self) }
+    }
+
+    func channelClosed(_ channel: SocketChannel) {
+        owner = nil
     }
 
     func channelDrained(_ channel: SocketChannel) {
