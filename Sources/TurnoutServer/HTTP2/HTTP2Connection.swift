@@ -36,6 +36,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     private var session: OpaquePointer?
     private(set) var streams: [Int32: HTTP2Stream] = [:]
+    /// The stream the last callback was about: a HEADERS frame's fields, its end and the stream's
+    /// DATA come one after another, each found without hashing.
+    private var recentStream: HTTP2Stream?
     /// Inside a call into nghttp2 (its callbacks may submit, but must not send).
     private var inSession = false
     private var closed = false
@@ -200,19 +203,29 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     // MARK: session callbacks (called from HTTP2Callbacks)
 
+    @inline(__always)
+    private func stream(_ id: Int32) -> HTTP2Stream? {
+        if let s = recentStream, s.id == id { return s }
+        let s = streams[id]
+        if s != nil { recentStream = s }
+        return s
+    }
+
     func beginHeaders(streamID: Int32) {
         guard streams[streamID] == nil else { return }
-        streams[streamID] = HTTP2Stream(id: streamID, connection: self)
+        let s = HTTP2Stream(id: streamID, connection: self)
+        streams[streamID] = s
+        recentStream = s
         idleDeadline = 0
     }
 
     func header(streamID: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        guard let s = streams[streamID] else { return }
+        guard let s = stream(streamID) else { return }
         s.addHeader(name: name, value: value, maxBytes: limits.maxRequestHeadBytes, maxCount: limits.maxHeaderCount)
     }
 
     func headersComplete(streamID: Int32, endStream: Bool) {
-        guard let s = streams[streamID] else { return }
+        guard let s = stream(streamID) else { return }
         if s.exchange != nil || s.answered {
             // Trailers: not forwarded (HTTP/1.1 upstreams get chunked bodies without them).
             if endStream { s.requestBodyEnded() }
@@ -222,7 +235,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func dataReceived(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
-        guard let s = streams[streamID] else {
+        guard let s = stream(streamID) else {
             consume(streamID, bytes.count)
             return
         }
@@ -230,11 +243,12 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func dataComplete(streamID: Int32, endStream: Bool) {
-        if endStream { streams[streamID]?.requestBodyEnded() }
+        if endStream { stream(streamID)?.requestBodyEnded() }
     }
 
     func streamClosed(streamID: Int32, errorCode: UInt32) {
         guard let s = streams.removeValue(forKey: streamID) else { return }
+        if recentStream === s { recentStream = nil }
         waitingForDrain.remove(streamID)
         // A stream closing while its exchange still runs was reset (by the client, or by nghttp2
         // for a protocol error in it).
@@ -246,7 +260,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     /// Copies up to `length` response bytes of a stream into nghttp2's frame buffer.
     func readResponse(streamID: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let s = streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        guard let s = stream(streamID) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         return s.readResponse(into: buf, length: length, flags: flags)
     }
 
@@ -352,6 +366,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     private func cancelStreams(reason: String) {
         let all = streams.values
         streams.removeAll()
+        recentStream = nil
         waitingForDrain.removeAll()
         for s in all { s.closed(reason: reason) }
     }
