@@ -69,16 +69,28 @@ struct HTTP2HeaderBlock {
     init(status: Int) {
         storage.reserveCapacity(512)
         spans.reserveCapacity(12)
+        reset(status: status)
+    }
+
+    /// Empties the block for another response, keeping its capacity (see
+    /// `HTTP2Connection.headerBlock`).
+    mutating func reset(status: Int) {
+        storage.removeAll(keepingCapacity: true)
+        spans.removeAll(keepingCapacity: true)
         storage.append(literal: ":status")
         HeaderRewriter.appendDecimal(&storage, status)
         spans.append((0, 7, 7, storage.count - 7))
     }
 
+    init(status: Int, response head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: StaticString? = nil) {
+        self.init(status: status)
+        appendResponse(head, setCookie: setCookie, keepLength: keepLength, except: except)
+    }
+
     /// The fields of an HTTP/1.1 upstream response an HTTP/2 client gets: end-to-end fields only,
     /// `via` extended, and the cohort cookie when one is set. `except` names a field (lowercase)
     /// to leave out.
-    init(status: Int, response head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: StaticString? = nil) {
-        self.init(status: status)
+    mutating func appendResponse(_ head: HTTPResponseHead, setCookie: String?, keepLength: Bool, except: StaticString? = nil) {
         let hasVia = HeaderRewriter.forEachEndToEndField(head.headers, keepLength: keepLength, skipVia: true) { name, value in
             if let except, name.equalsIgnoringASCIICase(except) { return }
             append(name: name, value: value)

@@ -280,8 +280,20 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         scheduleFlush()
     }
 
+    /// The block of the last response submitted, kept for its buffers: nghttp2 copies what it is given.
+    private var spareBlock: HTTP2HeaderBlock?
+
+    /// An empty header block for a response, with the buffers of an earlier one when there is one.
+    func headerBlock(status: Int) -> HTTP2HeaderBlock {
+        guard var block = spareBlock else { return HTTP2HeaderBlock(status: status) }
+        spareBlock = nil
+        block.reset(status: status)
+        return block
+    }
+
     /// Submits a response head (and a data source unless `endStream`).
     func submitResponse(_ streamID: Int32, _ block: HTTP2HeaderBlock, endStream: Bool) {
+        defer { spareBlock = block }
         guard let session else { return }
         block.withNV { nva, count in
             if endStream {
@@ -296,6 +308,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func submitInformational(_ streamID: Int32, _ block: HTTP2HeaderBlock) {
+        defer { spareBlock = block }
         guard let session else { return }
         block.withNV { nva, count in
             _ = nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)

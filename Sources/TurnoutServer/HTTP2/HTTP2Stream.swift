@@ -209,7 +209,9 @@ final class HTTP2Stream: ExchangeSink {
     func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
         // 100 Continue is the client's business only if it asked; other 1xx pass through.
         if head.status == 100 && !ex.head.headers.contains("expect") { return }
-        connection.submitInformational(id, HTTP2HeaderBlock(status: head.status, response: head, setCookie: nil, keepLength: false))
+        var block = connection.headerBlock(status: head.status)
+        block.appendResponse(head, setCookie: nil, keepLength: false)
+        connection.submitInformational(id, block)
     }
 
     func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {
@@ -223,8 +225,9 @@ final class HTTP2Stream: ExchangeSink {
         if case .length = framing { keepLength = true }
         if case .none = framing { keepLength = true }
         if endStream { responseEnded = true }
-        connection.submitResponse(id, HTTP2HeaderBlock(status: head.status, response: head, setCookie: ex.setCookie, keepLength: keepLength),
-                                  endStream: endStream)
+        var block = connection.headerBlock(status: head.status)
+        block.appendResponse(head, setCookie: ex.setCookie, keepLength: keepLength)
+        connection.submitResponse(id, block, endStream: endStream)
     }
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
@@ -269,8 +272,9 @@ final class HTTP2Stream: ExchangeSink {
     /// The upstream accepted a WebSocket (extended CONNECT): the client gets 200 and the stream
     /// becomes the tunnel.
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
-        connection.submitResponse(id, HTTP2HeaderBlock(status: 200, response: head, setCookie: ex.setCookie, keepLength: false,
-                                                       except: "sec-websocket-accept"), endStream: false)
+        var block = connection.headerBlock(status: 200)
+        block.appendResponse(head, setCookie: ex.setCookie, keepLength: false, except: "sec-websocket-accept")
+        connection.submitResponse(id, block, endStream: false)
         let t = HTTP2Tunnel(stream: self, upstream: upstream, context: connection.context, clientIP: connection.clientIP,
                             poolName: ex.poolName, target: ex.head.target)
         tunnel = t
@@ -314,7 +318,7 @@ final class HTTP2Stream: ExchangeSink {
     private func respondWithError(status: Int, body: [UInt8], extra: [(String, String)]) {
         out = body
         outStart = 0
-        var block = HTTP2HeaderBlock(status: status)
+        var block = connection.headerBlock(status: status)
         block.append("content-type", "text/plain; charset=utf-8")
         block.append("content-length", String(body.count))
         block.append("cache-control", "no-store")
@@ -362,12 +366,13 @@ final class HTTP2Stream: ExchangeSink {
     }
 
     /// The stream is gone: closed normally, reset by the client, or its connection ended.
-    func closed(reason: String) {
+    /// The stream is gone; `reason` (made only when something still runs) says why.
+    func closed(reason: @autoclosure () -> String) {
         if let tunnel, !tunnel.ended {
-            tunnel.end(reason: reason, resetStream: false)
+            tunnel.end(reason: reason(), resetStream: false)
         }
         if let ex = exchange, !ex.isOver {
-            ex.cancel(reason: reason)
+            ex.cancel(reason: reason())
         }
         exchange = nil
     }
