@@ -1,6 +1,12 @@
 // swift-tools-version:6.1
 import PackageDescription
 
+// Release builds of the data path leave out the run-time exclusivity checks (every access to a
+// class's stored property or a global, checked against a per-thread access set): they cost about
+// 1% of the CPU per proxied request. The compile-time checks stay, and debug builds (the unit
+// tests) keep the run-time ones.
+let releaseSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+
 let package = Package(
     name: "turnout",
     platforms: [.macOS(.v15)],
@@ -33,7 +39,8 @@ let package = Package(
             dependencies: [
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Atomics", package: "swift-atomics"),
-            ]
+            ],
+            swiftSettings: releaseSettings
         ),
         .target(
             name: "TurnoutServer",
@@ -44,7 +51,8 @@ let package = Package(
                 "CTurnoutSys",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Atomics", package: "swift-atomics"),
-            ]
+            ],
+            swiftSettings: releaseSettings
         ),
         .executableTarget(
             name: "turnout",
@@ -61,7 +69,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TurnoutServerTests",
-            dependencies: ["TurnoutServer", "TurnoutCore", "COpenSSL"],
+            dependencies: ["TurnoutServer", "TurnoutCore", "COpenSSL", .product(name: "Logging", package: "swift-log")],
             exclude: ["Fixtures"]
         ),
     ],

@@ -59,4 +59,25 @@ import Testing
         store.setHealth(endpointID: gone.id, .healthy)   // a probe that was already running
         #expect(store.table.pools[0].healthy.isEmpty)
     }
+
+    @Test func everyPublishedTableMovesTheVersionAndNothingElseDoes() throws {
+        let first = try Self.config([("blue", ["127.0.0.1:9001", "127.0.0.1:9003"]), ("green", ["127.0.0.1:9002"])],
+                                    weights: ["blue": 100])
+        let store = RoutingStore(config: first, state: .initial(from: first))
+        let a = store.endpoints[0].endpoints[0], b = store.endpoints[0].endpoints[1]
+        let v0 = store.version
+        store.setHealth(endpointID: a.id, .healthy)
+        #expect(store.version == v0 + 1)
+        #expect(store.table.isHealthy(endpointID: a.id) && !store.table.isHealthy(endpointID: b.id))
+        store.setHealth(endpointID: a.id, .healthy)  // no change, nothing published
+        #expect(store.version == v0 + 1)
+        _ = try store.mutate({ (s: RoutingState, _) throws(Refused) in s }, persist: { (_: RoutingState) throws(Refused) in })
+        #expect(store.version == v0 + 1)  // the same state: nothing published
+        // An endpoint a reload removes is no longer in the table, healthy or not.
+        let second = try Self.config([("blue", ["127.0.0.1:9003"]), ("green", ["127.0.0.1:9002"])], weights: ["blue": 100])
+        _ = try store.reconfigure(second, persist: { (_: RoutingState) throws(Refused) in }, refuse: { Refused(reason: $0) })
+        #expect(store.version == v0 + 2)
+        #expect(!store.table.isHealthy(endpointID: a.id))
+        #expect(!store.table.isHealthy(endpointID: -1) && !store.table.isHealthy(endpointID: 1_000))
+    }
 }

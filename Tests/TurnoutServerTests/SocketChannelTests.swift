@@ -29,6 +29,20 @@ private final class Recorder: ChannelDelegate, @unchecked Sendable {
     func channelDrained(_ channel: SocketChannel) { drained += 1; onEvent() }
 }
 
+/// Records, at each read, the loop's round start and the deadline clock it gives.
+private final class ClockRecorder: ChannelDelegate, @unchecked Sendable {
+    let loop: EventLoop
+    var seen: [(roundStart: UInt64, coarse: UInt64)] = []
+    init(loop: EventLoop) { self.loop = loop }
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        seen.append((loop.roundStart, loop.coarseNow))
+    }
+    func channelEOF(_ channel: SocketChannel) {}
+    func channelError(_ channel: SocketChannel, _ error: SystemError) {}
+    func channelClosed(_ channel: SocketChannel) {}
+    func channelDrained(_ channel: SocketChannel) {}
+}
+
 private func socketPair() -> (Int32, Int32) {
     var fds: [Int32] = [0, 0]
     precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
@@ -231,5 +245,36 @@ private func makeLoop(_ io: IOMode, _ label: String) throws -> EventLoop {
             for ch in channels { ch.close() }
         }
         for a in writers { close(a) }
+    }
+
+    @Test(arguments: IOMode.allCases) func deadlinesReadTheRoundsClockOnlyWhileARoundRuns(io: IOMode) throws {
+        let loop = try makeLoop(io, "test.clock")
+        defer { loop.shutdown() }
+        let (a, b) = socketPair()
+        let rec = ClockRecorder(loop: loop)
+        let ch = SocketChannel(fd: b, loop: loop)
+        let before = EventLoop.now()
+        loop.queue.sync {
+            ch.delegate = rec
+            ch.start()
+        }
+        #expect(Glibc.write(a, "x", 1) == 1)
+        #expect(waitOnLoop(loop) { rec.seen.count == 1 })
+        loop.queue.sync {
+            let (roundStart, coarse) = rec.seen[0]
+            if io == .epoll {
+                // Inside a round: the time it began, read once for all of its events.
+                #expect(roundStart >= before && coarse == roundStart)
+            } else {
+                // No poller, no rounds: the clock itself.
+                #expect(roundStart == 0 && coarse >= before)
+            }
+            // Outside a round (work queued on the loop): never a stale round's time.
+            #expect(loop.roundStart == 0)
+            let t = EventLoop.now()
+            #expect(loop.coarseNow >= t)
+            ch.close()
+        }
+        close(a)
     }
 }

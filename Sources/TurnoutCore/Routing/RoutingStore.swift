@@ -6,6 +6,9 @@ import Synchronization
 /// current table without locking.
 public final class RoutingStore: Sendable {
     private let published: ManagedAtomic<RoutingTable>
+    /// Counts publications: bumped after each new table is stored, so that a reader that cached a
+    /// table can tell with one plain load whether it is still current.
+    private let publications = Atomic<UInt64>(0)
     private let inner: Mutex<Inner>
 
     struct Inner {
@@ -32,9 +35,21 @@ public final class RoutingStore: Sendable {
         self.published = ManagedAtomic(Self.build(inner, topology))
     }
 
-    /// The current routing snapshot. Lock-free; call once per request.
+    /// The current routing snapshot. Lock-free, but loading a reference atomically costs two
+    /// 16-byte compare-and-swaps: the data path keeps the table per event loop and reloads it
+    /// when `version` moves (`LoopView`).
     @inline(__always)
     public var table: RoutingTable { published.load(ordering: .acquiring) }
+
+    /// How many tables have been published. A table loaded after reading a version is at least as
+    /// new as that version.
+    @inline(__always)
+    public var version: UInt64 { publications.load(ordering: .acquiring) }
+
+    private func publish(_ table: RoutingTable) {
+        published.store(table, ordering: .releasing)
+        publications.add(1, ordering: .releasing)
+    }
 
     public var state: RoutingState { inner.withLock { $0.state } }
 
@@ -68,7 +83,7 @@ public final class RoutingStore: Sendable {
             let topology = self.topology.load(ordering: .acquiring)
             guard topology.endpoints.contains(where: { $0.endpoints.contains { $0.id == endpointID } }) else { return }
             inner.health[endpointID] = status
-            published.store(Self.build(inner, topology), ordering: .releasing)
+            publish(Self.build(inner, topology))
         }
     }
 
@@ -140,7 +155,7 @@ public final class RoutingStore: Sendable {
             inner.nextEndpointID = nextID
             let topology = Topology(all, config.routing)
             self.topology.store(topology, ordering: .releasing)
-            published.store(Self.build(inner, topology), ordering: .releasing)
+            publish(Self.build(inner, topology))
             return out
         }
     }
@@ -158,7 +173,7 @@ public final class RoutingStore: Sendable {
             guard next != inner.state else { return next }
             try persist(next)
             inner.state = next
-            published.store(Self.build(inner, topology.load(ordering: .acquiring)), ordering: .releasing)
+            publish(Self.build(inner, topology.load(ordering: .acquiring)))
             return next
         }
     }

@@ -21,6 +21,8 @@ public final class RoutingTable: AtomicReference, Sendable {
     let sequenceCounter = Atomic<UInt64>(0)
     /// Sticky buckets: canary pools take the lowest buckets, in pool order, each `weight` buckets wide.
     let canaryBuckets: [(upper: Int, pool: Int)]
+    /// Per endpoint id: whether the endpoint takes traffic (ids are small and dense).
+    private let healthyByID: [Bool]
 
     public init(generation: UInt64, live: Int, pools: [PoolRoute], weights: [Int],
                 sticky: StickyKey?, previewHeader: String?, failover: Bool) {
@@ -40,6 +42,15 @@ public final class RoutingTable: AtomicReference, Sendable {
             buckets.append((upper, i))
         }
         self.canaryBuckets = buckets
+        var healthy = [Bool](repeating: false, count: (pools.lazy.flatMap { $0.endpoints.map(\.id) }.max() ?? -1) + 1)
+        for p in pools { for i in p.healthy { healthy[p.endpoints[i].id] = true } }
+        self.healthyByID = healthy
+    }
+
+    /// Whether the endpoint with this id is in the table and takes traffic.
+    @inline(__always)
+    public func isHealthy(endpointID id: Int) -> Bool {
+        id >= 0 && id < healthyByID.count && healthyByID[id]
     }
 
     /// The smooth weighted round-robin order (as nginx uses) for weights reduced by their GCD.

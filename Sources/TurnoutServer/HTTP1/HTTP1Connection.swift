@@ -36,8 +36,8 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     private var draining = false
     private var handedOff = false
 
-    private var limits: LimitsConfig { context.limits }
-    private var timeouts: TimeoutConfig { context.timeouts }
+    private var limits: LimitsConfig { view.limits }
+    private var timeouts: TimeoutConfig { view.timeouts }
 
     init(transport: ClientTransport, env: ClientEnvironment, acceptsPriorKnowledgeH2: Bool) {
         self.transport = transport
@@ -69,7 +69,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         case .header: ms = timeouts.clientHeaderMs
         case .body: ms = timeouts.idleMs
         }
-        deadline = EventLoop.now() + UInt64(ms) * 1_000_000
+        deadline = loop.coarseNow + UInt64(ms) * 1_000_000
     }
 
     func checkTimeouts(now: UInt64) {
@@ -236,7 +236,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     }
 
     private func route(_ head: HTTPRequestHead) {
-        switch RequestRouter.route(head, table: context.store.table) {
+        switch RequestRouter.route(head, table: view.table) {
         case .unavailable(let poolName):
             respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
                                    extra: [("Retry-After", "\(context.retryAfterSeconds)")], pool: poolName)
@@ -328,20 +328,35 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         let keepAlive = ex.head.keepAlive && !draining && !clientEOF && ex.requestComplete
             && clientFraming != .untilClose && !context.isDraining
         if !keepAlive { closeAfter = true }
-        // Held until the first body bytes or the end of this upstream read: a small response
-        // then leaves in one write instead of two.
-        heldHead = HeaderRewriter.clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive,
-                                                 clientVersion: ex.head.version, setCookie: ex.setCookie)
+        // Built in the loop's scratch array (no allocation) and held until the first body bytes or
+        // the end of this upstream read: a small response then leaves in one write of one buffer.
+        var out = loop.takeScratch()
+        HeaderRewriter.clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive,
+                                      clientVersion: ex.head.version, setCookie: ex.setCookie, into: &out)
+        heldHead = out
     }
+
+    /// Body bytes up to this size are copied behind a held head and sent with it by `send`:
+    /// cheaper than handing the kernel two buffers with `sendmsg`.
+    static let coalesceLimit = 8 * 1024
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         if chunkToClient {
-            var framed = heldHead.isEmpty ? ChunkedEncoder.chunkHeader(size: bytes.count) : takeHeldHead() + ChunkedEncoder.chunkHeader(size: bytes.count)
+            var framed = heldHead.isEmpty ? loop.takeScratch() : takeHeldHead()
+            framed.append(contentsOf: ChunkedEncoder.chunkHeader(size: bytes.count))
             framed.append(contentsOf: bytes)
             framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
             transport.write(framed)
+            loop.returnScratch(framed)
         } else if !heldHead.isEmpty {
-            transport.write(takeHeldHead(), then: bytes)
+            var out = takeHeldHead()
+            if bytes.count <= Self.coalesceLimit {
+                out.append(contentsOf: bytes)
+                transport.write(out)
+            } else {
+                transport.write(out, then: bytes)
+            }
+            loop.returnScratch(out)
         } else {
             transport.write(bytes)
         }
@@ -352,16 +367,22 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         flushHeldHead()
     }
 
-    /// The response head not written yet (see `exchangeResponseHead`); empty when there is none.
+    /// The response head not written yet (see `exchangeResponseHead`), in the loop's scratch
+    /// array; empty when there is none.
     private var heldHead: [UInt8] = []
 
+    /// Takes the held head; the caller gives the array back with `loop.returnScratch`.
     private func takeHeldHead() -> [UInt8] {
-        defer { heldHead = [] }
-        return heldHead
+        let h = heldHead
+        heldHead = []
+        return h
     }
 
     private func flushHeldHead() {
-        if !heldHead.isEmpty { transport.write(takeHeldHead()) }
+        guard !heldHead.isEmpty else { return }
+        let h = takeHeldHead()
+        transport.write(h)
+        loop.returnScratch(h)
     }
 
     func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {
@@ -375,7 +396,10 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     func exchangeFinished(_ ex: UpstreamExchange) {
         guard exchange === ex else { return }
         if chunkToClient {
-            transport.write(takeHeldHead() + ChunkedEncoder.lastChunk)
+            var out = heldHead.isEmpty ? loop.takeScratch() : takeHeldHead()
+            out.append(contentsOf: ChunkedEncoder.lastChunk)
+            transport.write(out)
+            loop.returnScratch(out)
         } else {
             flushHeldHead()
         }

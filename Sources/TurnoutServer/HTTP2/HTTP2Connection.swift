@@ -48,7 +48,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     /// Streams whose exchange waits for the client side to drain.
     private var waitingForDrain: Set<Int32> = []
 
-    private var limits: LimitsConfig { context.limits }
+    private var limits: LimitsConfig { view.limits }
 
     init(transport: ClientTransport, env: ClientEnvironment) {
         self.transport = transport
@@ -88,7 +88,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         ]
         nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
         nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)
-        idleDeadline = EventLoop.now() + UInt64(context.timeouts.idleMs) * 1_000_000
+        idleDeadline = loop.coarseNow + UInt64(view.timeouts.idleMs) * 1_000_000
         if !transportStarted { transport.start() }
         if !initial.isEmpty {
             initial.withUnsafeBytes { receive($0) }
@@ -254,7 +254,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         // for a protocol error in it).
         s.closed(reason: "stream reset (error code \(errorCode))")
         if streams.isEmpty {
-            idleDeadline = EventLoop.now() + UInt64(context.timeouts.idleMs) * 1_000_000
+            idleDeadline = loop.coarseNow + UInt64(view.timeouts.idleMs) * 1_000_000
         }
     }
 

@@ -93,7 +93,10 @@ final class HTTP2Stream: ExchangeSink {
             return
         }
         // HTTP/1.1 upstreams need one Host field and one Cookie field (RFC 9113 8.3.1, 8.2.3).
+        // Moved out, not copied: the stream's reference would make the first change below copy
+        // both arrays of the fields.
         var headers = fields
+        fields = HTTPHeaders()
         var host = authority
         if let h = headers.first("host") {
             if host == nil { host = h }
@@ -101,7 +104,6 @@ final class HTTP2Stream: ExchangeSink {
             headers.prepend("host", authority)
         }
         if !cookies.isEmpty { headers.append("cookie", cookies.joined(separator: "; ")) }
-        fields = HTTPHeaders()
         let framing: BodyFraming
         if websocket {
             // The HTTP/1.1 upgrade the upstream understands (RFC 8441 section 5): a GET with a key
@@ -119,11 +121,11 @@ final class HTTP2Stream: ExchangeSink {
         }
         let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
                                    framing: framing, keepAlive: true, expectsContinue: false)
-        if let max = c.context.limits.maxBodyBytes, case .length(let n) = framing, n > max {
+        if let max = c.view.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
-        switch RequestRouter.route(head, table: c.context.store.table) {
+        switch RequestRouter.route(head, table: c.view.table) {
         case .unavailable(let poolName):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
                                             context: c.context, stats: c.stats)

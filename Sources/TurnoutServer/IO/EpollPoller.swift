@@ -94,9 +94,11 @@ final class EpollPoller: @unchecked Sendable {
         // Dispatch wake-up (its manager thread re-arms the source and hands the queue to a worker
         // thread) for each small batch; the bound lets timers and other queued work run. Events
         // left over keep the descriptor readable, so Dispatch calls again after that work.
+        defer { loop.roundStart = 0 }
         for _ in 0..<Self.rounds {
             let n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch)))
             if n <= 0 { return }
+            loop.roundStart = EventLoop.now()
             for i in 0..<n {
                 let token = tokens[i]
                 let fd = Int(UInt32(truncatingIfNeeded: token))

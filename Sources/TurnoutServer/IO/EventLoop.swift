@@ -65,6 +65,19 @@ public final class EventLoop: @unchecked Sendable {
     @inline(__always)
     static func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
+    /// When the poller's current round of ready events began; 0 outside such a round.
+    var roundStart: UInt64 = 0
+
+    /// Monotonic time for deadlines: while the poller hands out a round of ready events, the time
+    /// that round began (one clock read per round instead of one per deadline set, as HAProxy's
+    /// `now_ms`; a deadline comes out early by at most the round's length, well under the tick);
+    /// otherwise the clock. Durations that are reported (latency) read the clock itself.
+    @inline(__always)
+    var coarseNow: UInt64 {
+        let t = roundStart
+        return t != 0 ? t : Self.now()
+    }
+
     /// Lends the loop's scratch array, empty and with its capacity kept; a nested borrower gets a
     /// fresh one. Give it back with `returnScratch`.
     func takeScratch() -> [UInt8] {
@@ -74,8 +87,9 @@ public final class EventLoop: @unchecked Sendable {
         return s
     }
 
+    /// Keeps `s` as the scratch array unless it is too big to keep or smaller than the one there.
     func returnScratch(_ s: [UInt8]) {
-        if s.capacity <= 256 * 1024 { scratch = s }
+        if s.capacity <= 256 * 1024 && s.capacity >= scratch.capacity { scratch = s }
     }
 
     func register(_ object: LoopTimed) { timed[ObjectIdentifier(object)] = object }

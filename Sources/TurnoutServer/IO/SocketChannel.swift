@@ -167,7 +167,7 @@ final class SocketChannel: PollTarget, @unchecked Sendable {
             guard !isClosed, !readSuspended else { return }
             let result: IOResult
             do {
-                result = try Syscall.read(fd, readBuffer.baseAddress!, readBuffer.count)
+                result = try Syscall.receive(fd, readBuffer.baseAddress!, readBuffer.count)
             } catch {
                 fail(error)
                 return

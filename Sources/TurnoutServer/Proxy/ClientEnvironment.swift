@@ -24,6 +24,8 @@ extension ClientEnvironmentHolder {
     var loop: EventLoop { env.loop }
     var context: ProxyContext { env.context }
     var pool: UpstreamPool { env.pool }
+    /// The loop's cached settings and routing table.
+    var view: LoopView { env.pool.view }
     var stats: LoopStats { env.stats }
     var clientIP: String { env.clientIP }
     var scheme: String { env.scheme }

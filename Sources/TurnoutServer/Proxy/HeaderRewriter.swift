@@ -178,7 +178,15 @@ public enum HeaderRewriter {
     public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
                                       clientVersion: HTTPVersion, setCookie: String?) -> [UInt8] {
         var out: [UInt8] = []
-        out.reserveCapacity(192 + head.headers.byteCount + head.reason.utf8.count + (setCookie?.utf8.count ?? 0))
+        clientResponse(head, clientFraming: clientFraming, keepAlive: keepAlive, clientVersion: clientVersion,
+                       setCookie: setCookie, into: &out)
+        return out
+    }
+
+    /// `clientResponse`, appended to `out` (a reused buffer).
+    public static func clientResponse(_ head: HTTPResponseHead, clientFraming: BodyFraming, keepAlive: Bool,
+                                      clientVersion: HTTPVersion, setCookie: String?, into out: inout [UInt8]) {
+        out.reserveCapacity(out.count + 192 + head.headers.byteCount + head.reason.utf8.count + (setCookie?.utf8.count ?? 0))
         out.append(literal: "HTTP/1.1 ")
         appendDecimal(&out, head.status)
         out.append(32)
@@ -203,7 +211,6 @@ public enum HeaderRewriter {
             out.append(literal: "Connection: keep-alive\r\n")
         }
         out.append(literal: "\r\n")
-        return out
     }
 
     /// The `101 Switching Protocols` head for the client: the upstream's fields, its `Upgrade`,

@@ -4,7 +4,10 @@ import TurnoutCore
 /// readers copy them on the loop's queue and add the loops up.
 final class LoopStats: @unchecked Sendable {
     unowned let loop: EventLoop
-    private(set) var stats = TrafficStats()
+    /// Per endpoint id (ids are small and dense: numbered from 0 as endpoints are configured), so
+    /// that counting a request indexes an array instead of hashing into a dictionary.
+    private var endpoints: [EndpointStats?] = []
+    private var poolOnly: [String: EndpointStats] = [:]
 
     init(loop: EventLoop) { self.loop = loop }
 
@@ -12,10 +15,21 @@ final class LoopStats: @unchecked Sendable {
     func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
         let micros = (EventLoop.now() &- startedAt) / 1000
         if let endpoint {
-            stats.endpoints[endpoint.id, default: EndpointStats()].record(status: status, micros: micros, proxyGenerated: proxyGenerated)
+            let id = endpoint.id
+            if id >= endpoints.count { endpoints.append(contentsOf: repeatElement(nil, count: id + 1 - endpoints.count)) }
+            if endpoints[id] == nil { endpoints[id] = EndpointStats() }
+            endpoints[id]!.record(status: status, micros: micros, proxyGenerated: proxyGenerated)
         } else {
-            stats.poolOnly[pool, default: EndpointStats()].record(status: status, micros: micros, proxyGenerated: proxyGenerated)
+            poolOnly[pool, default: EndpointStats()].record(status: status, micros: micros, proxyGenerated: proxyGenerated)
         }
+    }
+
+    /// The counters so far; on the loop.
+    var stats: TrafficStats {
+        var out = TrafficStats()
+        for (id, e) in endpoints.enumerated() { if let e { out.endpoints[id] = e } }
+        out.poolOnly = poolOnly
+        return out
     }
 
     /// A copy of the counters, taken on the loop.

@@ -10,23 +10,32 @@ final class ProxyContext: Sendable {
     /// The configuration and what is derived from it, replaced as one value by a reload.
     final class Settings: Sendable {
         let config: TurnoutConfig
-        /// Per endpoint id: its pool's `max_idle_connections`.
-        let maxIdleOfEndpoint: [Int: Int]
+        /// Per endpoint id (small and dense): its pool's `max_idle_connections`.
+        private let maxIdleOfEndpoint: [Int]
         /// Seconds a client should wait before retrying after a 503.
         let retryAfterSeconds: Int
 
         init(config: TurnoutConfig, store: RoutingStore) {
             self.config = config
-            var map: [Int: Int] = [:]
-            for entry in store.endpoints {
+            let endpoints = store.endpoints
+            var map = [Int](repeating: 0, count: (endpoints.lazy.flatMap { $0.endpoints.map(\.id) }.max() ?? -1) + 1)
+            for entry in endpoints {
                 for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections }
             }
             self.maxIdleOfEndpoint = map
             self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
         }
+
+        /// How many idle connections to keep to an endpoint (0 for one no longer configured).
+        @inline(__always)
+        func maxIdleConnections(ofEndpoint id: Int) -> Int {
+            id >= 0 && id < maxIdleOfEndpoint.count ? maxIdleOfEndpoint[id] : 0
+        }
     }
 
     private let current: ManagedAtomic<Settings>
+    /// Counts replacements of the settings (see `RoutingStore.version`).
+    private let replacements = Atomic<UInt64>(0)
     let store: RoutingStore
     let addresses: AddressBook
     let logger: Logger
@@ -48,20 +57,23 @@ final class ProxyContext: Sendable {
         addLiteralAddresses()
     }
 
-    /// The settings in force. Load once per operation that needs several values.
+    /// The settings in force. Load once per operation that needs several values; the data path
+    /// reads them through its loop's `LoopView`.
     var settings: Settings { current.load(ordering: .acquiring) }
+    /// How many times the settings have been replaced.
+    @inline(__always)
+    var settingsVersion: UInt64 { replacements.load(ordering: .acquiring) }
     var config: TurnoutConfig { settings.config }
     /// The timeouts and limits in force, read without copying the whole configuration (the hot
     /// path reads these per request).
     var timeouts: TimeoutConfig { settings.config.timeouts }
     var limits: LimitsConfig { settings.config.limits }
     var retryAfterSeconds: Int { settings.retryAfterSeconds }
-    /// How many idle connections to keep to an endpoint (0 for one no longer configured).
-    func maxIdleConnections(ofEndpoint id: Int) -> Int { settings.maxIdleOfEndpoint[id] ?? 0 }
 
     /// Publishes a reloaded configuration (after the routing store took its pools).
     func replace(config: TurnoutConfig) {
         current.store(Settings(config: config, store: store), ordering: .releasing)
+        replacements.add(1, ordering: .releasing)
         addLiteralAddresses()
     }
 

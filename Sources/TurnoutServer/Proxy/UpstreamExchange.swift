@@ -63,7 +63,11 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private let context: ProxyContext
     private let pool: UpstreamPool
     private let stats: LoopStats
-    weak var sink: ExchangeSink?
+    /// Where the response goes: the client connection (HTTP/1.1) or stream (HTTP/2) that owns
+    /// this exchange. Held strongly until the exchange is over, then let go: a weak reference
+    /// would give every HTTP/2 stream a side table, and make each retain and release of the sink
+    /// take the slow path. The sink drops the exchange when it ends or cancels it.
+    private(set) var sink: ExchangeSink?
 
     /// How the request body goes upstream, and how much of a declared length is left.
     private var requestFraming: BodyFraming
@@ -98,7 +102,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// Over: finished, failed or aborted. Nothing more reaches the sink.
     private(set) var isOver = false
 
-    private var timeouts: TimeoutConfig { context.timeouts }
+    private var timeouts: TimeoutConfig { pool.view.timeouts }
 
     init(head: HTTPRequestHead, upstreamHead: [UInt8], poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
@@ -188,7 +192,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     private func bodyProgressed() {
         if upstreamReady && !connecting {
-            upstreamDeadline = EventLoop.now() + UInt64(timeouts.upstreamResponseMs) * 1_000_000
+            upstreamDeadline = loop.coarseNow + UInt64(timeouts.upstreamResponseMs) * 1_000_000
         }
     }
 
@@ -235,7 +239,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 upstreamIsReady()
             } else {
                 connecting = true
-                upstreamDeadline = EventLoop.now() + UInt64(timeouts.connectMs) * 1_000_000
+                upstreamDeadline = loop.coarseNow + UInt64(timeouts.connectMs) * 1_000_000
             }
         } catch {
             upstreamFailed(connectFailed: true, error: error, timedOut: false)
@@ -246,7 +250,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard let u = upstream else { return }
         connecting = false
         upstreamReady = true
-        upstreamDeadline = EventLoop.now() + UInt64(timeouts.upstreamResponseMs) * 1_000_000
+        upstreamDeadline = loop.coarseNow + UInt64(timeouts.upstreamResponseMs) * 1_000_000
         u.channel.write(upstreamHead)
         if !requestComplete { sink?.exchangeWantsBody(self) }
     }
@@ -403,7 +407,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         if !parsed.keepAlive { upstreamUnreusable = true }
         responseHeadSent = true
         sink?.exchangeResponseHead(self, parsed, framing: framing)
-        upstreamDeadline = EventLoop.now() + UInt64(timeouts.upstreamResponseMs) * 1_000_000
+        upstreamDeadline = loop.coarseNow + UInt64(timeouts.upstreamResponseMs) * 1_000_000
     }
 
     /// Moves buffered response body bytes to the sink.
@@ -471,7 +475,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     private func afterResponseBytes() {
         guard !isOver, let sink else { return }
-        upstreamDeadline = EventLoop.now() + UInt64(timeouts.upstreamResponseMs) * 1_000_000
+        upstreamDeadline = loop.coarseNow + UInt64(timeouts.upstreamResponseMs) * 1_000_000
         switch responseBody {
         case .none: responseComplete = true
         case .length(let remaining) where remaining == 0: responseComplete = true
@@ -509,6 +513,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         let leftover = responseBuffer[responseStart...]
         stats.record(endpoint: endpoint, pool: poolName, status: 101, startedAt: startTime, proxyGenerated: false)
         logAccess(note: nil)
+        self.sink = nil
         sink.exchangeUpgraded(self, parsed, upstream: u, leftover: leftover)
     }
 
@@ -526,6 +531,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         endpoint.requestEnded()
         stats.record(endpoint: endpoint, pool: poolName, status: status, startedAt: startTime, proxyGenerated: proxyGenerated)
         logAccess(note: nil)
+        let sink = self.sink
+        self.sink = nil
         sink?.exchangeFinished(self)
     }
 
@@ -541,7 +548,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         upstreamReady = false
         connecting = false
         if replayable && attempts < 2 && !anyUpstreamByte {
-            let table = context.store.table
+            let table = pool.view.table
             var next: UpstreamEndpoint?
             if let p = table.poolIndex(named: poolName) {
                 next = table.pools[p].pickEndpoint(excluding: endpoint.id)
@@ -597,6 +604,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func abort(reason: String) {
         guard !isOver else { return }
         end(reason: reason)
+        let sink = self.sink
+        self.sink = nil
         sink?.exchangeAborted(self, reason: reason)
     }
 
@@ -604,6 +613,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     func cancel(reason: String) {
         guard !isOver else { return }
         end(reason: reason)
+        sink = nil
     }
 
     private func end(reason: String) {

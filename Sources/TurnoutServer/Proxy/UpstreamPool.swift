@@ -6,12 +6,16 @@ import TurnoutCore
 final class UpstreamPool: @unchecked Sendable {
     unowned let loop: EventLoop
     let context: ProxyContext
+    /// The loop's cached copy of the settings and routing table, read per request.
+    let view: LoopView
     /// Idle connections per endpoint id. A list is a class so that it is changed in place: a
     /// dictionary value modified through the dictionary costs an allocation each time.
     private final class IdleList {
         var connections: [UpstreamConnection] = []
     }
-    private var idle: [Int: IdleList] = [:]
+    /// Indexed by endpoint id (small and dense), so that taking and giving back a connection
+    /// does not hash.
+    private var idle: [IdleList?] = []
     /// Open connections per endpoint id on this loop (idle and busy).
     private(set) var openCount: [Int: Int] = [:]
     private var connectRotation: [Int: Int] = [:]
@@ -19,12 +23,13 @@ final class UpstreamPool: @unchecked Sendable {
     init(loop: EventLoop, context: ProxyContext) {
         self.loop = loop
         self.context = context
+        self.view = LoopView(context: context)
     }
 
     /// The most recently used idle connection to the endpoint, if any.
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
-        guard let list = idle[endpoint.id] else { return nil }
+        guard endpoint.id < idle.count, let list = idle[endpoint.id] else { return nil }
         while let c = list.connections.popLast() {
             if !c.isClosed { return c }
         }
@@ -52,20 +57,23 @@ final class UpstreamPool: @unchecked Sendable {
     func release(_ conn: UpstreamConnection) {
         conn.owner = nil
         conn.requestsServed += 1
-        let limit = context.maxIdleConnections(ofEndpoint: conn.endpoint.id)
+        let settings = view.settings
+        let limit = settings.maxIdleConnections(ofEndpoint: conn.endpoint.id)
+        let id = conn.endpoint.id
+        if id >= idle.count { idle.append(contentsOf: repeatElement(nil, count: id + 1 - idle.count)) }
         let list: IdleList
-        if let l = idle[conn.endpoint.id] {
+        if let l = idle[id] {
             list = l
         } else {
             list = IdleList()
-            idle[conn.endpoint.id] = list
+            idle[id] = list
         }
         let count = list.connections.count
         guard !conn.isClosed, count < limit, isHealthy(conn.endpoint), !context.isDraining else {
             conn.close()
             return
         }
-        conn.idleDeadline = EventLoop.now() + UInt64(context.timeouts.upstreamIdleMs) * 1_000_000
+        conn.idleDeadline = loop.coarseNow + UInt64(settings.config.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
         list.connections.append(conn)
     }
@@ -78,32 +86,32 @@ final class UpstreamPool: @unchecked Sendable {
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
         conn.close()
+        guard conn.endpoint.id < idle.count else { return }
         idle[conn.endpoint.id]?.connections.removeAll { $0 === conn }
     }
 
-    var idleCount: Int { idle.values.reduce(0) { $0 + $1.connections.count } }
+    var idleCount: Int { idle.reduce(0) { $0 + ($1?.connections.count ?? 0) } }
 
     /// Open and idle connections per endpoint id, taken on the loop.
     func connectionCounts() -> [Int: (open: Int, idle: Int)] {
         loop.queue.sync {
             var out: [Int: (open: Int, idle: Int)] = [:]
             for (id, n) in openCount { out[id, default: (0, 0)].open = n }
-            for (id, list) in idle { out[id, default: (0, 0)].idle = list.connections.filter { !$0.isClosed }.count }
+            for (id, list) in idle.enumerated() {
+                guard let list, !list.connections.isEmpty else { continue }
+                out[id, default: (0, 0)].idle = list.connections.filter { !$0.isClosed }.count
+            }
             return out
         }
     }
 
     private func isHealthy(_ endpoint: UpstreamEndpoint) -> Bool {
-        let table = context.store.table
-        for p in table.pools where p.name == endpoint.pool {
-            return p.healthy.contains { p.endpoints[$0].id == endpoint.id }
-        }
-        return false
+        view.table.isHealthy(endpointID: endpoint.id)
     }
 
     /// Closes expired idle connections and those to endpoints that are no longer healthy.
     func tick(now: UInt64) {
-        for list in idle.values where !list.connections.isEmpty {
+        for case let list? in idle where !list.connections.isEmpty {
             let healthy = list.connections.first.map { isHealthy($0.endpoint) } ?? true
             var keep: [UpstreamConnection] = []
             for c in list.connections {
@@ -115,8 +123,8 @@ final class UpstreamPool: @unchecked Sendable {
     }
 
     func closeAllIdle() {
-        for list in idle.values { for c in list.connections { c.close() } }
-        idle = [:]
+        for case let list? in idle { for c in list.connections { c.close() } }
+        idle = []
     }
 }
 
