@@ -62,6 +62,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     /// Creates the session, sends SETTINGS and processes `initial` (bytes already read).
     func start(initial: [UInt8], transportStarted: Bool) {
         loop.register(self)
+        headerLimits = (limits.maxRequestHeadBytes, limits.maxHeaderCount)
         transport.delegate = self
         var option: OpaquePointer?
         nghttp2_option_new(&option)
@@ -211,7 +212,14 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         return s
     }
 
+    /// The limits for the header block being received, read once per request block (and at the
+    /// start, for trailers): nghttp2 hands over one block at a time (its CONTINUATION frames
+    /// cannot interleave with other streams).
+    private var headerLimits = (bytes: 0, count: 0)
+
     func beginHeaders(streamID: Int32) {
+        let l = limits
+        headerLimits = (l.maxRequestHeadBytes, l.maxHeaderCount)
         guard streams[streamID] == nil else { return }
         let s = HTTP2Stream(id: streamID, connection: self)
         streams[streamID] = s
@@ -221,7 +229,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     func header(streamID: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         guard let s = stream(streamID) else { return }
-        s.addHeader(name: name, value: value, maxBytes: limits.maxRequestHeadBytes, maxCount: limits.maxHeaderCount)
+        s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
     }
 
     func headersComplete(streamID: Int32, endStream: Bool) {
