@@ -4,7 +4,7 @@ SWIFT      ?= swift
 PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Debian packages the build needs, and those the tests need on top (prometheus: for promtool).
-BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev
+BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
 RELEASE_BIN := .build/release/turnout
 

@@ -61,7 +61,12 @@ let package = Package(
                 "TurnoutServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // jemalloc (Debian libjemalloc-dev) serves every allocation of the process, the Swift
+            // runtime's and nghttp2's included, as nghttpx does: HTTP/2 allocates in bursts (a
+            // read brings a hundred requests), which overflow glibc's per-thread caches of seven
+            // chunks per size; about 3% of the CPU per h2c request, 2% per HTTP/1.1 request.
+            linkerSettings: [.linkedLibrary("jemalloc")]
         ),
         .testTarget(
             name: "TurnoutCoreTests",
