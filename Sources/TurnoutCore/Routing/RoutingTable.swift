@@ -42,7 +42,7 @@ public final class RoutingTable: AtomicReference, Sendable {
             buckets.append((upper, i))
         }
         self.canaryBuckets = buckets
-        var healthy = [Bool](repeating: false, count: (pools.lazy.flatMap { $0.endpoints.map(\.id) }.max() ?? -1) + 1)
+        var healthy = [Bool](repeating: false, count: pools.lazy.flatMap(\.endpoints).idTableSize)
         for p in pools { for i in p.healthy { healthy[p.endpoints[i].id] = true } }
         self.healthyByID = healthy
     }

@@ -35,3 +35,18 @@ extension UpstreamEndpoint {
     public func tunnelOpened() { tunnels.wrappingAdd(1, ordering: .relaxed) }
     public func tunnelClosed() { tunnels.wrappingSubtract(1, ordering: .relaxed) }
 }
+
+extension Sequence where Element == UpstreamEndpoint {
+    /// The length of an array indexed by endpoint id that has room for all of these: ids are small
+    /// and dense (numbered from 0 as endpoints are configured), so such arrays replace dictionaries
+    /// on the data path.
+    public var idTableSize: Int { (lazy.map(\.id).max() ?? -1) + 1 }
+}
+
+extension Array {
+    /// Appends `filler` until `index` is a valid index (for arrays indexed by endpoint id).
+    @inlinable
+    public mutating func grow(toInclude index: Int, with filler: Element) {
+        if index >= count { append(contentsOf: repeatElement(filler, count: index + 1 - count)) }
+    }
+}

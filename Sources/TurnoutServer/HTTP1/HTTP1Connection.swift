@@ -342,7 +342,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         if chunkToClient {
-            var framed = heldHead.isEmpty ? loop.takeScratch() : takeHeldHead()
+            var framed = takeHeldHead()
             framed.append(contentsOf: ChunkedEncoder.chunkHeader(size: bytes.count))
             framed.append(contentsOf: bytes)
             framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
@@ -371,8 +371,10 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     /// array; empty when there is none.
     private var heldHead: [UInt8] = []
 
-    /// Takes the held head; the caller gives the array back with `loop.returnScratch`.
+    /// Takes the held head, or the loop's scratch array (empty) when none is held; the caller
+    /// appends what goes with it and gives the array back with `loop.returnScratch`.
     private func takeHeldHead() -> [UInt8] {
+        guard !heldHead.isEmpty else { return loop.takeScratch() }
         let h = heldHead
         heldHead = []
         return h
@@ -396,7 +398,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     func exchangeFinished(_ ex: UpstreamExchange) {
         guard exchange === ex else { return }
         if chunkToClient {
-            var out = heldHead.isEmpty ? loop.takeScratch() : takeHeldHead()
+            var out = takeHeldHead()
             out.append(contentsOf: ChunkedEncoder.lastChunk)
             transport.write(out)
             loop.returnScratch(out)

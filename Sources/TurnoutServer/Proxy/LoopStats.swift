@@ -16,7 +16,7 @@ final class LoopStats: @unchecked Sendable {
         let micros = (EventLoop.now() &- startedAt) / 1000
         if let endpoint {
             let id = endpoint.id
-            if id >= endpoints.count { endpoints.append(contentsOf: repeatElement(nil, count: id + 1 - endpoints.count)) }
+            endpoints.grow(toInclude: id, with: nil)
             if endpoints[id] == nil { endpoints[id] = EndpointStats() }
             endpoints[id]!.record(status: status, micros: micros, proxyGenerated: proxyGenerated)
         } else {

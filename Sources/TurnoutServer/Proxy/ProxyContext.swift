@@ -18,7 +18,7 @@ final class ProxyContext: Sendable {
         init(config: TurnoutConfig, store: RoutingStore) {
             self.config = config
             let endpoints = store.endpoints
-            var map = [Int](repeating: 0, count: (endpoints.lazy.flatMap { $0.endpoints.map(\.id) }.max() ?? -1) + 1)
+            var map = [Int](repeating: 0, count: endpoints.lazy.flatMap(\.endpoints).idTableSize)
             for entry in endpoints {
                 for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections }
             }

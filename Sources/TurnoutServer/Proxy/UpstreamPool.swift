@@ -60,7 +60,7 @@ final class UpstreamPool: @unchecked Sendable {
         let settings = view.settings
         let limit = settings.maxIdleConnections(ofEndpoint: conn.endpoint.id)
         let id = conn.endpoint.id
-        if id >= idle.count { idle.append(contentsOf: repeatElement(nil, count: id + 1 - idle.count)) }
+        idle.grow(toInclude: id, with: nil)
         let list: IdleList
         if let l = idle[id] {
             list = l
