@@ -37,6 +37,7 @@ public enum RoutingCommands {
 
     /// Atomic cutover: 100% to `pool`, which becomes live.
     public static func switchTo(_ pool: String, force: Bool, state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        let settled = state.settled
         let state = try checkNoRamp(state, force: force, what: "switch")
         guard pools.names.contains(pool) else {
             throw AdminError(404, "unknown_pool", "no pool named \"\(pool)\" (pools: \(pools.names.joined(separator: ", ")))")
@@ -46,11 +47,12 @@ public enum RoutingCommands {
         }
         var weights: [String: Int] = [:]
         for name in pools.names { weights[name] = name == pool ? Percent.whole : 0 }
-        return transition(state, weights: weights, live: pool)
+        return transition(state, weights: weights, live: pool, previous: settled)
     }
 
     /// A new split. Pools not named get 0; the pool at 100%, if any, becomes live.
     public static func setWeights(_ requested: [String: Int], force: Bool = false, state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        let settled = state.settled
         let state = try checkNoRamp(state, force: force, what: "weights change")
         if requested.isEmpty { throw .badRequest("weights must name at least one pool", code: "invalid_weights") }
         for name in requested.keys.sorted() where !pools.names.contains(name) {
@@ -65,29 +67,42 @@ public enum RoutingCommands {
         }
         var weights: [String: Int] = [:]
         for name in pools.names { weights[name] = requested[name] ?? 0 }
-        return transition(state, weights: weights, live: RoutingState.liveAfter(weights: weights, currentLive: state.live))
+        return transition(state, weights: weights,
+                          live: RoutingState.liveAfter(weights: weights, currentLive: state.live, order: pools.names),
+                          previous: settled)
     }
 
     /// Restores the weights in force before the last change. The state rolled back from becomes
-    /// the new "previous", so a second rollback undoes the first.
+    /// the new "previous", so a second rollback undoes the first. A ramp counts as one change: after
+    /// it completed, rollback restores the weights from before its first step. A ramp that rolled
+    /// back (gate, health, abort) already restored them, and leaves nothing to roll back to.
     public static func rollback(state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
         if state.rampIsActive { return try abortRamp(state: state, pools: pools, reason: "rolled back by the operator") }
         guard let previous = state.previousWeights else {
+            if let ramp = state.ramp, ramp.status == .rolledBack || ramp.status == .aborted {
+                let current = pools.names.map { "\($0)=\(Percent.format(basisPoints: state.weights[$0] ?? 0))" }.joined(separator: " ")
+                throw AdminError(409, "nothing_to_roll_back",
+                                 "the ramp of \(ramp.plan.pool) was already rolled back (\(ramp.reason ?? "rolled back")); the weights from before it are in force: \(current)")
+            }
             throw AdminError(409, "nothing_to_roll_back", "there is no earlier state to roll back to")
         }
         var weights: [String: Int] = [:]
         for name in pools.names { weights[name] = previous[name] ?? 0 }
-        let live = state.previousLive.flatMap { pools.names.contains($0) ? $0 : nil }
-            ?? RoutingState.liveAfter(weights: weights, currentLive: state.live)
+        let remembered = state.previousLive.flatMap { pools.names.contains($0) ? $0 : nil } ?? state.live
+        let live = RoutingState.liveAfter(weights: weights, currentLive: remembered, order: pools.names)
         return transition(state, weights: weights, live: live)
     }
 
-    /// The next state: a new generation, with the current weights remembered for rollback.
-    /// A change that changes nothing returns the state unchanged (no new generation).
-    static func transition(_ state: RoutingState, weights: [String: Int], live: String) -> RoutingState {
+    /// The next state: a new generation, with the settled state it replaces remembered for
+    /// rollback (`previous`, by default `state.settled`: while a ramp runs, the weights from before
+    /// it, so that no step of a ramp is ever what a rollback restores). A change that changes
+    /// nothing returns the state unchanged (no new generation).
+    static func transition(_ state: RoutingState, weights: [String: Int], live: String,
+                           previous: (weights: [String: Int], live: String)? = nil) -> RoutingState {
         if weights == state.weights && live == state.live { return state }
+        let previous = previous ?? state.settled
         return RoutingState(generation: state.generation + 1, live: live, weights: weights,
-                            previousWeights: state.weights, previousLive: state.live, ramp: state.ramp)
+                            previousWeights: previous.weights, previousLive: previous.live, ramp: state.ramp)
     }
 
     // MARK: ramps
@@ -108,8 +123,12 @@ public enum RoutingCommands {
         }
         let ramp = RampState(plan: plan, status: .running, step: 0, stepStartedAt: now, preRampWeights: state.weights,
                              preRampLive: state.live, records: [RampStepRecord(weight: plan.steps[0])], reason: nil)
-        var next = transition(state, weights: RampEngine.weights(for: ramp, step: 0, pools: pools.names), live: state.live)
+        let weights = RampEngine.weights(for: ramp, step: 0, pools: pools.names)
+        var next = transition(state, weights: weights,
+                              live: RoutingState.liveAfter(weights: weights, currentLive: state.live, order: pools.names))
         if next.generation == state.generation { next.generation += 1 }
+        next.previousWeights = state.weights
+        next.previousLive = state.live
         next.ramp = ramp
         return next
     }
@@ -121,24 +140,31 @@ public enum RoutingCommands {
         ramp.step += 1
         ramp.stepStartedAt = now
         ramp.records.append(RampStepRecord(weight: ramp.plan.steps[ramp.step]))
-        var next = transition(state, weights: RampEngine.weights(for: ramp, step: ramp.step, pools: pools.names), live: state.live)
+        let weights = RampEngine.weights(for: ramp, step: ramp.step, pools: pools.names)
+        var next = transition(state, weights: weights,
+                              live: RoutingState.liveAfter(weights: weights, currentLive: state.live, order: pools.names))
         next.ramp = ramp
         return next
     }
 
-    /// The last step passed: at 100% the target pool becomes live.
+    /// The last step passed: at 100% the target pool becomes live. The pre-ramp weights stay the
+    /// ones a rollback restores.
     public static func completeRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord) -> RoutingState {
         guard var ramp = state.ramp, ramp.status == .running else { return state }
         ramp.records[ramp.step] = observed
         ramp.status = .completed
         ramp.reason = "all steps passed"
         let weights = RampEngine.weights(for: ramp, step: ramp.step, pools: pools.names)
-        var next = transition(state, weights: weights, live: RoutingState.liveAfter(weights: weights, currentLive: state.live))
+        var next = transition(state, weights: weights,
+                              live: RoutingState.liveAfter(weights: weights, currentLive: state.live, order: pools.names))
         next.ramp = ramp
+        if next.generation == state.generation { next.generation += 1 }
         return next
     }
 
     /// Restores the pre-ramp weights at once (a gate breached, or the canary lost its health).
+    /// The ramp is undone as a whole, so nothing is left to roll back to (no step of it is ever
+    /// restored by a later rollback).
     public static func rollbackRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord?, reason: String) -> RoutingState {
         guard var ramp = state.ramp, ramp.isActive else { return state }
         if let observed { ramp.records[ramp.step] = observed }
@@ -146,9 +172,9 @@ public enum RoutingCommands {
         ramp.reason = reason
         var weights: [String: Int] = [:]
         for n in pools.names { weights[n] = ramp.preRampWeights[n] ?? 0 }
-        var next = transition(state, weights: weights, live: ramp.preRampLive)
-        next.ramp = ramp
-        return next
+        let live = pools.names.contains(ramp.preRampLive) ? ramp.preRampLive : state.live
+        return RoutingState(generation: state.generation + 1, live: RoutingState.liveAfter(weights: weights, currentLive: live, order: pools.names),
+                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp)
     }
 
     public static func abortRamp(state: RoutingState, pools: PoolView, reason: String = "aborted by the operator") throws(AdminError) -> RoutingState {

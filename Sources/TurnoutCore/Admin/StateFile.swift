@@ -62,7 +62,10 @@ public enum StateFile {
         if let ramp = doc.ramp, ramp.isActive, !names.contains(ramp.plan.pool) || !names.contains(ramp.preRampLive) {
             throw LoadError(path: path, reason: "holds a running ramp of a pool that is not in the config: \(ramp.plan.pool) (edit the config, or start with --reset-state)")
         }
-        return RoutingState(generation: doc.generation, live: doc.live, weights: weights,
+        // Files written before live was kept on a pool with weight could name a pool at 0%.
+        let order = config.pools.map(\.name)
+        let live = RoutingState.liveAfter(weights: weights, currentLive: doc.live, order: order)
+        return RoutingState(generation: doc.generation, live: live, weights: weights,
                             previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil },
                             ramp: doc.ramp)
     }

@@ -36,9 +36,25 @@ public struct RoutingState: Sendable, Equatable, Codable {
         return RoutingState(generation: 1, live: live, weights: weights)
     }
 
-    /// The live pool after weights change: a pool at 100% becomes live; otherwise live stays.
-    public static func liveAfter(weights: [String: Int], currentLive: String) -> String {
-        for (name, w) in weights where w == Percent.whole { return name }
-        return currentLive
+    /// The live pool after weights change: a pool at 100% becomes live; otherwise live stays while
+    /// it keeps some weight. A live pool left with no weight gives way to the pool with the largest
+    /// weight (`order`, config order, breaks ties), so `live` never names a pool that takes no traffic.
+    public static func liveAfter(weights: [String: Int], currentLive: String, order: [String]) -> String {
+        for name in order where weights[name] == Percent.whole { return name }
+        if (weights[currentLive] ?? 0) > 0 { return currentLive }
+        var best = currentLive
+        var bestWeight = 0
+        for name in order where (weights[name] ?? 0) > bestWeight {
+            best = name
+            bestWeight = weights[name] ?? 0
+        }
+        return best
+    }
+
+    /// The state an operator settled on: the current weights and live pool, or, while a ramp runs,
+    /// those in force before it began (a ramp's steps are one release, undone as a whole).
+    public var settled: (weights: [String: Int], live: String) {
+        if let ramp, ramp.isActive { return (ramp.preRampWeights, ramp.preRampLive) }
+        return (weights, live)
     }
 }

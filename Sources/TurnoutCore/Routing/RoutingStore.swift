@@ -142,7 +142,10 @@ public final class RoutingStore: Sendable {
                 state.previousWeights?[name] = nil
             }
             for name in out.addedPools { state.weights[name] = 0; state.previousWeights?[name] = 0 }
-            if let prevLive = state.previousLive, !newNames.contains(prevLive) {
+            // A previous state that named a removed pool (as live, or with weight) cannot be restored.
+            let previousLost = state.previousLive.map { !newNames.contains($0) } == true
+                || state.previousWeights.map { $0.values.reduce(0, +) != Percent.whole } == true
+            if previousLost {
                 state.previousLive = nil
                 state.previousWeights = nil
             }
