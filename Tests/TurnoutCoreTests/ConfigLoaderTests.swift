@@ -64,6 +64,36 @@ import Testing
         #expect(RoutingState.initial(from: c).live == "blue")
     }
 
+    /// Defaults that a load could outgrow are not fixed numbers: no cap on idle upstream
+    /// connections, and the client-connection limit follows the open-files limit.
+    @Test func loadSensitiveLimitsDefaultToNoFixedCap() throws {
+        let c = try ConfigLoader.parse(yaml: """
+            listeners: [{ address: "127.0.0.1:0" }]
+            pools: { blue: { endpoints: ["127.0.0.1:2"] } }
+            """)
+        #expect(c.pools[0].maxIdleConnections == nil)
+        #expect(c.limits.maxClientConnections == nil)
+        let set = try ConfigLoader.parse(yaml: """
+            listeners: [{ address: "127.0.0.1:0" }]
+            pools: { blue: { endpoints: ["127.0.0.1:2"], max_idle_connections: 8 } }
+            limits: { max_client_connections: 500 }
+            """)
+        #expect(set.pools[0].maxIdleConnections == 8 && set.limits.maxClientConnections == 500)
+        let auto = try ConfigLoader.parse(yaml: """
+            listeners: [{ address: "127.0.0.1:0" }]
+            pools: { blue: { endpoints: ["127.0.0.1:2"] } }
+            limits: { max_client_connections: auto }
+            """)
+        #expect(auto.limits.maxClientConnections == nil)
+        #expect(throws: ConfigErrors.self) {
+            try ConfigLoader.parse(yaml: """
+                listeners: [{ address: "127.0.0.1:0" }]
+                pools: { blue: { endpoints: ["127.0.0.1:2"], max_idle_connections: -1 } }
+                limits: { max_client_connections: lots }
+                """)
+        }
+    }
+
     @Test func reportsEveryProblemWithItsKeyPath() {
         let yaml = """
             workers: zero

@@ -5,11 +5,12 @@ import TurnoutCore
 
 /// The per-loop copy of the settings and the routing table must never lag behind a publication.
 @Suite struct LoopViewTests {
-    static func config(idle: String, maxIdle: Int = 64) throws -> TurnoutConfig {
-        try ConfigLoader.parse(yaml: """
+    static func config(idle: String, maxIdle: Int? = nil) throws -> TurnoutConfig {
+        let cap = maxIdle.map { ", max_idle_connections: \($0)" } ?? ""
+        return try ConfigLoader.parse(yaml: """
             listeners: [ { address: "127.0.0.1:8080" } ]
             pools:
-              blue: { endpoints: ["127.0.0.1:9001"], max_idle_connections: \(maxIdle) }
+              blue: { endpoints: ["127.0.0.1:9001"]\(cap) }
               green: { endpoints: ["127.0.0.1:9002"] }
             routing: { weights: { blue: 100 } }
             timeouts: { idle: \(idle) }
@@ -45,7 +46,7 @@ import TurnoutCore
         // A reload (the store takes the pools first, as `ProxyServer.reload` does) replaces the
         // settings; their values are read anew.
         #expect(view.timeouts.idleMs == 60_000)
-        #expect(view.settings.maxIdleConnections(ofEndpoint: blue.id) == 64)
+        #expect(view.settings.maxIdleConnections(ofEndpoint: blue.id) == Int.max, "no cap by default")
         let reloaded = try Self.config(idle: "5s", maxIdle: 3)
         struct Refused: Error {}
         _ = try store.reconfigure(reloaded, persist: { (_: RoutingState) throws(Refused) in }, refuse: { _ in Refused() })

@@ -84,13 +84,15 @@ class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
-                 timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits=""):
-        """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`."""
+                 timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits="", pool_extra=""):
+        """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`.
+        `pool_extra`: more keys for every pool's flow mapping, e.g. "max_idle_connections: 2"."""
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.tls = tls
         self.config_path = os.path.join(self.dir, "turnout.yaml")
         pool_lines = "\n".join(
-            f"  {name}: {{ endpoints: [{', '.join(json.dumps(e) for e in eps)}] }}" for name, eps in pools.items())
+            f"  {name}: {{ endpoints: [{', '.join(json.dumps(e) for e in eps)}]{', ' + pool_extra if pool_extra else ''} }}"
+            for name, eps in pools.items())
         weight_text = ""
         if weights:
             weight_text = "  weights: { " + ", ".join(f"{k}: {v}" for k, v in weights.items()) + " }\n"

@@ -285,19 +285,22 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_zero(blue_green):
     result = {}
 
     def slow():
-        r, data = get(t.port, "/slow?ms=2000")
+        r, data = get(t.port, "/slow?ms=3000")
         result["status"], result["body"] = r.status, data
 
     th = threading.Thread(target=slow)
     th.start()
     wait_for(lambda: blue.stats()["requests"] >= 1, what="the slow request to reach the upstream", timeout=5)
     t.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in t.read_log(), what="the drain to start")
+    # New connections are refused while the drain is in progress: the process still runs and the
+    # slow request has not been answered yet.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", t.port), timeout=2)
+    assert t.proc.poll() is None and result == {}, "the check above must run during the drain"
     th.join(timeout=20)
     assert result == {"status": 200, "body": b"blue slow\n"}
     assert t.proc.wait(timeout=20) == 0
-    # New connections are refused once draining started.
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", t.port), timeout=2).recv(1)
 
 
 def test_sighup_does_not_stop_the_proxy(blue_green):

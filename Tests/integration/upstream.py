@@ -20,7 +20,7 @@ Paths:
   /                   with --delay-file: answers after the milliseconds written in that file
   /                   with --drop-keepalive F: after a fraction F of answers the connection is
                       closed a moment later, like an upstream's idle timeout racing a new request
-  /stats              JSON: data connections accepted and requests served (probes excluded)
+  /stats              JSON: data connections accepted and requests served (probes and /stats excluded)
   anything else       200 with the server's name as body and X-Served-By header
 """
 import argparse
@@ -188,11 +188,13 @@ class Handler(BaseHTTPRequestHandler):
     def handle_any(self):
         url = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if url.path != "/healthz" and not self.counted:
+        # Probes and the test's own /stats calls are not counted: they did not come through the proxy.
+        counted = url.path not in ("/healthz", "/stats")
+        if counted and not self.counted:
             self.counted = True
             with Stats.lock:
                 Stats.connections += 1
-        if url.path != "/healthz":
+        if counted:
             with Stats.lock:
                 Stats.requests += 1
         if url.path == "/healthz":

@@ -293,7 +293,7 @@ private struct Reader {
             guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections"]) else { continue }
             var endpoints: [HostPort] = []
             var balance = BalanceMode.roundRobin
-            var maxIdle = 64
+            var maxIdle: Int? = nil
             var sawEndpoints = false
             for (k, v) in fields {
                 switch k {
@@ -314,7 +314,7 @@ private struct Reader {
                     }
                 case "balance": balance = choice(v, "\(path).balance") ?? balance
                 case "max_idle_connections":
-                    maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 100_000) ?? maxIdle
+                    maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 1_000_000) ?? maxIdle
                 default: break
                 }
             }
@@ -438,7 +438,14 @@ private struct Reader {
             case "max_request_head_bytes": l.maxRequestHeadBytes = int(v, path, min: 1024, max: 1 << 20) ?? l.maxRequestHeadBytes
             case "max_header_count": l.maxHeaderCount = int(v, path, min: 1, max: 10_000) ?? l.maxHeaderCount
             case "max_body_bytes": l.maxBodyBytes = int(v, path, min: 0, max: Int.max).map(Int64.init)
-            case "max_client_connections": l.maxClientConnections = int(v, path, min: 1, max: 10_000_000) ?? l.maxClientConnections
+            case "max_client_connections":
+                if case .scalar(let s) = v, s.string == "auto" {
+                    l.maxClientConnections = nil
+                } else if case .scalar(let s) = v, Int(s.string) == nil {
+                    fail(path, "expected a whole number or auto, got \(describe(v))")
+                } else {
+                    l.maxClientConnections = int(v, path, min: 1, max: 10_000_000) ?? l.maxClientConnections
+                }
             case "h2_max_concurrent_streams": l.h2MaxConcurrentStreams = int(v, path, min: 1, max: 10_000) ?? l.h2MaxConcurrentStreams
             default: break
             }

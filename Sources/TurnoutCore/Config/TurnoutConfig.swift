@@ -149,9 +149,11 @@ public struct PoolConfig: Sendable, Equatable {
     public var name: String
     public var endpoints: [HostPort]
     public var balance: BalanceMode
-    /// Idle keep-alive connections kept per endpoint per event loop.
-    public var maxIdleConnections: Int
-    public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int = 64) {
+    /// A cap on the idle keep-alive connections kept per endpoint per event loop; nil (the
+    /// default): no cap, the idle set follows demand (what the busiest recent moment needed, each
+    /// connection let go after `timeouts.upstream_idle` unused).
+    public var maxIdleConnections: Int?
+    public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int? = nil) {
         self.name = name
         self.endpoints = endpoints
         self.balance = balance
@@ -207,8 +209,10 @@ public struct LimitsConfig: Sendable, Equatable {
     public var maxHeaderCount: Int = 100
     /// Largest request body accepted (nil: unlimited); larger gets 413.
     public var maxBodyBytes: Int64? = nil
-    /// Most client connections open at once per process; past it, accepting pauses.
-    public var maxClientConnections: Int = 10_000
+    /// Most client connections open at once per process; past it, accepting pauses. nil (the
+    /// default, `auto`): half the open-files limit less a reserve, as HAProxy derives `maxconn`,
+    /// so that every client connection has a descriptor for itself and one for an upstream.
+    public var maxClientConnections: Int? = nil
     /// Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
     public var h2MaxConcurrentStreams: Int = 100
     public init() {}

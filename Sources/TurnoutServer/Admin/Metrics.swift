@@ -7,7 +7,7 @@ struct MetricsRenderer {
     let store: RoutingStore
     let traffic: TrafficStats
     let probes: [Int: (pass: UInt64, fail: UInt64)]
-    let connections: [Int: (open: Int, idle: Int)]
+    let connections: [Int: UpstreamConnectionCounts]
     let clientConnections: Int
 
     /// Histogram bucket edges in seconds.
@@ -16,7 +16,7 @@ struct MetricsRenderer {
     private var out = ""
 
     init(store: RoutingStore, traffic: TrafficStats, probes: [Int: (pass: UInt64, fail: UInt64)],
-         connections: [Int: (open: Int, idle: Int)], clientConnections: Int) {
+         connections: [Int: UpstreamConnectionCounts], clientConnections: Int) {
         self.store = store
         self.traffic = traffic
         self.probes = probes
@@ -116,9 +116,33 @@ struct MetricsRenderer {
         family("turnout_upstream_connections", "gauge", "Upstream connections per endpoint, open (busy and idle) and idle.")
         for entry in store.endpoints {
             for e in entry.endpoints {
-                let c = connections[e.id] ?? (0, 0)
+                let c = connections[e.id] ?? UpstreamConnectionCounts()
                 sample("turnout_upstream_connections", [("pool", entry.pool.name), ("endpoint", e.address.description), ("state", "open")], "\(c.open)")
                 sample("turnout_upstream_connections", [("pool", entry.pool.name), ("endpoint", e.address.description), ("state", "idle")], "\(c.idle)")
+            }
+        }
+
+        family("turnout_upstream_connections_opened_total", "counter", "Upstream connections opened to carry requests (health probes not counted).")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let c = connections[e.id]?.churn ?? UpstreamChurn()
+                sample("turnout_upstream_connections_opened_total", [("pool", entry.pool.name), ("endpoint", e.address.description)], "\(c.opened)")
+            }
+        }
+        family("turnout_upstream_connections_reused_total", "counter", "Requests sent on an idle keep-alive upstream connection instead of a new one.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let c = connections[e.id]?.churn ?? UpstreamChurn()
+                sample("turnout_upstream_connections_reused_total", [("pool", entry.pool.name), ("endpoint", e.address.description)], "\(c.reused)")
+            }
+        }
+        family("turnout_upstream_connections_closed_total", "counter", "Upstream connections closed, by reason: idle_timeout, idle_limit, upstream_closed, not_reusable, unhealthy, shutdown.")
+        for entry in store.endpoints {
+            for e in entry.endpoints {
+                let c = connections[e.id]?.churn ?? UpstreamChurn()
+                for r in UpstreamCloseReason.allCases {
+                    sample("turnout_upstream_connections_closed_total", [("pool", entry.pool.name), ("endpoint", e.address.description), ("reason", r.label)], "\(c.closed[r.rawValue])")
+                }
             }
         }
 

@@ -73,13 +73,10 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     /// Upstream connections per endpoint id, summed over the loops.
-    func upstreamConnectionCounts() -> [Int: (open: Int, idle: Int)] {
-        var out: [Int: (open: Int, idle: Int)] = [:]
+    func upstreamConnectionCounts() -> [Int: UpstreamConnectionCounts] {
+        var out: [Int: UpstreamConnectionCounts] = [:]
         for p in pools {
-            for (id, c) in p.connectionCounts() {
-                out[id, default: (0, 0)].open += c.open
-                out[id, default: (0, 0)].idle += c.idle
-            }
+            for (id, c) in p.connectionCounts() { out[id, default: UpstreamConnectionCounts()].add(c) }
         }
         return out
     }
@@ -113,7 +110,8 @@ public final class ProxyServer: @unchecked Sendable {
     /// meet unknown endpoints), then starts accepting.
     public func start() throws {
         signal(SIGPIPE, SIG_IGN)
-        Self.raiseFileLimit(logger: logger, wanted: config.limits.maxClientConnections * 2 + 256)
+        Self.raiseFileLimit(logger: logger, wanted: context.maxClientConnections * 2 + FileLimit.reserve)
+        logger.info("accepting up to \(context.maxClientConnections) client connections (open-files limit \(FileLimit.raised))")
         for (i, l) in config.listeners.enumerated() {
             do {
                 listeners.append(try makeListener(l))
@@ -161,18 +159,13 @@ public final class ProxyServer: @unchecked Sendable {
         }
     }
 
-    /// Raises the soft open-files limit towards the hard limit: each client connection needs one
-    /// descriptor and usually one upstream descriptor.
+    /// Raises the soft open-files limit to the hard limit (each client connection needs one
+    /// descriptor and usually one upstream descriptor), and warns when a configured
+    /// `max_client_connections` needs more than that.
     static func raiseFileLimit(logger: Logger, wanted: Int) {
-        var rl = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return }
-        let target = min(rlim_t(wanted), rl.rlim_max)
-        if rl.rlim_cur < target {
-            rl.rlim_cur = target
-            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
-        }
-        if Int(rl.rlim_cur) < wanted {
-            logger.warning("open-files limit is \(rl.rlim_cur); limits.max_client_connections \(wanted / 2 - 128) may need about \(wanted) (raise it with ulimit -n)")
+        let limit = FileLimit.raised
+        if limit < wanted {
+            logger.warning("open-files limit is \(limit); limits.max_client_connections \((wanted - FileLimit.reserve) / 2) may need about \(wanted) (raise it with ulimit -n)")
         }
     }
 

@@ -127,7 +127,10 @@ public struct SocketAddress: Sendable, CustomStringConvertible {
 
 /// Socket set-up helpers. Everything they create is non-blocking and close-on-exec.
 enum Sockets {
-    static func listen(on address: SocketAddress, backlog: Int32 = 1024) throws -> Int32 {
+    /// The default backlog asks for as much as the kernel allows: Linux clamps it to
+    /// `net.core.somaxconn` (4096 since Linux 5.4), so a burst of new connections waits in the
+    /// kernel instead of being refused, whatever the sysctl is raised to.
+    static func listen(on address: SocketAddress, backlog: Int32 = 65535) throws -> Int32 {
         let fd = try Syscall.socket(address.family, Int32(SOCK_STREAM.rawValue))
         Syscall.setOption(fd, SOL_SOCKET, SO_REUSEADDR, 1)
         if address.family == AF_INET6 { Syscall.setOption(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, 1) }

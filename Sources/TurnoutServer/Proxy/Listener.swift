@@ -85,7 +85,7 @@ final class Listener: @unchecked Sendable {
     }
 
     private var atConnectionLimit: Bool {
-        context.openClientConnections.load(ordering: .relaxed) >= context.limits.maxClientConnections
+        context.openClientConnections.load(ordering: .relaxed) >= context.maxClientConnections
     }
 
     /// Accepts one connection, or tells why not: nil when none is waiting, an error after logging

@@ -14,19 +14,23 @@ final class ProxyContext: Sendable {
         private let maxIdleOfEndpoint: [Int]
         /// Seconds a client should wait before retrying after a 503.
         let retryAfterSeconds: Int
+        /// `limits.max_client_connections`, with `auto` worked out from the open-files limit.
+        let maxClientConnections: Int
 
         init(config: TurnoutConfig, store: RoutingStore) {
             self.config = config
             let endpoints = store.endpoints
             var map = [Int](repeating: 0, count: endpoints.lazy.flatMap(\.endpoints).idTableSize)
             for entry in endpoints {
-                for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections }
+                for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections ?? Int.max }
             }
             self.maxIdleOfEndpoint = map
             self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
+            self.maxClientConnections = config.limits.maxClientConnections ?? FileLimit.automaticMaxClientConnections
         }
 
-        /// How many idle connections to keep to an endpoint (0 for one no longer configured).
+        /// How many idle connections to keep to an endpoint: its pool's cap, `Int.max` without one,
+        /// 0 for an endpoint no longer configured.
         @inline(__always)
         func maxIdleConnections(ofEndpoint id: Int) -> Int {
             id >= 0 && id < maxIdleOfEndpoint.count ? maxIdleOfEndpoint[id] : 0
@@ -68,6 +72,7 @@ final class ProxyContext: Sendable {
     /// path reads these per request).
     var timeouts: TimeoutConfig { settings.config.timeouts }
     var limits: LimitsConfig { settings.config.limits }
+    var maxClientConnections: Int { settings.maxClientConnections }
     var retryAfterSeconds: Int { settings.retryAfterSeconds }
 
     /// Publishes a reloaded configuration (after the routing store took its pools).

@@ -1,5 +1,49 @@
 import TurnoutCore
 
+/// Why an upstream connection was closed (the `reason` label of
+/// `turnout_upstream_connections_closed_total`).
+enum UpstreamCloseReason: Int, CaseIterable, Sendable {
+    /// Unused for `timeouts.upstream_idle`.
+    case idleTimeout
+    /// Given back while the endpoint already had `max_idle_connections` idle ones.
+    case idleLimit
+    /// The upstream closed it or reset it, or sent something while idle.
+    case upstreamClosed
+    /// The exchange that held it could not give it back (the upstream asked to close, the
+    /// response was cut or timed out, the client went away mid-response, a tunnel ended).
+    case notReusable
+    /// Its endpoint stopped passing health checks.
+    case unhealthy
+    /// Turnout is draining or stopping.
+    case shutdown
+
+    var label: String {
+        switch self {
+        case .idleTimeout: "idle_timeout"
+        case .idleLimit: "idle_limit"
+        case .upstreamClosed: "upstream_closed"
+        case .notReusable: "not_reusable"
+        case .unhealthy: "unhealthy"
+        case .shutdown: "shutdown"
+        }
+    }
+}
+
+/// Upstream connections opened, reused and closed for one endpoint on one loop (or summed).
+struct UpstreamChurn: Sendable, Equatable {
+    var opened: UInt64 = 0
+    /// Requests sent on a connection taken from the idle set.
+    var reused: UInt64 = 0
+    /// Closed connections, indexed by `UpstreamCloseReason.rawValue`.
+    var closed = [UInt64](repeating: 0, count: UpstreamCloseReason.allCases.count)
+
+    mutating func add(_ o: UpstreamChurn) {
+        opened += o.opened
+        reused += o.reused
+        for i in closed.indices { closed[i] += o.closed[i] }
+    }
+}
+
 /// Receives an upstream connection's events while it serves a request.
 protocol UpstreamOwner: AnyObject, Sendable {
     func upstreamConnected(_ upstream: UpstreamConnection)
@@ -34,11 +78,14 @@ final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
 
     var isClosed: Bool { channel.isClosed }
 
-    func close() {
+    /// Closes the connection (once; later calls do nothing). The reason is counted in
+    /// `turnout_upstream_connections_closed_total`: by default the exchange that held it could not
+    /// give it back (the upstream asked to close, the response was cut, a timeout, a tunnel ended).
+    func close(_ reason: UpstreamCloseReason = .notReusable) {
         owner = nil
         guard !channel.isClosed else { return }
         channel.close()
-        pool.connectionClosed(self)
+        pool.connectionClosed(self, reason)
     }
 
     func channelConnected(_ channel: SocketChannel) {
@@ -57,14 +104,14 @@ final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
 
     func channelEOF(_ channel: SocketChannel) {
         let o = owner
-        close()
+        close(.upstreamClosed)
         if let o { o.upstreamClosed(self, error: nil) } else { pool.idleConnectionLost(self) }
     }
 
     func channelError(_ channel: SocketChannel, _ error: SystemError) {
         let o = owner
         owner = nil
-        pool.connectionClosed(self)
+        pool.connectionClosed(self, .upstreamClosed)
         if let o { o.upstreamClosed(self, error: error) } else { pool.idleConnectionLost(self) }
     }
 

@@ -1,8 +1,11 @@
 import TurnoutCore
 
-/// The idle keep-alive connections of one event loop, per endpoint. Bounded by the pool's
-/// `max_idle_connections`, closed after `timeouts.upstream_idle`, and emptied for endpoints that
-/// are no longer healthy. Loop-confined: no locks.
+/// The idle keep-alive connections of one event loop, per endpoint. The idle set follows demand:
+/// a connection is given back after every clean exchange and taken again most-recently-used
+/// first, so the connections that the busiest recent moment needed stay while those at the bottom
+/// of the stack, unused for `timeouts.upstream_idle`, are closed. Uncapped by default (like
+/// HAProxy's `pool-max-conn` and nghttpx's backend connections); a pool's `max_idle_connections`
+/// caps it. Emptied for endpoints that are no longer healthy. Loop-confined: no locks.
 final class UpstreamPool: @unchecked Sendable {
     unowned let loop: EventLoop
     let context: ProxyContext
@@ -19,6 +22,8 @@ final class UpstreamPool: @unchecked Sendable {
     /// Open connections per endpoint id on this loop (idle and busy).
     private(set) var openCount: [Int: Int] = [:]
     private var connectRotation: [Int: Int] = [:]
+    /// Connections opened, reused and closed, by endpoint id.
+    private var churn: [UpstreamChurn] = []
 
     init(loop: EventLoop, context: ProxyContext) {
         self.loop = loop
@@ -31,7 +36,11 @@ final class UpstreamPool: @unchecked Sendable {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
         guard endpoint.id < idle.count, let list = idle[endpoint.id] else { return nil }
         while let c = list.connections.popLast() {
-            if !c.isClosed { return c }
+            if !c.isClosed {
+                churn.grow(toInclude: endpoint.id, with: UpstreamChurn())
+                churn[endpoint.id].reused += 1
+                return c
+            }
         }
         return nil
     }
@@ -50,6 +59,8 @@ final class UpstreamPool: @unchecked Sendable {
         channel.delegate = conn
         channel.start()
         openCount[endpoint.id, default: 0] += 1
+        churn.grow(toInclude: endpoint.id, with: UpstreamChurn())
+        churn[endpoint.id].opened += 1
         return conn
     }
 
@@ -68,38 +79,44 @@ final class UpstreamPool: @unchecked Sendable {
             list = IdleList()
             idle[id] = list
         }
-        let count = list.connections.count
-        guard !conn.isClosed, count < limit, isHealthy(conn.endpoint), !context.isDraining else {
-            conn.close()
-            return
-        }
+        if conn.isClosed { return }
+        if context.isDraining { return conn.close(.shutdown) }
+        if !isHealthy(conn.endpoint) { return conn.close(.unhealthy) }
+        if list.connections.count >= limit { return conn.close(.idleLimit) }
         conn.idleDeadline = loop.coarseNow + UInt64(settings.config.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
         list.connections.append(conn)
     }
 
-    func connectionClosed(_ conn: UpstreamConnection) {
-        if let n = openCount[conn.endpoint.id] {
-            openCount[conn.endpoint.id] = n > 1 ? n - 1 : nil
+    func connectionClosed(_ conn: UpstreamConnection, _ reason: UpstreamCloseReason) {
+        let id = conn.endpoint.id
+        if let n = openCount[id] {
+            openCount[id] = n > 1 ? n - 1 : nil
         }
+        churn.grow(toInclude: id, with: UpstreamChurn())
+        churn[id].closed[reason.rawValue] += 1
     }
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
-        conn.close()
+        conn.close(.upstreamClosed)
         guard conn.endpoint.id < idle.count else { return }
         idle[conn.endpoint.id]?.connections.removeAll { $0 === conn }
     }
 
     var idleCount: Int { idle.reduce(0) { $0 + ($1?.connections.count ?? 0) } }
 
-    /// Open and idle connections per endpoint id, taken on the loop.
-    func connectionCounts() -> [Int: (open: Int, idle: Int)] {
+    /// Open and idle connections per endpoint id, and how many were opened, reused and closed;
+    /// taken on the loop.
+    func connectionCounts() -> [Int: UpstreamConnectionCounts] {
         loop.queue.sync {
-            var out: [Int: (open: Int, idle: Int)] = [:]
-            for (id, n) in openCount { out[id, default: (0, 0)].open = n }
+            var out: [Int: UpstreamConnectionCounts] = [:]
+            for (id, n) in openCount { out[id, default: UpstreamConnectionCounts()].open = n }
             for (id, list) in idle.enumerated() {
                 guard let list, !list.connections.isEmpty else { continue }
-                out[id, default: (0, 0)].idle = list.connections.filter { !$0.isClosed }.count
+                out[id, default: UpstreamConnectionCounts()].idle = list.connections.filter { !$0.isClosed }.count
+            }
+            for (id, c) in churn.enumerated() where c != UpstreamChurn() {
+                out[id, default: UpstreamConnectionCounts()].churn = c
             }
             return out
         }
@@ -113,18 +130,40 @@ final class UpstreamPool: @unchecked Sendable {
     func tick(now: UInt64) {
         for case let list? in idle where !list.connections.isEmpty {
             let healthy = list.connections.first.map { isHealthy($0.endpoint) } ?? true
+            let draining = context.isDraining
             var keep: [UpstreamConnection] = []
             for c in list.connections {
                 if c.isClosed { continue }
-                if !healthy || now >= c.idleDeadline || context.isDraining { c.close() } else { keep.append(c) }
+                if draining {
+                    c.close(.shutdown)
+                } else if !healthy {
+                    c.close(.unhealthy)
+                } else if now >= c.idleDeadline {
+                    c.close(.idleTimeout)
+                } else {
+                    keep.append(c)
+                }
             }
             list.connections = keep
         }
     }
 
     func closeAllIdle() {
-        for case let list? in idle { for c in list.connections { c.close() } }
+        for case let list? in idle { for c in list.connections { c.close(.shutdown) } }
         idle = []
+    }
+}
+
+/// One endpoint's upstream connections on one loop (or summed over the loops).
+struct UpstreamConnectionCounts: Sendable {
+    var open = 0
+    var idle = 0
+    var churn = UpstreamChurn()
+
+    mutating func add(_ o: UpstreamConnectionCounts) {
+        open += o.open
+        idle += o.idle
+        churn.add(o.churn)
     }
 }
 
