@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
 """Turnout side by side with HAProxy, nginx and nghttpx, one worker/thread each.
 
-An nginx upstream pair (blue, green) serves a tiny answer and a 64 KiB file on loopback. Each
-proxy splits blue=90/green=10 with keep-alive to the upstreams. Loads, one after another:
+An nginx upstream pair (blue, green) serves a tiny answer, a 64 KiB file and an upload sink on
+loopback. Each proxy splits blue=90/green=10 with keep-alive to the upstreams. Turnout runs with the
+defaults README ships; what its config sets is printed first, with the reason. Loads, one after
+another, each preceded by a warm-up of the same load (--warmup seconds, not measured):
 
   small    wrk -t1 -c50, keep-alive, tiny responses
+  c400     wrk -t1 -c400, keep-alive, tiny responses: many concurrent clients
   64k      wrk -t1 -c50, keep-alive, 64 KiB responses
+  post64k  wrk -t1 -c50, keep-alive, a 64 KiB request body per request (an upload)
   close    wrk -t1 -c50 with "Connection: close" (a new connection per request)
-  h2c      h2load -c10 -m10 over h2c (Turnout against nghttpx)
+  https    wrk -t1 -c50 over TLS, keep-alive (HTTP/1.1; one handshake per connection)
+  tls-new  four `openssl s_time -new -www /` clients: every request on a new TLS connection with a
+           full handshake (no session resumption), RSA-4096 certificate
+  h2c      h2load -c10 -m10 over h2c (Turnout against HAProxy `proto h2` and nghttpx)
+  h2c100   h2load -c4 -m100 over h2c: 100 concurrent streams per connection
 
---scaling adds Turnout with workers: 2 to the small load, and a load where the proxy, not the
-load generator, is the bottleneck, to compare Turnout's workers: 1 and workers: 2:
-
-  tls-new  four `openssl s_time -new -www /` clients in parallel: every request on a new TLS
-           connection without session resumption, so every one costs the proxy an RSA-4096
-           signature, several times what the client spends checking it. (wrk would resume TLS
-           sessions, and then it costs as much CPU as the proxy: on two cores it is the bottleneck.)
+--scaling adds Turnout with workers: 2 (`workers: auto` on this 2-core machine) to the small and
+tls-new loads.
 
 Every measurement is repeated (--repeats) with the proxies in rotating order; the table shows
 medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests, peak RSS,
-and each figure as a ratio to HAProxy's (to nghttpx's for h2c). Run: make bench.
+upstream connections per 1000 requests (accepted by the nginx upstreams, health checks included;
+for Turnout also its own turnout_upstream_connections_opened_total, probes not counted), and each
+figure as a ratio to the reference: HAProxy for HTTP/1.1 loads, the better of HAProxy and nghttpx
+(by requests/s) for h2c loads. Run: make bench.
 """
 import argparse
 import os
@@ -38,6 +44,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TICKS = os.sysconf("SC_CLK_TCK")
 
+# What Turnout's benchmark config sets beyond what every config must name (listeners, admin socket,
+# pools and the split), and why. Everything else is README's default.
+TURNOUT_SETTINGS = [
+    ("workers: 1", "one worker per proxy, as HAProxy (nbthread 1), nginx (worker_processes 1) and nghttpx "
+                   "(--workers=1) run here; --scaling adds Turnout with workers: 2, which is the default "
+                   "(auto) on this 2-core machine"),
+    ("access_log: false", "no proxy in the comparison logs requests (HAProxy without `option httplog`, nginx with "
+                          "`access_log off`, nghttpx without --accesslog-file)"),
+]
+
 
 def free_port():
     with socket.socket() as s:
@@ -54,6 +70,38 @@ def wait_port(port, timeout=20):
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def http_get(port, path, host="127.0.0.1", unix=None, timeout=5):
+    """One HTTP/1.1 GET with Connection: close; returns (status, body)."""
+    if unix:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(unix)
+    else:
+        s = socket.create_connection((host, port), timeout=timeout)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    if b"transfer-encoding: chunked" in head.lower():
+        out, rest = b"", body
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            out, rest = out + rest[:size], rest[size + 2:]
+        body = out
+    return status, body
 
 
 def process_tree(pid):
@@ -102,17 +150,51 @@ def rss_kib(pids):
 
 
 class Proc:
-    def __init__(self, name, args, port, workdir, env=None):
+    """A proxy (or the upstreams) started in its own session. `ports`: "http" (HTTP/1.1), "h2"
+    (h2c prior knowledge), "tls" (HTTPS), those it has."""
+
+    def __init__(self, name, args, ports, workdir, env=None, admin=None):
         self.name = name
         self.log = open(os.path.join(workdir, f"{name}.log"), "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
-        self.port = port
-        wait_port(port)
-        time.sleep(0.3)  # let health checks settle (every proxy probes or connects lazily)
+        self.ports = ports
+        self.admin = admin
+        for p in ports.values():
+            wait_port(p)
 
     def pids(self):
         return process_tree(self.proc.pid)
+
+    def wait_ready(self, timeout=30):
+        """Waits until requests through the proxy reach both pools (its health checks passed)."""
+        port = self.ports.get("http")
+        if port is None:
+            return
+        deadline = time.monotonic() + timeout
+        seen = set()
+        while time.monotonic() < deadline:
+            try:
+                status, body = http_get(port, "/")
+                if status == 200:
+                    seen.add(body.strip())
+            except OSError:
+                pass
+            if {b"blue", b"green"} <= seen:
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name}: requests did not reach both pools within {timeout}s (saw {seen})")
+
+    def upstream_opened(self):
+        """Turnout only: turnout_upstream_connections_opened_total summed (probes not counted)."""
+        if not self.admin:
+            return None
+        status, body = http_get(0, "/metrics", unix=self.admin)
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith("turnout_upstream_connections_opened_total{"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def stop(self):
         if self.proc.poll() is None:
@@ -126,7 +208,7 @@ class Proc:
 
 
 def start_upstreams(workdir):
-    blue, green = free_port(), free_port()
+    blue, green, status = free_port(), free_port(), free_port()
     static = os.path.join(workdir, "static")
     os.makedirs(static, exist_ok=True)
     with open(os.path.join(static, "64k.bin"), "wb") as f:
@@ -139,6 +221,7 @@ def start_upstreams(workdir):
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location = / {{ default_type text/plain; return 200 "{name}\\n"; }}
         location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
+        location = /upload {{ client_max_body_size 1m; default_type text/plain; return 200 "{name} got it\\n"; }}
         location /static/ {{ alias {static}/; }}
     }}"""
     with open(conf, "w") as f:
@@ -146,7 +229,8 @@ def start_upstreams(workdir):
 daemon off;
 pid {workdir}/upstreams.pid;
 error_log {workdir}/upstreams.err warn;
-events {{ worker_connections 8192; }}
+worker_rlimit_nofile 20000;
+events {{ worker_connections 16384; }}
 http {{
     access_log off;
     keepalive_requests 100000000;
@@ -154,12 +238,22 @@ http {{
     client_body_temp_path {workdir}/tmp; proxy_temp_path {workdir}/tmp; fastcgi_temp_path {workdir}/tmp;
     uwsgi_temp_path {workdir}/tmp; scgi_temp_path {workdir}/tmp;
 {servers}
+    server {{
+        listen 127.0.0.1:{status};
+        location = /status {{ stub_status; }}
+    }}
 }}
 """)
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    p = Proc("upstreams", ["nginx", "-c", conf, "-p", workdir], blue, workdir)
-    wait_port(green)
-    return p, blue, green
+    p = Proc("upstreams", ["nginx", "-c", conf, "-p", workdir], {"blue": blue, "green": green, "status": status}, workdir)
+    return p, blue, green, status
+
+
+def upstream_accepts(status_port):
+    """Connections the nginx upstreams accepted so far (stub_status), less the one asking."""
+    _, body = http_get(status_port, "/status")
+    m = re.search(rb"\n\s*(\d+)\s+(\d+)\s+(\d+)", body)
+    return int(m.group(1)) - 1
 
 
 def make_certificate(workdir):
@@ -167,41 +261,40 @@ def make_certificate(workdir):
     if not os.path.exists(cert):
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:4096", "-nodes", "-subj", "/CN=localhost",
                         "-days", "2", "-keyout", key, "-out", cert], check=True, capture_output=True)
+        with open(os.path.join(workdir, "combined.pem"), "w") as out:
+            out.write(open(cert).read() + open(key).read())
     return cert, key
 
 
-def start_turnout(workdir, blue, green, workers=1, tls=False):
-    port = free_port()
-    name = f"{'tls-' if tls else ''}{workers}"
-    conf = os.path.join(workdir, f"turnout-{name}.yaml")
-    tls_line = ""
-    if tls:
-        cert, key = make_certificate(workdir)
-        tls_line = f"\n    tls: {{ certificate: {cert}, private_key: {key} }}"
+def start_turnout(workdir, blue, green, workers=1):
+    port, tls_port = free_port(), free_port()
+    cert, key = make_certificate(workdir)
+    name = f"turnout-w{workers}"
+    conf = os.path.join(workdir, f"{name}.yaml")
+    admin = f"{workdir}/{name}-admin.sock"
     with open(conf, "w") as f:
         f.write(f"""workers: {workers}
 listeners:
-  - address: 127.0.0.1:{port}{tls_line}
+  - address: 127.0.0.1:{port}
+  - address: 127.0.0.1:{tls_port}
+    tls: {{ certificate: {cert}, private_key: {key} }}
 admin:
-  socket: {workdir}/turnout-admin-{name}.sock
+  socket: {admin}
 pools:
-  # Enough idle upstream connections for 100 concurrent requests (h2c: 10 clients x 10 streams);
-  # HAProxy and nginx are configured to reuse theirs as well.
-  blue: {{ endpoints: ["127.0.0.1:{blue}"], max_idle_connections: 256 }}
-  green: {{ endpoints: ["127.0.0.1:{green}"], max_idle_connections: 256 }}
+  blue: {{ endpoints: ["127.0.0.1:{blue}"] }}
+  green: {{ endpoints: ["127.0.0.1:{green}"] }}
 routing:
   weights: {{ blue: 90, green: 10 }}
-health: {{ interval: 2s, timeout: 1s, rise: 1, fall: 3 }}
-limits: {{ max_client_connections: 8000 }}
 access_log: false
 """)
     binary = os.environ.get("TURNOUT_BIN", os.path.join(ROOT, ".build", "release", "turnout"))
-    return Proc(f"turnout-{'tls-' if tls else ''}w{workers}", [binary, "serve", "--config", conf, "--log-level", "warning"],
-                port, workdir)
+    return Proc(name, [binary, "serve", "--config", conf], {"http": port, "h2": port, "tls": tls_port}, workdir,
+                admin=admin)
 
 
 def start_haproxy(workdir, blue, green):
-    port = free_port()
+    port, h2_port, tls_port = free_port(), free_port(), free_port()
+    make_certificate(workdir)
     conf = os.path.join(workdir, "haproxy.cfg")
     with open(conf, "w") as f:
         f.write(f"""global
@@ -217,16 +310,23 @@ defaults
 frontend fe
     bind 127.0.0.1:{port}
     default_backend be
+frontend fe_h2
+    bind 127.0.0.1:{h2_port} proto h2
+    default_backend be
+frontend fe_tls
+    bind 127.0.0.1:{tls_port} ssl crt {workdir}/combined.pem
+    default_backend be
 backend be
     balance roundrobin
     server blue 127.0.0.1:{blue} weight 90 check inter 2s
     server green 127.0.0.1:{green} weight 10 check inter 2s
 """)
-    return Proc("haproxy", ["haproxy", "-db", "-f", conf], port, workdir)
+    return Proc("haproxy", ["haproxy", "-db", "-f", conf], {"http": port, "h2": h2_port, "tls": tls_port}, workdir)
 
 
 def start_nginx(workdir, blue, green):
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = make_certificate(workdir)
     conf = os.path.join(workdir, "nginx-proxy.conf")
     with open(conf, "w") as f:
         f.write(f"""worker_processes 1;
@@ -243,30 +343,36 @@ http {{
     upstream be {{
         server 127.0.0.1:{blue} weight=90;
         server 127.0.0.1:{green} weight=10;
-        keepalive 256;
+        keepalive 1024;
     }}
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        client_max_body_size 1m;
         location / {{
             proxy_pass http://be;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_buffering off;
+            proxy_request_buffering off;
         }}
     }}
 }}
 """)
-    return Proc("nginx", ["nginx", "-c", conf, "-p", workdir], port, workdir)
+    return Proc("nginx", ["nginx", "-c", conf, "-p", workdir], {"http": port, "tls": tls_port}, workdir)
 
 
 def start_nghttpx(workdir, blue, green):
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = make_certificate(workdir)
     return Proc("nghttpx", ["nghttpx", "--workers=1", f"--frontend=127.0.0.1,{port};no-tls",
+                            f"--frontend=127.0.0.1,{tls_port}",
                             f"--backend=127.0.0.1,{blue};;proto=http/1.1;weight=90",
                             f"--backend=127.0.0.1,{green};;proto=http/1.1;weight=10",
-                            "--no-ocsp", "--log-level=ERROR", "--accesslog-file=/dev/null",
-                            f"--pid-file={workdir}/nghttpx.pid", "--backend-keep-alive-timeout=300s"],
-                port, workdir)
+                            "--no-ocsp", "--log-level=ERROR", f"--pid-file={workdir}/nghttpx.pid", key, cert],
+                {"http": port, "h2": port, "tls": tls_port}, workdir)
 
 
 def to_ms(text):
@@ -275,9 +381,9 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value if unit == "ms" else value * 1000
 
 
-def run_wrk(port, path, seconds, connections, extra=()):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra,
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+def run_wrk(url, seconds, connections, extra=()):
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
@@ -305,9 +411,9 @@ def run_s_time(port, seconds, clients=4):
     return {"rps": total / elapsed, "requests": total, "p50": 0, "p99": 0, "errors": ""}
 
 
-def run_h2load(port, seconds, workdir):
+def run_h2load(port, seconds, workdir, clients, streams):
     log = os.path.join(workdir, "h2load.log")
-    out = subprocess.run(["h2load", "-c10", "-m10", "-D", str(seconds), "--log-file", log,
+    out = subprocess.run(["h2load", f"-c{clients}", f"-m{streams}", "-D", str(seconds), "--log-file", log,
                           f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
@@ -324,7 +430,41 @@ def run_h2load(port, seconds, workdir):
             "errors": f"{failed} failed" if failed else ""}
 
 
-def measure(proxy, load, seconds, connections, workdir):
+def post_script(workdir):
+    path = os.path.join(workdir, "post64k.lua")
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write('wrk.method = "POST"\nwrk.body = string.rep("x", 65536)\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    return path
+
+
+def run_load(proxy, load, seconds, connections, workdir):
+    http, tls = proxy.ports.get("http"), proxy.ports.get("tls")
+    if load == "small":
+        return run_wrk(f"http://127.0.0.1:{http}/", seconds, connections)
+    if load == "c400":
+        return run_wrk(f"http://127.0.0.1:{http}/", seconds, 400)
+    if load == "64k":
+        return run_wrk(f"http://127.0.0.1:{http}/static/64k.bin", seconds, connections)
+    if load == "post64k":
+        return run_wrk(f"http://127.0.0.1:{http}/upload", seconds, connections, extra=("-s", post_script(workdir)))
+    if load == "close":
+        return run_wrk(f"http://127.0.0.1:{http}/", seconds, connections, extra=("-H", "Connection: close"))
+    if load == "https":
+        return run_wrk(f"https://127.0.0.1:{tls}/", seconds, connections)
+    if load == "tls-new":
+        return run_s_time(tls, seconds)
+    if load == "h2c":
+        return run_h2load(proxy.ports["h2"], seconds, workdir, 10, 10)
+    if load == "h2c100":
+        return run_h2load(proxy.ports["h2"], seconds, workdir, 4, 100)
+    raise ValueError(load)
+
+
+def measure(proxy, load, seconds, warmup, connections, workdir, status_port):
+    if warmup > 0 and load != "tls-new":
+        run_load(proxy, load, warmup, connections, workdir)
     pids = proxy.pids()
     peak = [rss_kib(pids)]
     done = threading.Event()
@@ -336,103 +476,137 @@ def measure(proxy, load, seconds, connections, workdir):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
+    accepts_before = upstream_accepts(status_port)
+    opened_before = proxy.upstream_opened()
     before = cpu_seconds(pids)
     try:
-        if load == "small":
-            r = run_wrk(proxy.port, "/", seconds, connections)
-        elif load == "64k":
-            r = run_wrk(proxy.port, "/static/64k.bin", seconds, connections)
-        elif load == "close":
-            r = run_wrk(proxy.port, "/", seconds, connections, extra=("-H", "Connection: close"))
-        elif load == "tls-new":
-            r = run_s_time(proxy.port, seconds)
-        else:
-            r = run_h2load(proxy.port, seconds, workdir)
+        r = run_load(proxy, load, seconds, connections, workdir)
     finally:
         done.set()
         sampler.join()
     cpu = cpu_seconds(pids) - before
-    r["cpu_per_100k"] = cpu / max(1, r["requests"]) * 100_000
+    n = max(1, r["requests"])
+    r["cpu_per_100k"] = cpu / n * 100_000
     r["rss_mib"] = peak[0] / 1024
+    r["up_per_1k"] = (upstream_accepts(status_port) - accepts_before) / n * 1000
+    opened_after = proxy.upstream_opened()
+    r["opened_per_1k"] = (opened_after - opened_before) / n * 1000 if opened_before is not None else None
     return r
 
 
+HTTP1 = ["turnout", "haproxy", "nginx", "nghttpx"]
+H2 = ["turnout", "haproxy", "nghttpx"]
 LOADS = {
-    "small": ["turnout", "haproxy", "nginx"],
-    "64k": ["turnout", "haproxy", "nginx"],
-    "close": ["turnout", "haproxy", "nginx"],
-    "h2c": ["turnout", "nghttpx"],
-    "tls-new": ["turnout-tls-w1", "turnout-tls-w2"],
+    "small": HTTP1, "c400": HTTP1, "64k": HTTP1, "post64k": HTTP1, "close": HTTP1,
+    "https": HTTP1, "tls-new": HTTP1, "h2c": H2, "h2c100": H2,
 }
-REFERENCE = {"small": "haproxy", "64k": "haproxy", "close": "haproxy", "h2c": "nghttpx", "tls-new": "turnout-tls-w1"}
+# Targets from issue 14: requests/s ratio at least `rps`, p99 ratio at most `p99` (None: not judged).
+TARGETS = {"small": (1.0, 1.25)}
+DEFAULT_TARGET = (1.0, None)
+NAMES = {"turnout": "Turnout", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx",
+         "turnout-w2": "Turnout workers: 2"}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=8, help="length of each measurement")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of the same load before each measurement")
     ap.add_argument("--repeats", type=int, default=3, help="measurements per proxy and load (medians are shown)")
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--loads", default="small,64k,close,h2c")
-    ap.add_argument("--scaling", action="store_true",
-                    help="also compare Turnout workers: 1 and workers: 2 (small, and the tls-new load)")
+    ap.add_argument("--loads", default=",".join(LOADS))
+    ap.add_argument("--proxies", default="turnout,haproxy,nginx,nghttpx", help="which proxies to run")
+    ap.add_argument("--scaling", action="store_true", help="also run Turnout with workers: 2 on small and tls-new")
     a = ap.parse_args()
-    if a.scaling and "tls-new" not in a.loads.split(","):
-        a.loads += ",tls-new"
-    for tool in ("nginx", "haproxy", "nghttpx", "wrk", "h2load"):
+    loads = a.loads.split(",")
+    for load in loads:
+        if load not in LOADS:
+            sys.exit(f"unknown load {load!r}; loads: {', '.join(LOADS)}")
+    wanted = set(a.proxies.split(","))
+    for tool in ("nginx", "haproxy", "nghttpx", "wrk", "h2load", "openssl"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing: run `make bench`, which installs it")
     os.environ["PATH"] += ":/usr/sbin"
+
+    print("Turnout runs with the defaults README ships, except:")
+    for setting, why in TURNOUT_SETTINGS:
+        print(f"  {setting:18} {why}")
+    print("Its config names only what every config must: two listeners (plain and TLS), the admin socket, the two "
+          "pools and the 90/10 split. Health checks, timeouts, limits and idle upstream connections are the defaults.")
+    print()
+
     workdir = tempfile.mkdtemp(prefix="turnout-bench-")
     os.chmod(workdir, 0o755)  # nginx workers run as nobody when started by root
-    upstreams, blue, green = start_upstreams(workdir)
+    upstreams, blue, green, status_port = start_upstreams(workdir)
     starters = {"turnout": lambda: start_turnout(workdir, blue, green), "haproxy": lambda: start_haproxy(workdir, blue, green),
                 "nginx": lambda: start_nginx(workdir, blue, green), "nghttpx": lambda: start_nghttpx(workdir, blue, green),
-                "turnout-tls-w1": lambda: start_turnout(workdir, blue, green, workers=1, tls=True),
-                "turnout-tls-w2": lambda: start_turnout(workdir, blue, green, workers=2, tls=True)}
+                "turnout-w2": lambda: start_turnout(workdir, blue, green, workers=2)}
     proxies = {}
     results = {}
+
+    def names_for(load):
+        names = [n for n in LOADS[load] if n in wanted]
+        if a.scaling and load in ("small", "tls-new"):
+            names.append("turnout-w2")
+        return names
+
     try:
-        loads = a.loads.split(",")
-        needed = sorted({p for l in loads for p in LOADS[l]})
-        for name in needed:
+        for name in sorted({n for l in loads for n in names_for(l)}):
             proxies[name] = starters[name]()
-        if a.scaling:
-            proxies["turnout-w2"] = start_turnout(workdir, blue, green, workers=2)
+        for p in proxies.values():
+            p.wait_ready()
         for load in loads:
-            names = list(LOADS[load]) + (["turnout-w2"] if a.scaling and load == "small" else [])
+            names = names_for(load)
             for rep in range(a.repeats):
                 order = names[rep % len(names):] + names[:rep % len(names)]
                 for name in order:
-                    r = measure(proxies[name], load, a.seconds, a.connections, workdir)
+                    r = measure(proxies[name], load, a.seconds, a.warmup, a.connections, workdir, status_port)
                     results.setdefault((load, name), []).append(r)
-                    print(f"  {load:5} {name:10} run {rep + 1}: {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
-                          f"p99 {r['p99']:.2f} ms  cpu {r['cpu_per_100k']:.2f} s/100k  rss {r['rss_mib']:.1f} MiB"
+                    opened = f"  opened/1k {r['opened_per_1k']:.2f}" if r["opened_per_1k"] is not None else ""
+                    print(f"  {load:7} {name:10} run {rep + 1}: {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
+                          f"p99 {r['p99']:.2f} ms  cpu {r['cpu_per_100k']:.2f} s/100k  rss {r['rss_mib']:.1f} MiB  "
+                          f"upstream conns/1k {r['up_per_1k']:.2f}{opened}"
                           + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
     finally:
         for p in proxies.values():
             p.stop()
         upstreams.stop()
 
+    med = lambda rs, k: statistics.median(r[k] for r in rs)
     print()
-    print(f"Medians of {a.repeats} runs of {a.seconds}s each; ratios are to "
-          f"{'HAProxy' if 'h2c' not in a.loads or len(a.loads.split(',')) > 1 else 'nghttpx'} (nghttpx for h2c"
-          f"{', Turnout workers: 1 for tls-new' if 'tls-new' in a.loads else ''}).")
-    header = f"{'load':6} {'proxy':11} {'req/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} {'CPU s/100k':>10} {'ratio':>6} {'peak RSS MiB':>12}"
+    print(f"Medians of {a.repeats} runs of {a.seconds}s each (after {a.warmup}s of warm-up). Reference (ratio 1.00): "
+          "HAProxy for HTTP/1.1 loads; for h2c loads the better of HAProxy and nghttpx by req/s. "
+          "up/1k: connections the nginx upstreams accepted per 1000 requests (health checks included); "
+          "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted).")
+    header = (f"{'load':8} {'proxy':19} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
+              f"{'CPU s/100k':>10} {'ratio':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
     print(header)
     print("-" * len(header))
-    for load in a.loads.split(","):
-        ref = results.get((load, REFERENCE[load]))
-        med = lambda rs, k: statistics.median(r[k] for r in rs)
-        names = list(LOADS[load]) + (["turnout-w2"] if a.scaling and load == "small" else [])
+    verdicts = []
+    for load in loads:
+        names = names_for(load)
+        candidates = [n for n in (["haproxy", "nghttpx"] if load.startswith("h2c") else ["haproxy"]) if (load, n) in results]
+        ref_name = max(candidates, key=lambda n: med(results[(load, n)], "rps")) if candidates else None
+        ref = results.get((load, ref_name))
         for name in names:
             rs = results[(load, name)]
-            rps, p50, p99, cpu, rss = (med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "rss_mib"))
+            rps, p50, p99, cpu, rss, up = (med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "rss_mib", "up_per_1k"))
+            opened = med(rs, "opened_per_1k") if rs[0]["opened_per_1k"] is not None else None
             rr = rps / med(ref, "rps") if ref else 0
             pr = p99 / med(ref, "p99") if ref and med(ref, "p99") else 0
             cr = cpu / med(ref, "cpu_per_100k") if ref and med(ref, "cpu_per_100k") else 0
             errs = sum(1 for r in rs if r["errors"])
-            print(f"{load:6} {name:11} {rps:10.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} {cr:6.2f} {rss:12.1f}"
+            print(f"{load:8} {NAMES.get(name, name):19} {rps:9.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} "
+                  f"{cr:6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
                   + (f"  ({errs} run(s) with errors)" if errs else ""))
+            if name == "turnout" and ref:
+                want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
+                met = rr >= want_rps and (want_p99 is None or not pr or pr <= want_p99)
+                verdicts.append(f"{load}: Turnout {rr:.2f}x {NAMES[ref_name]}'s req/s"
+                                + (f", p99 {pr:.2f}x (target <= {want_p99})" if want_p99 else f", p99 {pr:.2f}x" if pr else "")
+                                + f" -> {'met' if met else 'NOT met'} (target >= {want_rps}x)")
+    print()
+    for v in verdicts:
+        print(v)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -56,9 +56,16 @@ limits: {{ max_client_connections: {a.connections + 100} }}
 timeouts: {{ idle: 10m }}
 access_log: false
 """)
+    print("Turnout runs with README's defaults, except:")
+    print("  workers: 1                  the memory of one loop's connections, without a second loop's share")
+    print(f"  max_client_connections: {a.connections + 100}  `auto` follows the open-files limit, which may be below "
+          f"{a.connections} here; the benchmark needs them all open at once")
+    print("  timeouts.idle: 10m          the connections must stay open until RSS is read (the default 60s could "
+          "close the first ones on a slow machine)")
+    print("  access_log: false           one line per request is not what is measured")
     binary = os.environ.get("TURNOUT_BIN", os.path.join(ROOT, ".build", "release", "turnout"))
     log = open(os.path.join(work, "turnout.log"), "wb")
-    t = subprocess.Popen([binary, "serve", "--config", conf, "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    t = subprocess.Popen([binary, "serve", "--config", conf], stdout=log, stderr=subprocess.STDOUT)
     socks = []
     try:
         deadline = time.monotonic() + 20

@@ -34,6 +34,9 @@ def main():
     os.makedirs(tmp, exist_ok=True)
     fail = os.path.join(tmp, "fail")
     blue, green = Upstream("blue"), Upstream("green", fail_file=fail)
+    print("Turnout as the integration tests start it: health probes every 200ms with rise 1 and fall 1 (so a run "
+          "does not wait seconds for probes; the rollback measured here is the gate's, not health's), --log-level notice "
+          "(no access lines)")
     t = Turnout({"blue": [blue.address], "green": [green.address]}, args=["--log-level", "notice"])
     results = []  # (completed wall time, pool, status)
     lock = threading.Lock()

@@ -57,6 +57,8 @@ def main():
     sock = os.path.join(tmp, "admin.sock")
     port = free_port()
     state = os.path.join(tmp, "state.json")
+    print("turnout demo as README ships it, except --log-level warning: the demo logs every request at info "
+          "(access_log on), and one log line per request is not what is measured")
     proxy = subprocess.Popen([a.binary, "demo", "--port", str(port), "--admin-socket", sock, "--state-file", state,
                               "--log-level", "warning"],
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -79,9 +79,25 @@ private func makeTable(weights: [String: Int], live: String, sticky: StickyKey? 
         #expect(abs(onGreenAfter - 10_000) < 600)
     }
 
-    @Test func bucketsAreStableAcrossCalls() {
-        #expect(StickyHash.bucket("alice") == StickyHash.bucket("alice"))
-        #expect((0..<StickyHash.bucketCount).contains(StickyHash.bucket("")))
+    /// Users keep their cohort across restarts and upgrades only if a key maps to the same bucket
+    /// in every version: these buckets are pinned (computed independently, in Python, from the
+    /// documented algorithm: 64-bit FNV-1a over the UTF-8 bytes, then murmur3's fmix64, mod 10000).
+    /// A change here moves users between pools on upgrade.
+    @Test(arguments: [
+        ("", 4342), ("alice", 7236), ("bob", 9952), ("user-42", 1453),
+        ("3f2b9c1e-7d4a-4e8b-9f00-1a2b3c4d5e6f", 8964), ("ünïcødé", 5629), ("turnout_cohort=abc", 5275),
+    ])
+    func knownKeysLandInTheirPinnedBuckets(key: String, bucket: Int) {
+        #expect(StickyHash.bucket(key) == bucket)
+    }
+
+    @Test func pinnedBucketsDecideThePoolAtAGivenSplit() {
+        // At 30% green the canary takes buckets [0, 3000): user-42 (1453) is on green, alice (7236)
+        // and bob (9952) on blue; at 75% alice joins green, bob stays on blue.
+        let at30 = makeTable(weights: ["blue": 7000, "green": 3000], live: "blue", sticky: .cookie("c"))
+        #expect(at30.stickyPool(key: "user-42") == 1 && at30.stickyPool(key: "alice") == 0 && at30.stickyPool(key: "bob") == 0)
+        let at75 = makeTable(weights: ["blue": 2500, "green": 7500], live: "blue", sticky: .cookie("c"))
+        #expect(at75.stickyPool(key: "alice") == 1 && at75.stickyPool(key: "bob") == 0)
     }
 }
 

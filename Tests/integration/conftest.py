@@ -10,16 +10,20 @@ from harness import Turnout, Upstream, make_certificate
 
 @pytest.fixture
 def cleanup():
+    """Things a test started, stopped after it. A Turnout still running is stopped with SIGTERM and
+    must exit 0 within 10 seconds: a crash or a hang at shutdown fails the test."""
     things = []
     yield things
+    problems = []
     for t in reversed(things):
-        try:
-            if isinstance(t, Turnout):
-                t.stop(timeout=10)
-            elif isinstance(t, Upstream):
-                t.kill()
-        except Exception:
-            pass
+        if isinstance(t, Turnout):
+            problem = t.shutdown_problem(timeout=10)
+            if problem:
+                problems.append(problem)
+        elif isinstance(t, Upstream):
+            t.kill()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 @pytest.fixture

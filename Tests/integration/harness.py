@@ -158,15 +158,34 @@ class Turnout:
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def stop(self, sig=signal.SIGTERM, timeout=40):
+        """Sends `sig` and waits up to `timeout` seconds; a process still running then is killed and
+        `hung` is set. Returns the exit status."""
+        self.hung = False
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                self.hung = True
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+    def shutdown_problem(self, timeout=10):
+        """Stops a running Turnout with SIGTERM, as an operator would, and says what went wrong: it
+        did not exit within `timeout` seconds, or exited with a status other than 0 (a crash at
+        shutdown). None when it shut down cleanly, or was no longer running (the test ended it)."""
+        if self.proc.poll() is not None:
+            self.log.close()
+            return None
+        rc = self.stop(timeout=timeout)
+        tail = "\n".join(self.read_log().splitlines()[-15:])
+        if self.hung:
+            return f"turnout (pid {self.proc.pid}) did not exit within {timeout}s of SIGTERM; its log ends:\n{tail}"
+        if rc != 0:
+            return f"turnout (pid {self.proc.pid}) exited with status {rc} at SIGTERM; its log ends:\n{tail}"
+        return None
 
 
 def recv_until_close(sock):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from harness import Turnout, Upstream, free_port, raw_exchange, wait_for
+from harness import Turnout, Upstream, admin_call, free_port, raw_exchange, wait_for
 
 
 def status_of(resp):
@@ -87,10 +87,9 @@ def test_slow_upstream_gives_504(cleanup):
     cleanup.append(up)
     t = Turnout({"blue": [up.address]}, timeouts="{ upstream_response: 500ms }")
     cleanup.append(t)
-    started = time.monotonic()
+    # The upstream would answer 200 after 3 s: a 504 means Turnout gave up at upstream_response.
     resp = raw_exchange(t.port, b"GET /slow?ms=3000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=10)
-    assert status_of(resp) == 504
-    assert time.monotonic() - started < 2.5
+    assert status_of(resp) == 504 and b"within 500ms" in resp
 
 
 def test_client_that_never_finishes_its_head_gets_408(cleanup):
@@ -139,6 +138,15 @@ def test_unhealthy_endpoint_takes_no_traffic_and_failover_spills(cleanup, tmp_pa
     assert c.getresponse().read() == b"blue\n"
 
 
+def five_xx(t):
+    """5xx responses Turnout has recorded, from /metrics."""
+    status, body, _ = admin_call(t, "GET", "/metrics")
+    assert status == 200
+    text = body.decode() if isinstance(body, bytes) else str(body)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("turnout_requests_total{") and 'class="5xx"' in line)
+
+
 FAILURE_SCRIPT = """
 local paths = {"/garbage", "/partial", "/reset", "/status?code=500", "/slow?ms=400", "/"}
 local i = 0
@@ -158,14 +166,16 @@ def test_fd_count_and_memory_return_to_baseline_after_10000_upstream_failures(bl
     base_fds, base_rss = t.fd_count(), t.rss_kib()
     script = tmp_path / "failures.lua"
     script.write_text(FAILURE_SCRIPT)
+    # Failures are counted, not estimated: every failed upstream exchange ends in a 5xx that Turnout
+    # records (a 500 passed on, a 502 for garbage, a reset or a cut body, a 504).
+    before = five_xx(t)
     failures = 0
     rounds = 0
     while failures < 10_000 and rounds < 20:
         rounds += 1
-        out = subprocess.run(["wrk", "-t1", "-c20", "-d2s", "-s", str(script), t.url + "/"],
-                             capture_output=True, text=True, timeout=60).stdout
-        total = int(re.search(r"(\d+) requests in", out).group(1))
-        failures += total * 5 // 6  # five of the six paths fail
+        subprocess.run(["wrk", "-t1", "-c20", "-d2s", "-s", str(script), t.url + "/"],
+                       capture_output=True, text=True, timeout=60)
+        failures = five_xx(t) - before
     assert failures >= 10_000, f"only {failures} failures in {rounds} rounds"
     # Idle pooled upstream connections may remain (at most the pool's idle limit per loop).
     wait_for(lambda: t.fd_count() <= base_fds + 8, what=f"fds back near {base_fds} (now {t.fd_count()})", timeout=15)
@@ -200,11 +210,11 @@ def test_a_thousand_slowloris_clients_do_not_stop_a_normal_client(blue_green):
 
 
 def test_binary_garbage_is_refused_at_once_not_after_the_header_timeout(blue_green):
-    t, _, _ = blue_green()
-    started = time.monotonic()
+    # The client waits 5 s for an answer; the header timeout is a minute: a 400 within the
+    # client's patience was not the timeout's doing.
+    t, _, _ = blue_green(timeouts="{ client_header: 60s }")
     resp = raw_exchange(t.port, b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(200)), timeout=5)
     assert status_of(resp) == 400
-    assert time.monotonic() - started < 2
 
 
 def test_an_upstream_closing_keep_alive_connections_at_random_fails_no_request(cleanup):

@@ -131,13 +131,13 @@ def test_errors_on_the_canary_roll_back_before_the_step_ends(cleanup, tmp_path):
     events = EventReader(t)
     load = Load(t)
     try:
-        admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [10, 25, 50, 100], "interval": "2s",
-                                            "gates": {"max_error_rate": 0.05, "min_requests": 40}})
-        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["weight"] == 25, timeout=30, what="the 25% step")
-        step_started = time.monotonic()
+        # Steps of a minute, and a canary that fails one request in five: the rollback must come
+        # from the breach, long before the step would end (the wait below gives up after 30 s).
+        # How fast it comes is measured by `make bench-rollback`.
         fail.write_text("0.2")
+        admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [25, 50, 100], "interval": "1m",
+                                            "gates": {"max_error_rate": 0.05, "min_requests": 40}})
         wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="rollback")
-        elapsed = time.monotonic() - step_started
         seen_rolled_back = time.monotonic()
         n = load.count()
         wait_for(lambda: load.count() >= n + 200, what="more requests after the rollback")
@@ -147,7 +147,6 @@ def test_errors_on_the_canary_roll_back_before_the_step_ends(cleanup, tmp_path):
     assert ramp["status"] == "rolled_back" and ramp["reason"].startswith("error rate")
     after = [pool for pool, _, sent in load.results if sent > seen_rolled_back]
     assert len(after) >= 200 and set(after) == {"blue"}, "a request reached green after the rollback was in force"
-    assert elapsed < 2.0, f"rollback took {elapsed:.2f}s, the step interval is 2s"
     state = admin_call(t, "GET", "/v1/state")[1]
     assert state["weights"] == {"blue": 100, "green": 0} and state["live"] == "blue"
     breach = [e for e in events.events if e["kind"] == "gate" and e["verdict"] == "breached"]
@@ -283,7 +282,6 @@ def test_a_reader_that_falls_behind_is_dropped_and_the_proxy_keeps_going(cleanup
     live = EventReader(t)
     admin = UnixHTTPConnection(t.admin_socket)
     proxy = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
-    started = time.monotonic()
     for i in range(6000):
         w = 1 + i % 98
         admin.request("PUT", "/v1/weights", body=json.dumps({"weights": {"blue": 100 - w, "green": w}}),
@@ -296,7 +294,6 @@ def test_a_reader_that_falls_behind_is_dropped_and_the_proxy_keeps_going(cleanup
             pr = proxy.getresponse()
             pr.read()
             assert pr.status == 200
-    assert time.monotonic() - started < 60
     # The stalled reader was told and dropped: reading what is buffered ends with the overflow notice.
     stalled.settimeout(10)
     data = b""

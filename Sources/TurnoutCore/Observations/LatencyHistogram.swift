@@ -1,5 +1,6 @@
-/// A log-linear latency histogram with about 6% precision from 64 µs to about 70 minutes: each
-/// power of two is split into 16 linear sub-buckets. A plain value: the data path keeps one per
+/// A log-linear latency histogram with about 6% precision from 64 µs to about 35 minutes (2^31 µs;
+/// longer values share the last bucket), 4 µs below 64 µs: each power of two is split into 16
+/// linear sub-buckets. A plain value: the data path keeps one per
 /// event loop and readers add them up, so recording needs no lock and no atomic.
 public struct LatencyHistogram: Sendable, Equatable {
     public static let subBuckets = 16
@@ -18,7 +19,9 @@ public struct LatencyHistogram: Sendable, Equatable {
     static func index(micros: UInt64) -> Int {
         let v = max(micros, 0)
         if v < UInt64(1 << minShift) {
-            return Int(v) * subBuckets >> minShift
+            // Parenthesised: Swift's >> binds tighter than *, which put every value below 64 µs
+            // in the first bucket.
+            return (Int(v) * subBuckets) >> minShift
         }
         let log2 = 63 - v.leadingZeroBitCount
         let octave = min(log2 - minShift + 1, octaves)
