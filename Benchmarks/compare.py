@@ -22,7 +22,8 @@ tls-new loads.
 
 Every measurement is repeated (--repeats) with the proxies in rotating order; the table shows
 medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests, peak RSS,
-upstream connections per 1000 requests (accepted by the nginx upstreams, health checks included;
+upstream connections per 1000 requests (accepted by the nginx upstreams, the health checks of every
+running proxy included;
 for Turnout also its own turnout_upstream_connections_opened_total, probes not counted), and each
 figure as a ratio to the reference: HAProxy for HTTP/1.1 loads, the better of HAProxy and nghttpx
 (by requests/s) for h2c loads. Run: make bench.
@@ -575,7 +576,8 @@ def main():
     print()
     print(f"Medians of {a.repeats} runs of {a.seconds}s each (after {a.warmup}s of warm-up). Reference (ratio 1.00): "
           "HAProxy for HTTP/1.1 loads; for h2c loads the better of HAProxy and nghttpx by req/s. "
-          "up/1k: connections the nginx upstreams accepted per 1000 requests (health checks included); "
+          "up/1k: connections the nginx upstreams accepted per 1000 requests (the health checks of every proxy "
+          "running, about 3 connections a second, included); "
           "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted).")
     header = (f"{'load':8} {'proxy':19} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
               f"{'CPU s/100k':>10} {'ratio':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
