@@ -270,9 +270,11 @@ def test_rapid_reset_flood_is_cut_off(blue_green):
     assert any(isinstance(e, h2.events.ConnectionTerminated) or e == "closed" for e in events)
     c.close()
     assert t.rss_kib() - base < 64 * 1024
-    # The proxy keeps serving everyone else.
-    r = curl("--http2-prior-knowledge", f"{t.url}/")
-    assert r.stdout == b"blue\n"
+    # The proxy keeps serving everyone else. The flood's thousands of /slow requests can make the
+    # single Python upstream miss a health probe (fall: 1 in these tests), and then the request
+    # fails over to green, as it should: what counts is that it is answered.
+    r = curl("--http2-prior-knowledge", "-w", " %{http_code}", f"{t.url}/")
+    assert r.stdout in (b"blue\n 200", b"green\n 200"), r.stdout + r.stderr
 
 
 def test_continuation_flood_is_cut_off(blue_green):
