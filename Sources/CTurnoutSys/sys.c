@@ -1,6 +1,5 @@
 #define _GNU_SOURCE
 #include <errno.h>
-#include <time.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include "CTurnoutSys.h"
@@ -35,19 +34,12 @@ int turnout_epoll_remove(int epfd, int fd) {
     return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev);
 }
 
-int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max, long wait_ns) {
+int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max) {
     struct epoll_event evs[256];
     if (max > 256) max = 256;
     int n;
-    static int no_pwait2 = 0;  /* kernels before 5.11: never wait, poll */
-    struct timespec ts = { 0, wait_ns };
     do {
-        if (wait_ns > 0 && !no_pwait2) {
-            n = epoll_pwait2(epfd, evs, max, &ts, NULL);
-            if (n < 0 && errno == ENOSYS) { no_pwait2 = 1; n = epoll_wait(epfd, evs, max, 0); }
-        } else {
-            n = epoll_wait(epfd, evs, max, 0);
-        }
+        n = epoll_wait(epfd, evs, max, 0);
     } while (n < 0 && errno == EINTR);
     for (int i = 0; i < n; i++) {
         tokens[i] = evs[i].data.u64;

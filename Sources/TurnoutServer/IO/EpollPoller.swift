@@ -31,13 +31,6 @@ final class EpollPoller: @unchecked Sendable {
     private var generation: UInt32 = 0
     private static let batch = 256
     private static let rounds = 8
-    /// After a round that handled events, how long the next round waits for more (nanoseconds)
-    /// before the loop goes back to Dispatch. Requests that arrive just after each other are then
-    /// served in the same wake-up instead of paying a hand-off each (libdispatch's manager thread
-    /// re-arms the source and wakes a worker thread): measured side by side on `small`, 1.65-1.8
-    /// CPU s per 100k requests against 2.2-2.5 without it. The queue is busy meanwhile, so the
-    /// wait is short: timers and other work wait at most `rounds` times this.
-    static let lingerNanoseconds = 50_000
     private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: batch)
     private let events = UnsafeMutablePointer<UInt32>.allocate(capacity: batch)
 
@@ -97,14 +90,13 @@ final class EpollPoller: @unchecked Sendable {
     /// descriptor is readable; tests call it to take pending events at a known moment.
     func handleEvents() {
         loop.assertOnLoop()
-        // Polls again while events keep coming, up to eight rounds, each after the first waiting
-        // up to `lingerNanoseconds` for events (epoll_pwait2): under load that saves the Dispatch
-        // wake-up (its manager thread re-arms the source and hands the queue to a worker thread)
-        // for each small batch; the bound lets timers and other queued work run. Events left over
-        // keep the descriptor readable, so Dispatch calls again after that work.
+        // Polls again while events keep coming, up to eight rounds: under load that saves the
+        // Dispatch wake-up (its manager thread re-arms the source and hands the queue to a worker
+        // thread) for each small batch; the bound lets timers and other queued work run. Events
+        // left over keep the descriptor readable, so Dispatch calls again after that work.
         defer { loop.roundStart = 0 }
-        for round in 0..<Self.rounds {
-            let n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch), round == 0 ? 0 : Self.lingerNanoseconds))
+        for _ in 0..<Self.rounds {
+            let n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch)))
             if n <= 0 { return }
             loop.roundStart = EventLoop.now()
             for i in 0..<n {
