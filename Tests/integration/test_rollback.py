@@ -38,15 +38,24 @@ def assert_live_takes_traffic(s):
     assert s["weights"][s["live"]] > 0, f"live {s['live']} has no weight: {s['weights']}"
 
 
-def test_rollback_after_a_completed_ramp_restores_the_weights_from_before_it(blue_green):
-    t, _, _ = blue_green()
+def ramp_under_load(t, start, what="the ramp to finish"):
+    """Calls `start` (which starts a ramp) while two keep-alive clients send requests, and waits
+    until the ramp is no longer running."""
     load = Load(t, clients=2)
     try:
-        out = cli(t, "ramp", "green", "--steps", "50,100", "--interval", "300ms", "--min-requests", "5")
-        assert out.returncode == 0, out.stderr
-        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the ramp to finish")
+        start()
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what=what)
     finally:
         load.close()
+
+
+def test_rollback_after_a_completed_ramp_restores_the_weights_from_before_it(blue_green):
+    t, _, _ = blue_green()
+
+    def start():
+        out = cli(t, "ramp", "green", "--steps", "50,100", "--interval", "300ms", "--min-requests", "5")
+        assert out.returncode == 0, out.stderr
+    ramp_under_load(t, start)
     assert admin_call(t, "GET", "/v1/ramp")[1]["status"] == "completed"
     s = state(t)
     assert s["live"] == "green" and s["weights"] == {"blue": 0, "green": 100}
@@ -89,14 +98,12 @@ def test_rollback_after_a_ramp_rolled_back_by_a_gate_sends_nothing_back_to_the_c
     cleanup.extend([blue, green])
     t = Turnout({"blue": [blue.address], "green": [green.address]})
     cleanup.append(t)
-    load = Load(t, clients=2)
-    try:
+
+    def start():
         status, _, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [20, 100], "interval": "1m",
                                                            "gates": {"max_error_rate": 0.05, "min_requests": 5}})
         assert status == 201
-        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the gate's rollback")
-    finally:
-        load.close()
+    ramp_under_load(t, start, what="the gate's rollback")
     assert admin_call(t, "GET", "/v1/ramp")[1]["status"] == "rolled_back"
     fail.unlink()
     assert served(t) == {"blue": 100}
@@ -136,13 +143,8 @@ def test_rollback_undoes_a_weights_change(blue_green):
 
 def test_rollback_of_a_restarted_proxy_uses_the_persisted_previous_state(blue_green):
     t, _, _ = blue_green()
-    load = Load(t, clients=2)
-    try:
-        admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [50, 100], "interval": "300ms",
-                                            "gates": {"min_requests": 5}})
-        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the ramp to finish")
-    finally:
-        load.close()
+    ramp_under_load(t, lambda: admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [50, 100], "interval": "300ms",
+                                                                  "gates": {"min_requests": 5}}))
     t.stop()
     t.start()
     assert state(t)["previous"] == {"blue": 100, "green": 0}

@@ -37,8 +37,7 @@ final class UpstreamPool: @unchecked Sendable {
         guard endpoint.id < idle.count, let list = idle[endpoint.id] else { return nil }
         while let c = list.connections.popLast() {
             if !c.isClosed {
-                churn.grow(toInclude: endpoint.id, with: UpstreamChurn())
-                churn[endpoint.id].reused += 1
+                countChurn(endpoint.id) { $0.reused += 1 }
                 return c
             }
         }
@@ -59,8 +58,7 @@ final class UpstreamPool: @unchecked Sendable {
         channel.delegate = conn
         channel.start()
         openCount[endpoint.id, default: 0] += 1
-        churn.grow(toInclude: endpoint.id, with: UpstreamChurn())
-        churn[endpoint.id].opened += 1
+        countChurn(endpoint.id) { $0.opened += 1 }
         return conn
     }
 
@@ -93,8 +91,16 @@ final class UpstreamPool: @unchecked Sendable {
         if let n = openCount[id] {
             openCount[id] = n > 1 ? n - 1 : nil
         }
-        churn.grow(toInclude: id, with: UpstreamChurn())
-        churn[id].closed[reason.rawValue] += 1
+        countChurn(id) { $0.closed[reason.rawValue] += 1 }
+    }
+
+    /// Updates an endpoint's churn counters, growing the table only when the endpoint is new to
+    /// it: an `UpstreamChurn` holds an array, so building a filler for every request would cost
+    /// an allocation on the data path.
+    @inline(__always)
+    private func countChurn(_ id: Int, _ update: (inout UpstreamChurn) -> Void) {
+        if id >= churn.count { churn.grow(toInclude: id, with: UpstreamChurn()) }
+        update(&churn[id])
     }
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
