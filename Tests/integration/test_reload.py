@@ -159,6 +159,59 @@ def test_reload_under_load_drops_no_request(cleanup):
     assert failures == [] and count[0] >= 200
 
 
+def test_reloading_listeners_in_and_out_under_load_drops_no_request(cleanup):
+    """Every closed connection tells the listeners (to resume a paused accept) while a reload adds
+    and removes listeners: the two meet on every loop at once."""
+    import socket
+    blue, green = Upstream("blue"), Upstream("green")
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]})
+    cleanup.append(t)
+    failures, done = [], threading.Event()
+    count = [0]
+
+    def client():
+        # A new connection per request: each one closes, and every close reaches the registry.
+        while not done.is_set():
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+                c.request("GET", "/", headers={"Connection": "close"})
+                r = c.getresponse()
+                r.read()
+                c.close()
+                if r.status != 200:
+                    failures.append(r.status)
+                count[0] += 1
+            except Exception as e:
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for th in threads:
+        th.start()
+    base = "listeners:\n  - address: 127.0.0.1:0\n"
+    current = base
+    for i in range(20):
+        seen = count[0]
+        wait_for(lambda: count[0] >= seen + 10 or failures, what="requests between reloads")
+        if i % 2 == 0:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                extra = s.getsockname()[1]
+            new = base + f"  - address: 127.0.0.1:{extra}\n"
+        else:
+            new = base
+        rewrite(t, current, new)
+        current = new
+        status, body, _ = admin_call(t, "POST", "/v1/reload")
+        assert status == 200, body
+        if i % 2 == 0:
+            assert served_by(extra)[1] == "blue"
+    done.set()
+    for th in threads:
+        th.join(timeout=30)
+    assert failures == [] and count[0] >= 200
+
+
 def test_reload_command_line(blue_green):
     t, _, _ = blue_green()
     r = run_cli("reload", "--admin", t.admin_socket)

@@ -123,15 +123,7 @@ public final class ProxyServer: @unchecked Sendable {
                 throw StartupError("cannot listen on \(l.address): \(error)")
             }
         }
-        do {
-            try admin.listenUnix(path: config.admin.socket)
-            if let address = config.admin.address { try admin.listenTCP(address: address) }
-        } catch {
-            for opened in listeners { opened.close() }
-            admin.stop()
-            throw error
-        }
-        admin.start()
+        // Everything the admin loop reads is wired before it serves its first request.
         let ramps = RampController(loop: admin.loop, store: store, stateFile: stateFile, events: context.events,
                                    logger: logger, collectStats: { [unowned self] in trafficStats() })
         router.rampWindow = { [unowned ramps] in ramps.window() }
@@ -143,6 +135,15 @@ public final class ProxyServer: @unchecked Sendable {
             return r.render()
         }
         self.ramps = ramps
+        do {
+            try admin.listenUnix(path: config.admin.socket)
+            if let address = config.admin.address { try admin.listenTCP(address: address) }
+        } catch {
+            for opened in listeners { opened.close() }
+            admin.stop()
+            throw error
+        }
+        admin.start()
         logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")
         let firstRound = DispatchSemaphore(value: 0)
         prober.start { firstRound.signal() }

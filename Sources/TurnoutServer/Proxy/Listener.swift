@@ -4,6 +4,7 @@ import Glibc
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TurnoutCore
 
 /// A listening socket. Accepting pauses while `limits.max_client_connections` are open.
@@ -67,7 +68,7 @@ final class Listener: @unchecked Sendable {
     func start() {
         if let loop = watch?.loop {
             lock.withLock { accepting = true }
-            registry.addWaiter { [weak self] in self?.resumeIfRoomOnLoop() }
+            registry.addWaiter(self) { [weak self] in self?.resumeIfRoomOnLoop() }
             // Connections that arrived since the socket was bound raised their edge already.
             loop.execute { [weak self] in self?.accept(on: loop) }
             return
@@ -79,7 +80,7 @@ final class Listener: @unchecked Sendable {
         source = s
         s.activate()
         let queue = self.queue
-        registry.addWaiter { [weak self] in
+        registry.addWaiter(self) { [weak self] in
             queue.async { [weak self] in self?.resumeIfRoom() }
         }
     }
@@ -232,6 +233,7 @@ final class Listener: @unchecked Sendable {
 
     /// Stops accepting and closes the socket. Not to be called on an event loop.
     func close() {
+        registry.removeWaiter(self)
         if let watch {
             let wasOpen = lock.withLock { () -> Bool in
                 defer { accepting = false; closed = true }
@@ -272,9 +274,24 @@ final class ListenerWatch: PollTarget {
 }
 
 /// Tells listeners when a connection closed, so a paused accept can resume.
-final class ConnectionRegistry: @unchecked Sendable {
-    private var waiters: [@Sendable () -> Void] = []
-    /// Called at start-up, before any connection exists.
-    func addWaiter(_ w: @escaping @Sendable () -> Void) { waiters.append(w) }
-    func connectionClosed() { for w in waiters { w() } }
+final class ConnectionRegistry: Sendable {
+    /// Keyed by listener, so a reload adds and removes entries while every loop may be calling
+    /// `connectionClosed()`: the table is replaced whole under the lock and read as one value.
+    private let waiters = Mutex<[ObjectIdentifier: @Sendable () -> Void]>([:])
+
+    func addWaiter(_ owner: AnyObject, _ w: @escaping @Sendable () -> Void) {
+        waiters.withLock { $0[ObjectIdentifier(owner)] = w }
+    }
+
+    func removeWaiter(_ owner: AnyObject) {
+        _ = waiters.withLock { $0.removeValue(forKey: ObjectIdentifier(owner)) }
+    }
+
+    var count: Int { waiters.withLock { $0.count } }
+
+    func connectionClosed() {
+        let current = waiters.withLock { $0 }
+        for w in current.values { w() }
+    }
 }
+
