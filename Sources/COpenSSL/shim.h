@@ -62,3 +62,8 @@ static inline void turnout_ctx_enable_sni(SSL_CTX *ctx, SSL_CTX **table) {
     SSL_CTX_set_tlsext_servername_callback(ctx, turnout_sni_select);
     SSL_CTX_set_tlsext_servername_arg(ctx, table);
 }
+
+/* Client side (the etcd client): SNI is a macro. */
+static inline long turnout_set_sni(SSL *ssl, const char *name) {
+    return SSL_set_tlsext_host_name(ssl, name);
+}

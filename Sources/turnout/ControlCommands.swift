@@ -50,10 +50,30 @@ struct AdminOptions: ParsableArguments {
     }
 }
 
+/// `--wait DURATION` on a write command: the answer comes once every live replica of a cluster
+/// applied the change (a single node answers at once).
+struct WaitOption: ParsableArguments {
+    @Option(help: ArgumentHelp("Cluster mode: wait until every live replica applied the change, up to this long (e.g. 5s); exit 1 naming those that have not.", valueName: "DURATION"))
+    var wait: String?
+
+    func validate() throws {
+        if let wait, DurationParser.milliseconds(wait).map({ $0 > 0 && $0 <= 600_000 }) != true {
+            throw ValidationError("--wait: expected a duration from 1ms to 10m, such as 5s")
+        }
+    }
+
+    /// `path` with `?wait=` when asked for.
+    func apply(_ path: String) -> String { wait.map { "\(path)?wait=\($0)" } ?? path }
+
+    var seconds: Int { wait.flatMap(DurationParser.milliseconds).map { Int($0 / 1000) + 1 } ?? 0 }
+}
+
 /// Runs one admin call for a CLI command: exit 2 when unreachable, 1 when refused.
 func callAdmin(_ options: AdminOptions, _ method: String, _ path: String, json: String? = nil,
-               ifMatch: UInt64? = nil) throws -> [String: Any] {
-    let client = try options.client()
+               ifMatch: UInt64? = nil, wait: WaitOption? = nil) throws -> [String: Any] {
+    var client = try options.client()
+    let path = wait?.apply(path) ?? path
+    client.timeoutSeconds += wait?.seconds ?? 0
     let response: AdminClient.Response
     do {
         response = try client.request(method, path, json: json, headers: ifMatch.map { [("If-Match", "\($0)")] } ?? [])
@@ -68,6 +88,9 @@ func callAdmin(_ options: AdminOptions, _ method: String, _ path: String, json: 
         FileHandle.standardError.write(Data("turnout: refused (\(response.status) \(code)): \(message)\n".utf8))
         for problem in object?["problems"] as? [String] ?? [] {
             FileHandle.standardError.write(Data("  \(problem)\n".utf8))
+        }
+        if let pending = object?["pending"] as? [String] {
+            FileHandle.standardError.write(Data("  not applied yet by: \(pending.joined(separator: ", "))\n".utf8))
         }
         throw ExitCode(1)
     }
@@ -109,6 +132,26 @@ enum StateTable {
         } else {
             lines.append("previous: none")
         }
+        if let c = s["cluster"] as? [String: Any] {
+            let applied = (c["applied_revision"] as? NSNumber)?.uint64Value ?? 0
+            var head = "cluster: \(c["name"] ?? "?")   this replica: \(c["replica_id"] ?? "?")   etcd: "
+            head += (c["connected"] as? Bool) == true ? "connected" : "NOT CONNECTED"
+            if (c["stale"] as? Bool) == true { head += String(format: "   STALE for %.1fs", (c["stale_seconds"] as? NSNumber)?.doubleValue ?? 0) }
+            if let driver = c["ramp_driver"] as? String { head += "   ramp driver: \(driver)" }
+            lines.append(head)
+            var rows: [[String]] = [["REPLICA", "ADDRESS", "APPLIED", "LAG", "STALE", "LAST SEEN"]]
+            for r in c["replicas"] as? [[String: Any]] ?? [] {
+                let rev = (r["applied_revision"] as? NSNumber)?.uint64Value ?? 0
+                let lag = rev >= applied ? "0" : "\(applied - rev) behind"
+                let ago = ((r["last_seen_ms_ago"] as? NSNumber)?.doubleValue ?? 0) / 1000
+                rows.append([r["id"] as? String ?? "?", r["address"] as? String ?? "?", "\(rev)", lag,
+                             (r["stale"] as? Bool) == true ? "yes" : "no", String(format: "%.1fs ago", ago)])
+            }
+            let widths = (0..<6).map { c in rows.map { $0[c].count }.max() ?? 0 }
+            for r in rows {
+                lines.append(r.enumerated().map { $1.padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined().trimmingCharacters(in: .whitespaces))
+            }
+        }
         return lines.joined(separator: "\n")
     }
 
@@ -148,11 +191,12 @@ struct Switch: ParsableCommand {
     @Flag(help: "Switch even if the pool has no healthy endpoint.") var force = false
     @Option(help: ArgumentHelp("Only apply if the state is still at this generation (else exit 1, 412).", valueName: "GENERATION"))
     var ifMatch: UInt64?
+    @OptionGroup var waitOption: WaitOption
     @OptionGroup var options: AdminOptions
 
     func run() throws {
         let body = "{\"pool\":\(JSONWriter.quote(pool)),\"force\":\(force)}"
-        let state = try callAdmin(options, "POST", "/v1/switch", json: body, ifMatch: ifMatch)
+        let state = try callAdmin(options, "POST", "/v1/switch", json: body, ifMatch: ifMatch, wait: waitOption)
         if !options.json { print("switched to \(pool): " + StateTable.summary(state)) }
     }
 }
@@ -165,6 +209,7 @@ struct Weights: ParsableCommand {
     @Argument(help: ArgumentHelp("POOL=PERCENT pairs.", valueName: "POOL=PCT")) var pairs: [String]
     @Option(help: ArgumentHelp("Only apply if the state is still at this generation (else exit 1, 412).", valueName: "GENERATION"))
     var ifMatch: UInt64?
+    @OptionGroup var waitOption: WaitOption
     @OptionGroup var options: AdminOptions
 
     func validate() throws {
@@ -181,7 +226,7 @@ struct Weights: ParsableCommand {
             }
             parts.append("\(JSONWriter.quote(kv[0])):\(kv[1])")
         }
-        let state = try callAdmin(options, "PUT", "/v1/weights", json: "{\"weights\":{\(parts.joined(separator: ","))}}", ifMatch: ifMatch)
+        let state = try callAdmin(options, "PUT", "/v1/weights", json: "{\"weights\":{\(parts.joined(separator: ","))}}", ifMatch: ifMatch, wait: waitOption)
         if !options.json { print(StateTable.summary(state)) }
     }
 }
@@ -193,10 +238,11 @@ struct Rollback: ParsableCommand {
     )
     @Option(help: ArgumentHelp("Only apply if the state is still at this generation (else exit 1, 412).", valueName: "GENERATION"))
     var ifMatch: UInt64?
+    @OptionGroup var waitOption: WaitOption
     @OptionGroup var options: AdminOptions
 
     func run() throws {
-        let state = try callAdmin(options, "POST", "/v1/rollback", ifMatch: ifMatch)
+        let state = try callAdmin(options, "POST", "/v1/rollback", ifMatch: ifMatch, wait: waitOption)
         if !options.json { print("rolled back: " + StateTable.summary(state)) }
     }
 }
@@ -243,15 +289,16 @@ struct Ramp: ParsableCommand {
     @Option(help: "Largest 5xx share per step, e.g. 1% or 0.01 (default 1%).") var maxErrorRate: String?
     @Option(help: "Largest p99 latency per step, e.g. 500ms (default: not checked).") var maxP99: String?
     @Option(help: "Fewest canary requests before a step is judged (default 100).") var minRequests: Int?
+    @OptionGroup var waitOption: WaitOption
     @OptionGroup var options: AdminOptions
 
     func run() throws {
         switch target {
         case "pause", "resume":
-            let r = try callAdmin(options, "POST", "/v1/ramp/\(target)")
+            let r = try callAdmin(options, "POST", "/v1/ramp/\(target)", wait: waitOption)
             if !options.json { print(RampText.render(r)) }
         case "abort":
-            let r = try callAdmin(options, "DELETE", "/v1/ramp")
+            let r = try callAdmin(options, "DELETE", "/v1/ramp", wait: waitOption)
             if !options.json { print(RampText.render(r)) }
         case "status":
             let r = try callAdmin(options, "GET", "/v1/ramp")
@@ -279,7 +326,7 @@ struct Ramp: ParsableCommand {
             }
             if let minRequests { gates.append("\"min_requests\":\(minRequests)") }
             let body = "{\"pool\":\(JSONWriter.quote(target)),\"steps\":[\(stepList.joined(separator: ","))],\"interval\":\(JSONWriter.quote(interval ?? "30s")),\"gates\":{\(gates.joined(separator: ","))}}"
-            let r = try callAdmin(options, "POST", "/v1/ramp", json: body)
+            let r = try callAdmin(options, "POST", "/v1/ramp", json: body, wait: waitOption)
             if !options.json { print(RampText.render(r)) }
         }
     }

@@ -33,9 +33,6 @@ struct Turnout: ParsableCommand {
     }
 }
 
-enum TurnoutVersion {
-    static let text = "turnout 0.1.0"
-}
 
 /// Options shared by the commands that run a proxy.
 struct LogOptions: ParsableArguments {

@@ -9,13 +9,16 @@ public enum StateFile {
 
     struct Document: Codable {
         var format: Int
-        var generation: UInt64
+        /// Absent in the cluster document, whose generation is the key's etcd mod_revision.
+        var generation: UInt64?
         var live: String
         var weights_bp: [String: Int]
         var previous_weights_bp: [String: Int]?
         var previous_live: String?
         var updated_at: String?
         var ramp: RampState?
+        /// Who made the last change and why (written by cluster mode, kept by the state file).
+        var change: RoutingChange?
     }
 
     public struct LoadError: Error, CustomStringConvertible, Sendable {
@@ -33,24 +36,45 @@ public enum StateFile {
         } catch {
             throw LoadError(path: path, reason: "cannot be read (\(error.localizedDescription))")
         }
+        do throws(Invalid) {
+            let doc = try decodeDocument(data)
+            guard let generation = doc.generation else { throw Invalid("has no generation") }
+            return try state(from: doc, generation: generation, config: config)
+        } catch {
+            throw LoadError(path: path, reason: error.reason)
+        }
+    }
+
+    /// Why a document cannot be used, as a phrase that follows its name ("state file X: ...").
+    struct Invalid: Error {
+        let reason: String
+        init(_ reason: String) { self.reason = reason }
+    }
+
+    static func decodeDocument(_ data: Data) throws(Invalid) -> Document {
         let doc: Document
         do {
             doc = try JSONDecoder().decode(Document.self, from: data)
         } catch {
-            throw LoadError(path: path, reason: "is not a valid Turnout state file (\(error))")
+            throw Invalid("is not a valid Turnout state document (\(error))")
         }
         guard doc.format == format else {
-            throw LoadError(path: path, reason: "has format \(doc.format); this turnout reads format \(format)")
+            throw Invalid("has format \(doc.format); this turnout reads format \(format)")
         }
+        return doc
+    }
+
+    /// The routing state a document holds, checked against the config's pools.
+    static func state(from doc: Document, generation: UInt64, config: TurnoutConfig) throws(Invalid) -> RoutingState {
         let names = Set(config.pools.map(\.name))
         let unknown = Set(doc.weights_bp.keys).union([doc.live]).subtracting(names)
         if !unknown.isEmpty {
-            throw LoadError(path: path, reason: "names pools that are not in the config: \(unknown.sorted().joined(separator: ", ")) (edit the config, or start with --reset-state)")
+            throw Invalid("names pools that are not in the config: \(unknown.sorted().joined(separator: ", ")) (edit the config, or start with --reset-state)")
         }
         guard doc.weights_bp.values.allSatisfy({ (0...Percent.whole).contains($0) }),
               doc.weights_bp.values.reduce(0, +) == Percent.whole
         else {
-            throw LoadError(path: path, reason: "holds weights that are not 0-100 or do not sum to 100")
+            throw Invalid("holds weights that are not 0-100 or do not sum to 100")
         }
         var weights = doc.weights_bp
         for n in names where weights[n] == nil { weights[n] = 0 }
@@ -60,12 +84,15 @@ public enum StateFile {
             previous = p.values.reduce(0, +) == Percent.whole ? p : nil
         }
         if let ramp = doc.ramp, ramp.isActive, !names.contains(ramp.plan.pool) || !names.contains(ramp.preRampLive) {
-            throw LoadError(path: path, reason: "holds a running ramp of a pool that is not in the config: \(ramp.plan.pool) (edit the config, or start with --reset-state)")
+            throw Invalid("holds a running ramp of a pool that is not in the config: \(ramp.plan.pool) (edit the config, or start with --reset-state)")
+        }
+        if let ramp = doc.ramp, !ramp.plan.steps.indices.contains(ramp.step) || ramp.records.count != ramp.step + 1 {
+            throw Invalid("holds a ramp whose step \(ramp.step + 1) does not match its \(ramp.plan.steps.count) steps")
         }
         // Files written before live was kept on a pool with weight could name a pool at 0%.
         let order = config.pools.map(\.name)
         let live = RoutingState.liveAfter(weights: weights, currentLive: doc.live, order: order)
-        return RoutingState(generation: doc.generation, live: live, weights: weights,
+        return RoutingState(generation: generation, live: live, weights: weights,
                             previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil },
                             ramp: doc.ramp)
     }

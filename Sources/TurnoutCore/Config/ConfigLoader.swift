@@ -141,7 +141,7 @@ private struct Reader {
 
     mutating func readRoot(_ root: Node) -> TurnoutConfig? {
         let allowed: Set<String> = [
-            "workers", "io", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log",
+            "workers", "io", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log", "cluster",
         ]
         guard let items = entries(root, "", allowed: allowed) else { return nil }
         var workers: Int?
@@ -155,6 +155,7 @@ private struct Reader {
         var timeouts = TimeoutConfig()
         var limits = LimitsConfig()
         var accessLog = true
+        var cluster: ClusterConfig?
         var sawListeners = false
         var sawPools = false
         for (key, value) in items {
@@ -177,6 +178,7 @@ private struct Reader {
             case "timeouts": timeouts = readTimeouts(value)
             case "limits": limits = readLimits(value)
             case "access_log": accessLog = bool(value, "access_log") ?? true
+            case "cluster": cluster = readCluster(value)
             default: break
             }
         }
@@ -194,7 +196,7 @@ private struct Reader {
         }
         return TurnoutConfig(
             workers: workers, io: io, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
-            routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog)
+            routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog, cluster: cluster)
     }
 
     mutating func readListeners(_ node: Node) -> [ListenerConfig] {
@@ -278,6 +280,119 @@ private struct Reader {
             }
         }
         return admin
+    }
+
+    /// A file the process must be able to read (checked now, so `check-config` reports it).
+    mutating func readableFile(_ node: Node, _ path: String) -> String? {
+        guard let raw = nonEmptyString(node, path) else { return nil }
+        let file = resolvePath(raw)
+        if !FileManager.default.isReadableFile(atPath: file) {
+            fail(path, "cannot read \(file)")
+            return nil
+        }
+        return file
+    }
+
+    mutating func readCluster(_ node: Node) -> ClusterConfig? {
+        let allowed: Set<String> = ["name", "replica_id", "etcd", "stale_after", "heartbeat", "lease_ttl"]
+        guard let fields = entries(node, "cluster", allowed: allowed) else { return nil }
+        var name: String?
+        var replicaID: String?
+        var etcd: EtcdConfig?
+        var staleAfter: Int64 = 10_000
+        var heartbeat: Int64 = 1_000
+        var leaseTTL = 10
+        var sawEtcd = false
+        for (k, v) in fields {
+            let path = "cluster.\(k)"
+            switch k {
+            case "name":
+                if let s = nonEmptyString(v, path) {
+                    if ClusterConfig.isValidName(s, allowColon: false) { name = s } else {
+                        fail(path, "use letters, digits, '.', '-' and '_' (at most 128 characters)")
+                    }
+                }
+            case "replica_id":
+                if let s = nonEmptyString(v, path) {
+                    if ClusterConfig.isValidName(s, allowColon: true) { replicaID = s } else {
+                        fail(path, "use letters, digits, '.', '-', '_' and ':' (at most 128 characters)")
+                    }
+                }
+            case "etcd":
+                sawEtcd = true
+                etcd = readEtcd(v)
+            case "stale_after": staleAfter = duration(v, path) ?? staleAfter
+            case "heartbeat": heartbeat = duration(v, path) ?? heartbeat
+            case "lease_ttl":
+                if let ms = duration(v, path) {
+                    if ms < 2000 || ms > 600_000 || ms % 1000 != 0 {
+                        fail(path, "must be whole seconds between 2s and 10m (etcd leases count seconds)")
+                    } else {
+                        leaseTTL = Int(ms / 1000)
+                    }
+                }
+            default: break
+            }
+        }
+        if name == nil && !fields.contains(where: { $0.0 == "name" }) { fail("cluster.name", "required (the cluster's key prefix, e.g. prod)") }
+        if !sawEtcd { fail("cluster.etcd", "required (etcd: { endpoints: [\"http://127.0.0.1:2379\"] })") }
+        if staleAfter < 1000 { fail("cluster.stale_after", "must be at least 1s") }
+        if heartbeat >= staleAfter { fail("cluster.heartbeat", "must be shorter than stale_after (\(DurationParser.format(milliseconds: staleAfter)))") }
+        guard let name, let etcd else { return nil }
+        return ClusterConfig(name: name, replicaID: replicaID, etcd: etcd, staleAfterMs: staleAfter,
+                             heartbeatMs: heartbeat, leaseTTLSeconds: leaseTTL)
+    }
+
+    mutating func readEtcd(_ node: Node) -> EtcdConfig? {
+        guard let fields = entries(node, "cluster.etcd", allowed: ["endpoints", "tls", "username", "password_file"]) else { return nil }
+        var endpoints: [EtcdEndpoint] = []
+        var tls: EtcdTLSConfig?
+        var username: String?
+        var passwordFile: String?
+        var sawEndpoints = false
+        for (k, v) in fields {
+            let path = "cluster.etcd.\(k)"
+            switch k {
+            case "endpoints":
+                sawEndpoints = true
+                guard case .sequence(let seq) = v, !seq.isEmpty else {
+                    fail(path, "expected a non-empty list of URLs such as http://127.0.0.1:2379")
+                    continue
+                }
+                for (i, e) in seq.enumerated() {
+                    guard let text = string(e, "\(path)[\(i)]") else { continue }
+                    switch EtcdEndpoint.parse(text) {
+                    case .success(let ep):
+                        if endpoints.contains(ep) { fail("\(path)[\(i)]", "\(ep) is listed twice") } else { endpoints.append(ep) }
+                    case .failure(let p): fail("\(path)[\(i)]", p.message)
+                    }
+                }
+            case "tls":
+                guard let tf = entries(v, path, allowed: ["ca", "certificate", "private_key"]) else { continue }
+                var t = EtcdTLSConfig()
+                for (tk, tv) in tf {
+                    switch tk {
+                    case "ca": t.ca = readableFile(tv, "\(path).ca")
+                    case "certificate": t.certificate = readableFile(tv, "\(path).certificate")
+                    case "private_key": t.privateKey = readableFile(tv, "\(path).private_key")
+                    default: break
+                    }
+                }
+                let hasCert = tf.contains { $0.0 == "certificate" }, hasKey = tf.contains { $0.0 == "private_key" }
+                if hasCert != hasKey { fail(path, "certificate and private_key go together (client-certificate auth needs both)") }
+                tls = t
+            case "username": username = nonEmptyString(v, path)
+            case "password_file": passwordFile = readableFile(v, path)
+            default: break
+            }
+        }
+        if !sawEndpoints { fail("cluster.etcd.endpoints", "required") }
+        let hasUser = fields.contains { $0.0 == "username" }, hasPassword = fields.contains { $0.0 == "password_file" }
+        if hasUser != hasPassword { fail("cluster.etcd", "username and password_file go together") }
+        if tls != nil && !endpoints.contains(where: \.secure) && !endpoints.isEmpty {
+            fail("cluster.etcd.tls", "set, but every endpoint is http://; use https:// URLs to talk TLS to etcd")
+        }
+        return EtcdConfig(endpoints: endpoints, tls: tls, username: username, passwordFile: passwordFile)
     }
 
     mutating func readPools(_ node: Node) -> [PoolConfig] {

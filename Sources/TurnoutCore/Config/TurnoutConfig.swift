@@ -17,12 +17,14 @@ public struct TurnoutConfig: Sendable, Equatable {
     public var timeouts: TimeoutConfig
     public var limits: LimitsConfig
     public var accessLog: Bool
+    /// Cluster mode: the routing truth lives in etcd (nil: a single node with its state file).
+    public var cluster: ClusterConfig?
 
     public init(
         workers: Int? = nil, io: IOMode = .epoll, listeners: [ListenerConfig], admin: AdminConfig = AdminConfig(),
         stateFile: String? = nil, pools: [PoolConfig], routing: RoutingConfig,
         health: HealthConfig = HealthConfig(), timeouts: TimeoutConfig = TimeoutConfig(),
-        limits: LimitsConfig = LimitsConfig(), accessLog: Bool = true
+        limits: LimitsConfig = LimitsConfig(), accessLog: Bool = true, cluster: ClusterConfig? = nil
     ) {
         self.workers = workers
         self.io = io
@@ -35,6 +37,7 @@ public struct TurnoutConfig: Sendable, Equatable {
         self.timeouts = timeouts
         self.limits = limits
         self.accessLog = accessLog
+        self.cluster = cluster
     }
 
     /// The number of event loops to run, resolving `auto` to the number of active cores.

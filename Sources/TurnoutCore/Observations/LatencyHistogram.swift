@@ -44,6 +44,14 @@ public struct LatencyHistogram: Sendable, Equatable {
         sumMicros &+= other.sumMicros
     }
 
+    /// Adds `count` recordings to bucket `index` (rebuilding a histogram another process sent).
+    public mutating func add(bucket index: Int, count: UInt64) {
+        counts[index] &+= count
+        total &+= count
+    }
+
+    public mutating func addSum(micros: UInt64) { sumMicros &+= micros }
+
     /// `self - earlier`: what was recorded since `earlier` was taken from the same counters.
     public func since(_ earlier: LatencyHistogram) -> LatencyHistogram {
         var out = self

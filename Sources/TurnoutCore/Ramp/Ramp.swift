@@ -97,13 +97,30 @@ public struct RampWindow: Sendable, Equatable {
     public var requests: UInt64
     public var errors: UInt64
     public var p99Micros: UInt64?
+    /// The canary's latencies, from which `p99Micros` comes (empty when built from a p99 alone).
+    public var latency: LatencyHistogram
     /// Requests of every pool in the same window (to show the split).
     public var totalRequests: UInt64
     public init(requests: UInt64, errors: UInt64, p99Micros: UInt64?, totalRequests: UInt64 = 0) {
         self.requests = requests
         self.errors = errors
         self.p99Micros = p99Micros
+        self.latency = LatencyHistogram()
         self.totalRequests = totalRequests
+    }
+    public init(requests: UInt64, errors: UInt64, latency: LatencyHistogram, totalRequests: UInt64) {
+        self.requests = requests
+        self.errors = errors
+        self.latency = latency
+        self.p99Micros = latency.quantile(0.99)
+        self.totalRequests = totalRequests
+    }
+    /// This window and another replica's, as one (counts add up, p99 of the merged histogram).
+    public func adding(_ other: RampWindow) -> RampWindow {
+        var h = latency
+        h.add(other.latency)
+        return RampWindow(requests: requests + other.requests, errors: errors + other.errors, latency: h,
+                          totalRequests: totalRequests + other.totalRequests)
     }
     public var errorRate: Double { requests == 0 ? 0 : Double(errors) / Double(requests) }
     public var p99Ms: Double? { p99Micros.map { Double($0) / 1000 } }

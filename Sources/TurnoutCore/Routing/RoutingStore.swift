@@ -211,7 +211,7 @@ extension RoutingStore {
 
     /// The document `GET /v1/state` returns: generation, live pool, weights, previous weights, and
     /// every endpoint with its health and in-flight count.
-    public func stateJSON(ramp: String = "null") -> String {
+    public func stateJSON(ramp: String = "null", cluster: String = "null") -> String {
         let (state, health) = snapshot()
         let order = poolNames
         var out = "{\"generation\":\(state.generation),\"live\":\(JSONWriter.quote(state.live))"
@@ -225,7 +225,7 @@ extension RoutingStore {
             }
             return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]}"
         }.joined(separator: ",")
-        out += "},\"ramp\":\(ramp)}"
+        out += "},\"ramp\":\(ramp),\"cluster\":\(cluster)}"
         return out
     }
 

@@ -17,6 +17,9 @@ struct AdminResponse {
     var headers: [(String, String)] = []
     /// The connection turns into a server-sent event stream.
     var stream = false
+    /// The answer comes later (a cluster write): the connection calls this and sends what it
+    /// hands back, on the admin loop.
+    var deferred: (@Sendable (@escaping @Sendable (AdminResponse) -> Void) -> Void)? = nil
 
     static func error(_ e: AdminError) -> AdminResponse {
         var r = AdminResponse(status: e.status, body: JSONWriter.error(e))
@@ -38,6 +41,8 @@ final class AdminRouter: @unchecked Sendable {
     var rampWindow: () -> RampWindow? = { nil }
     /// The Prometheus exposition (set by the server, which owns the counters).
     var metrics: () -> String = { "" }
+    /// Cluster mode: routing changes go through etcd (set by the server before the admin API serves).
+    var cluster: ClusterAgent?
     /// Re-reads the config file (set by the server, which owns everything a reload touches).
     var reload: () -> Result<ReloadOutcome, ReloadError> = { .failure(.refused("reload is not available")) }
 
@@ -90,26 +95,23 @@ final class AdminRouter: @unchecked Sendable {
                     return rampResponse(status: 200)
                 case "POST":
                     let plan = try Self.rampPlan(req.body)
-                    _ = try mutate(req, action: "ramp \(plan.pool) through \(plan.steps.map { Percent.format(basisPoints: $0) }.joined(separator: ","))", kind: "ramp_started") { state, view throws(AdminError) in
+                    return try mutate(req, action: "ramp \(plan.pool) through \(plan.steps.map { Percent.format(basisPoints: $0) }.joined(separator: ","))", kind: "ramp_started",
+                                      respond: { $0.rampResponse(status: 201) }) { state, view throws(AdminError) in
                         try RoutingCommands.startRamp(plan, state: state, pools: view, now: Date())
                     }
-                    return rampResponse(status: 201)
                 default:
-                    _ = try mutate(req, action: "ramp aborted", kind: "ramp_aborted") { state, view throws(AdminError) in
+                    return try mutate(req, action: "ramp aborted", kind: "ramp_aborted", respond: { $0.rampResponse(status: 200) }) { state, view throws(AdminError) in
                         try RoutingCommands.abortRamp(state: state, pools: view)
                     }
-                    return rampResponse(status: 200)
                 }
             case "/v1/ramp/pause":
-                _ = try mutate(req, action: "ramp paused", kind: "ramp_paused") { state, _ throws(AdminError) in
+                return try mutate(req, action: "ramp paused", kind: "ramp_paused", respond: { $0.rampResponse(status: 200) }) { state, _ throws(AdminError) in
                     try RoutingCommands.pauseRamp(state: state)
                 }
-                return rampResponse(status: 200)
             case "/v1/ramp/resume":
-                _ = try mutate(req, action: "ramp resumed", kind: "ramp_resumed") { state, _ throws(AdminError) in
+                return try mutate(req, action: "ramp resumed", kind: "ramp_resumed", respond: { $0.rampResponse(status: 200) }) { state, _ throws(AdminError) in
                     try RoutingCommands.resumeRamp(state: state, now: Date())
                 }
-                return rampResponse(status: 200)
             case "/v1/switch":
                 let obj = try AdminJSON.object(req.body, allowed: ["pool", "force"])
                 let pool = try AdminJSON.string(obj, "pool", required: true)!
@@ -165,9 +167,45 @@ final class AdminRouter: @unchecked Sendable {
         return g
     }
 
+    /// `?wait=5s` on a write: answer once every live replica applied it (at most 10 minutes).
+    static func waitParameter(_ target: String) throws(AdminError) -> Int64? {
+        guard let q = target.split(separator: "?", maxSplits: 1).dropFirst().first else { return nil }
+        for pair in q.split(separator: "&") {
+            let kv = pair.split(separator: "=", maxSplits: 1)
+            guard kv.first == "wait" else { continue }
+            let text = kv.count > 1 ? String(kv[1]) : ""
+            guard let ms = DurationParser.milliseconds(text), ms > 0, ms <= 600_000 else {
+                throw .badRequest("wait must be a duration from 1ms to 10m, e.g. ?wait=5s", code: "invalid_wait")
+            }
+            return ms
+        }
+        return nil
+    }
+
     private func mutate(_ req: AdminRequest, action: String, kind: String,
-                        _ change: (RoutingState, RoutingCommands.PoolView) throws(AdminError) -> RoutingState) throws(AdminError) -> AdminResponse {
+                        respond: @escaping @Sendable (AdminRouter) -> AdminResponse = { $0.stateResponse(status: 200) },
+                        _ change: @escaping @Sendable (RoutingState, RoutingCommands.PoolView) throws(AdminError) -> RoutingState) throws(AdminError) -> AdminResponse {
         let expected = try ifMatch(req.headers)
+        let wait = try Self.waitParameter(req.path)
+        if let cluster {
+            // The answer comes once etcd committed (and, with ?wait, every replica applied it).
+            return AdminResponse(status: 0, body: "", deferred: { [self] done in
+                cluster.writeAsync(expected: expected, kind: kind, reason: action, change) { [self] result in
+                    switch result {
+                    case .failure(let e):
+                        done(.error(e))
+                    case .success(let state):
+                        guard let wait else { return done(respond(self)) }
+                        cluster.waitConverged(revision: state.generation, timeoutMs: wait) { [self] pending in
+                            if pending.isEmpty { return done(respond(self)) }
+                            let body = "{\"error\":\"generation \(state.generation) is committed, but not every replica applied it within \(DurationParser.format(milliseconds: wait))\","
+                                + "\"code\":\"not_converged\",\"generation\":\(state.generation),\"pending\":[\(pending.map(JSONWriter.quote).joined(separator: ","))]}"
+                            done(AdminResponse(status: 504, body: body, headers: [("ETag", "\"\(state.generation)\"")]))
+                        }
+                    }
+                }
+            })
+        }
         let store = self.store
         let stateFile = self.stateFile
         let before = store.state.generation
@@ -190,15 +228,17 @@ final class AdminRouter: @unchecked Sendable {
                                                  ("weights", JSONWriter.weights(next.weights, order: store.poolNames)),
                                                  ("previous", next.previousWeights.map { JSONWriter.weights($0, order: store.poolNames) } ?? "null")]))
         }
-        return stateResponse(status: 200)
+        // A single node has no other replica to wait for: ?wait is satisfied at once.
+        return respond(self)
     }
 
-    private func stateResponse(status: Int) -> AdminResponse {
+    func stateResponse(status: Int) -> AdminResponse {
         let state = store.state
-        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state)), headers: [("ETag", "\"\(state.generation)\"")])
+        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null"),
+                             headers: [("ETag", "\"\(state.generation)\"")])
     }
 
-    private func rampResponse(status: Int) -> AdminResponse {
+    func rampResponse(status: Int) -> AdminResponse {
         let state = store.state
         return AdminResponse(status: status, body: rampJSON(state), headers: [("ETag", "\"\(state.generation)\"")])
     }

@@ -142,6 +142,8 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     private var deadline: UInt64 = 0
     private var closed = false
     private var subscription: ObjectIdentifier?
+    /// A deferred answer (a cluster write) is being prepared; later requests wait their turn.
+    private var waiting = false
     /// Event lines queued for this stream and not yet written.
     private let pendingEvents = PendingCount()
     static let maxPendingEvents = 1000
@@ -171,6 +173,7 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
             if channel.isClosed { shut() }
             return
         }
+        if waiting && !channel.isClosed { return }  // bounded by the deferred work's own timeout
         if now >= deadline || (closed && channel.isClosed) { shut() }
     }
 
@@ -217,7 +220,7 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
         // An event stream only sends; whatever its reader writes is ignored.
         guard !closed, subscription == nil else { return }
         input.append(contentsOf: bytes)
-        process()
+        if !waiting { process() }
     }
 
     private func process() {
@@ -292,6 +295,21 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
             if response.stream {
                 input = []
                 startStream()
+                return
+            }
+            if let deferred = response.deferred {
+                waiting = true
+                let keepAlive = head.keepAlive, isHead = head.method == "HEAD"
+                let loop = server.loop
+                deferred { [weak self] answer in
+                    loop.execute { [weak self] in
+                        guard let self, !self.closed else { return }
+                        self.waiting = false
+                        self.reply(answer, close: !keepAlive, head: isHead)
+                        self.deadline = EventLoop.now() + 30_000_000_000
+                        self.process()
+                    }
+                }
                 return
             }
             reply(response, close: !head.keepAlive, head: head.method == "HEAD")

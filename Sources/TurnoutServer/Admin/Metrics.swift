@@ -9,6 +9,9 @@ struct MetricsRenderer {
     let probes: [Int: (pass: UInt64, fail: UInt64)]
     let connections: [Int: UpstreamConnectionCounts]
     let clientConnections: Int
+    /// Cluster mode: the agent's view (nil on a single node: no cluster metrics).
+    var cluster: ClusterAgent.Status?
+    var clusterIsDriver = false
 
     /// Histogram bucket edges in seconds.
     static let buckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -166,6 +169,22 @@ struct MetricsRenderer {
         family("turnout_ramp_status", "gauge", "1 for the status of the current or last ramp.")
         for st in ["running", "paused", "completed", "rolled_back", "aborted"] {
             sample("turnout_ramp_status", [("status", st)], state.ramp?.status.rawValue == st ? "1" : "0")
+        }
+        if let c = cluster {
+            family("turnout_cluster_connected", "gauge", "1 while the watch on etcd is open and the last heartbeat read answered.")
+            sample("turnout_cluster_connected", [], c.connected ? "1" : "0")
+            family("turnout_cluster_applied_revision", "gauge", "The etcd revision of the routing document this replica routes by.")
+            sample("turnout_cluster_applied_revision", [], "\(c.appliedRevision)")
+            family("turnout_cluster_stale_seconds", "gauge", "Seconds since etcd last answered, while the replica is stale (0 otherwise).")
+            sample("turnout_cluster_stale_seconds", [], String(format: "%.3f", c.staleSeconds))
+            family("turnout_cluster_replicas", "gauge", "Live replicas in the cluster registry (this one included).")
+            sample("turnout_cluster_replicas", [], "\(c.replicas.count)")
+            family("turnout_cluster_ramp_driver", "gauge", "1 while this replica holds the ramp-driver key.")
+            sample("turnout_cluster_ramp_driver", [], clusterIsDriver ? "1" : "0")
+            family("turnout_cluster_watch_restarts_total", "counter", "Times the watch on etcd broke and was opened again.")
+            sample("turnout_cluster_watch_restarts_total", [], "\(c.watchRestarts)")
+            family("turnout_cluster_write_conflicts_total", "counter", "Writes whose compare-and-swap found the routing document changed by another writer.")
+            sample("turnout_cluster_write_conflicts_total", [], "\(c.writeConflicts)")
         }
         return out
     }

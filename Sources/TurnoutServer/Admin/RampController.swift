@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import Logging
+import Synchronization
 import TurnoutCore
 
 /// Drives a running ramp: every 50 ms it reads the canary's traffic since the step began (summed
@@ -8,6 +9,11 @@ import TurnoutCore
 /// store (persisted like any mutation), reporting each step and verdict on the event bus.
 /// Runs on the admin loop. After a restart, a persisted ramp resumes at its step with the step
 /// clock restarted.
+///
+/// In cluster mode every replica keeps the window of the current step (and publishes it through
+/// the cluster agent), but only the replica that holds the ramp-driver key judges: on the sum of
+/// every replica's window, committing each transition as a compare-and-swap through etcd (off the
+/// admin loop). A new driver continues from the step the routing document records.
 final class RampController: @unchecked Sendable {
     let loop: EventLoop
     let store: RoutingStore
@@ -24,8 +30,15 @@ final class RampController: @unchecked Sendable {
     private var baseline = TrafficStats()
     private var stepStartMono: UInt64 = 0
     private var lastHold: UInt64 = 0
-    /// The current step's observations, for `GET /v1/ramp`.
-    private(set) var currentWindow: RampWindow?
+    /// The current step's observations, for `GET /v1/ramp` (in cluster mode: every replica's).
+    private let shown = Mutex<RampWindow?>(nil)
+    /// This replica's own window of the current step, with the ramp it belongs to (what cluster
+    /// mode publishes).
+    private let local = Mutex<(RampState, RampWindow)?>(nil)
+    /// Cluster mode: the agent that knows the driver and the other replicas' windows.
+    var cluster: ClusterAgent?
+    /// A transition is being committed through etcd; no new decision until it is.
+    private var committing = false
 
     init(loop: EventLoop, store: RoutingStore, stateFile: StateFileWriter?, events: EventBus, logger: Logger,
          collectStats: @escaping @Sendable () -> TrafficStats) {
@@ -54,8 +67,11 @@ final class RampController: @unchecked Sendable {
         }
     }
 
-    /// The window of the running step (read on the admin loop).
-    func window() -> RampWindow? { currentWindow }
+    /// The window of the running step.
+    func window() -> RampWindow? { shown.withLock { $0 } }
+
+    /// This replica's own window and the ramp step it belongs to (nil when no ramp runs).
+    func localWindow() -> (RampState, RampWindow)? { local.withLock { $0 } }
 
     private func canaryIDs(_ pool: String) -> [Int] {
         store.endpoints.first { $0.pool.name == pool }?.endpoints.map(\.id) ?? []
@@ -65,7 +81,8 @@ final class RampController: @unchecked Sendable {
         let state = store.state
         guard let ramp = state.ramp, ramp.status == .running else {
             stepKey = nil
-            currentWindow = nil
+            shown.withLock { $0 = nil }
+            local.withLock { $0 = nil }
             return
         }
         let now = EventLoop.now()
@@ -74,16 +91,21 @@ final class RampController: @unchecked Sendable {
             baseline = collectStats()
             stepStartMono = now
             lastHold = 0
-            currentWindow = RampWindow(requests: 0, errors: 0, p99Micros: nil)
+            shown.withLock { $0 = RampWindow(requests: 0, errors: 0, p99Micros: nil) }
+            local.withLock { $0 = (ramp, RampWindow(requests: 0, errors: 0, latency: LatencyHistogram(), totalRequests: 0)) }
             return
         }
         let delta = collectStats().since(baseline)
         let observed = delta.pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
         var total: UInt64 = 0
         for entry in store.endpoints { total += delta.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).requests }
-        let window = RampWindow(requests: observed.requests, errors: observed.serverErrors,
-                                p99Micros: observed.latency.quantile(0.99), totalRequests: total)
-        currentWindow = window
+        let mine = RampWindow(requests: observed.requests, errors: observed.serverErrors,
+                              latency: observed.latency, totalRequests: total)
+        local.withLock { $0 = (ramp, mine) }
+        let window = cluster?.remoteWindow(for: ramp).map { mine.adding($0) } ?? mine
+        shown.withLock { $0 = window }
+        if let cluster, !cluster.drivesRamp { return }
+        if committing { return }
         // Health rolls a ramp back only once every canary endpoint was probed and none passed;
         // endpoints not probed yet (just after a restart) do not count as failed.
         let (_, health) = store.snapshot()
@@ -91,7 +113,7 @@ final class RampController: @unchecked Sendable {
         let healthy = ids.contains { health[$0] == .healthy } || ids.contains { (health[$0] ?? .unknown) == .unknown }
         let elapsedMs = Int64((now - stepStartMono) / 1_000_000)
         let decision = RampEngine.decide(ramp, window: window, stepElapsedMs: elapsedMs, canaryHealthy: healthy)
-        let record = { (verdict: String) in
+        let record = { @Sendable (verdict: String) in
             RampStepRecord(weight: ramp.currentWeight, requests: window.requests, errors: window.errors, p99Ms: window.p99Ms, verdict: verdict)
         }
         switch decision {
@@ -119,16 +141,48 @@ final class RampController: @unchecked Sendable {
 
     /// Applies a ramp transition if the ramp is still at the step it was judged on.
     private func apply(_ judged: RampState, verdict: String, window: RampWindow, reason: String? = nil,
-                       _ change: @escaping (RoutingState, RoutingCommands.PoolView) -> RoutingState) {
+                       _ change: @escaping @Sendable (RoutingState, RoutingCommands.PoolView) -> RoutingState) {
+        let guarded: @Sendable (RoutingState, RoutingCommands.PoolView) -> RoutingState = { s, view in
+            guard let r = s.ramp, r.status == .running, r.step == judged.step, r.stepStartedAt == judged.stepStartedAt else {
+                return s  // an operator (or another driver) got there first
+            }
+            return change(s, view)
+        }
+        if let cluster {
+            let (kind, text): (String, String)
+            switch verdict {
+            case "passed" where judged.step + 1 < judged.plan.steps.count:
+                let nextWeight = Percent.format(basisPoints: judged.plan.steps[judged.step + 1])
+                (kind, text) = ("ramp_step", "ramp of \(judged.plan.pool): step \(judged.step + 2) of \(judged.plan.steps.count) at \(nextWeight)%")
+            case "passed":
+                (kind, text) = ("ramp_completed", "ramp of \(judged.plan.pool) completed: all steps passed")
+            default:
+                (kind, text) = ("rollback", "ramp of \(judged.plan.pool) rolled back: \(reason ?? verdict)")
+            }
+            committing = true
+            let loop = self.loop
+            cluster.writeAsync(expected: nil, kind: kind, reason: text, { s, view throws(AdminError) in guarded(s, view) }) { [weak self] result in
+                loop.execute { [weak self] in
+                    guard let self else { return }
+                    self.committing = false
+                    switch result {
+                    case .success(let next):
+                        if next.ramp?.step != judged.step || next.ramp?.status != .running || next.ramp?.stepStartedAt != judged.stepStartedAt {
+                            self.publishVerdict(judged, window: window, verdict: verdict, reason: reason ?? "gates passed", generation: next.generation)
+                        }
+                    case .failure(let e):
+                        self.logger.error("ramp: cannot commit \(verdict) through etcd: \(e.message); will retry")
+                    }
+                }
+            }
+            return
+        }
         let stateFile = self.stateFile
         let store = self.store
         let next: RoutingState
         do {
             next = try store.mutate({ (s: RoutingState, health: [Int: HealthStatus]) throws(AdminError) -> RoutingState in
-                guard let r = s.ramp, r.status == .running, r.step == judged.step, r.stepStartedAt == judged.stepStartedAt else {
-                    return s  // an operator got there first
-                }
-                return change(s, store.poolView(health: health))
+                guarded(s, store.poolView(health: health))
             }, persist: { (n: RoutingState) throws(AdminError) in
                 guard let stateFile else { return }
                 do { try stateFile.write(n) } catch {

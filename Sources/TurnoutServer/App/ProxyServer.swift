@@ -35,6 +35,8 @@ public final class ProxyServer: @unchecked Sendable {
     /// The one writer of `state_file` while running (nil without one).
     let stateFile: StateFileWriter?
     private var ramps: RampController?
+    /// Cluster mode: the link to etcd (nil on a single node).
+    private(set) var cluster: ClusterAgent?
 
     /// Builds the proxy for `config`, starting from `state`. Reads the admin token file, if any;
     /// nothing listens until `start()`.
@@ -132,9 +134,26 @@ public final class ProxyServer: @unchecked Sendable {
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
                                     connections: upstreamConnectionCounts(),
                                     clientConnections: context.openClientConnections.load(ordering: .relaxed))
+            r.cluster = cluster?.status()
+            r.clusterIsDriver = cluster?.drivesRamp ?? false
             return r.render()
         }
         self.ramps = ramps
+        if let clusterConfig = config.cluster {
+            let address = listeners.first.map { "\($0.address)" } ?? ""
+            let id = clusterConfig.effectiveReplicaID(firstListenerPort: listeners.first?.address.port ?? 0)
+            do {
+                let agent = try ClusterAgent(config: clusterConfig, replicaID: id, address: address, store: store, stateFile: stateFile,
+                                             events: context.events, logger: logger, currentConfig: { [unowned self] in config })
+                agent.localWindow = { [unowned ramps] in ramps.localWindow() }
+                router.cluster = agent
+                ramps.cluster = agent
+                cluster = agent
+            } catch {
+                for opened in listeners { opened.close() }
+                throw error
+            }
+        }
         do {
             try admin.listenUnix(path: config.admin.socket)
             if let address = config.admin.address { try admin.listenTCP(address: address) }
@@ -151,6 +170,10 @@ public final class ProxyServer: @unchecked Sendable {
         if firstRound.wait(timeout: .now() + .milliseconds(waitMs)) == .timedOut {
             logger.warning("first health probes did not finish within \(waitMs) ms; starting anyway")
         }
+        // Cluster mode: the routing truth is read from etcd before the first request is routed
+        // (waiting a bounded time; without etcd the replica serves its boot cache, stale).
+        // After the first probes, so the registry entry carries real health.
+        cluster?.start(timeoutMs: 3000)
         // A persisted ramp resumes only once endpoint health is known: before the first probes
         // every endpoint is "unknown", which a ramp would read as a canary without health.
         self.ramps?.start()
@@ -234,6 +257,7 @@ public final class ProxyServer: @unchecked Sendable {
                 drain { cut in
                     if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
                     extraShutdown?()
+                    self.cluster?.stop()
                     self.admin.stop()
                     self.stateFile?.close()
                     logger.notice("stopped")
