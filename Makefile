@@ -3,9 +3,10 @@ SHELL      := /bin/bash
 SWIFT      ?= swift
 PYTHON     ?= python3
 SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
-# Debian packages the build needs, and those the tests need on top (prometheus: for promtool).
+# Debian packages the build needs, and those the tests need on top (prometheus: for promtool;
+# etcd-server: real etcd members for the cluster-mode tests).
 BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
-TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus
+TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client
 RELEASE_BIN := .build/release/turnout
 
 .PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean

@@ -22,6 +22,8 @@ def cleanup():
                 problems.append(problem)
         elif isinstance(t, Upstream):
             t.kill()
+        else:
+            t.stop()  # an etcd cluster, or anything else with stop()
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
 

@@ -84,9 +84,11 @@ class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
-                 timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits="", pool_extra=""):
+                 timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits="", pool_extra="",
+                 root_extra=""):
         """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`.
-        `pool_extra`: more keys for every pool's flow mapping, e.g. "max_idle_connections: 2"."""
+        `pool_extra`: more keys for every pool's flow mapping, e.g. "max_idle_connections: 2".
+        `root_extra`: more top-level YAML, e.g. a `cluster:` block."""
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.tls = tls
         self.config_path = os.path.join(self.dir, "turnout.yaml")
@@ -112,6 +114,7 @@ class Turnout:
             f"routing:\n{weight_text}  preview_header: X-Turnout-Pool\n{extra}"
             f"health: {health}\n"
             + (f"timeouts: {timeouts}\n" if timeouts else "")
+            + root_extra
         )
         with open(self.config_path, "w") as f:
             f.write(self.config)

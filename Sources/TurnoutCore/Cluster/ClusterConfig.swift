@@ -31,9 +31,14 @@ public struct ClusterConfig: Sendable, Equatable {
     public var prefix: String { "/turnout/v1/\(name)/" }
     /// The one key that holds the routing document.
     public var routingKey: String { prefix + "routing" }
-    public var replicasPrefix: String { prefix + "replicas/" }
-    public var windowsPrefix: String { prefix + "ramp-windows/" }
-    public var driverKey: String { prefix + "ramp-driver" }
+    /// The replica registry. It sorts before `watchedFrom`, so the watch every replica keeps does
+    /// not carry every replica's registry writes to every other replica (N² deliveries per change);
+    /// the registry is read whole instead, every few heartbeats and while a write waits on it.
+    public var replicasPrefix: String { prefix + "live-replicas/" }
+    public var windowsPrefix: String { prefix + "ramp/windows/" }
+    public var driverKey: String { prefix + "ramp/driver" }
+    /// The watch covers `[watchedFrom, end of prefix)`: the ramp keys and the routing document.
+    public var watchedFrom: String { prefix + "ramp/" }
 
     /// The replica id in force: the configured one, or `hostname:port`.
     public func effectiveReplicaID(firstListenerPort: UInt16) -> String {

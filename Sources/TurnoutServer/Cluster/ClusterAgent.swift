@@ -54,7 +54,11 @@ final class ClusterAgent: @unchecked Sendable {
         var lastContact: UInt64 = 0
         var watching = false
         var heartbeatOK = false
-        var stale = false
+        /// Until the first answer from etcd, a replica serves its boot cache: stale.
+        var stale = true
+        var everConnected = false
+        /// Uptime (ns) when the agent was made: "stale since" for a replica that never reached etcd.
+        var createdAt = DispatchTime.now().uptimeNanoseconds
         var lastError: String?
         var replicas: [String: ReplicaRecord] = [:]
         var windows: [String: RampWindowRecord] = [:]
@@ -121,6 +125,7 @@ final class ClusterAgent: @unchecked Sendable {
                 if revision == nil { Thread.sleep(forTimeInterval: 0.2) }
             } while revision == nil && DispatchTime.now() < deadline && !stopped.load(ordering: .relaxed)
             if let revision { startRevision.store(revision, ordering: .relaxed) }
+            updateStaleness()
             synced.signal()
         }
         synced.wait()
@@ -138,14 +143,15 @@ final class ClusterAgent: @unchecked Sendable {
         let t = DispatchSource.makeTimerSource(queue: background)
         let tick = min(250, Int(config.heartbeatMs))
         t.schedule(deadline: .now() + .milliseconds(tick), repeating: .milliseconds(tick), leeway: .milliseconds(20))
-        var ticks = 0
+        var beats = 0
         var lastHeartbeat = DispatchTime.now().uptimeNanoseconds
         t.setEventHandler { [unowned self] in
-            ticks += 1
             let now = DispatchTime.now().uptimeNanoseconds
             if now - lastHeartbeat >= UInt64(config.heartbeatMs) * 1_000_000 {
                 lastHeartbeat = now
-                heartbeat(full: ticks % 5 == 0)
+                beats += 1
+                // Every fifth heartbeat reads every key (the registry is not watched).
+                heartbeat(full: beats % 5 == 0)
             }
             publishWindow()
             updateStaleness()
@@ -171,6 +177,7 @@ final class ClusterAgent: @unchecked Sendable {
             backgroundClient.close()
         }
         if watchThread != nil { _ = watchDone.wait(timeout: .now() + 2) }
+        flushCache()
         let waiters = shared.withLock { s -> [Waiter] in
             defer { s.waiters.removeAll() }
             return Array(s.waiters.values)
@@ -258,14 +265,10 @@ final class ClusterAgent: @unchecked Sendable {
             }
             return
         }
-        let stateFile = self.stateFile
-        let logger = self.logger
-        store.mutate({ (_: RoutingState, _: [Int: HealthStatus]) in state }, persist: { (next: RoutingState) in
-            guard let stateFile else { return }
-            do { try stateFile.write(next) } catch {
-                logger.warning("cluster: cannot write the state file (the boot cache): \(error)")
-            }
-        })
+        // etcd holds the truth durably: the replica routes by it at once, and the state file (the
+        // boot cache for a restart while etcd is away) is written after, off this path.
+        store.mutate({ (_: RoutingState, _: [Int: HealthStatus]) in state }, persist: { (_: RoutingState) in })
+        writeCache(state)
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
         shared.withLock {
             $0.appliedRevision = revision
@@ -291,6 +294,31 @@ final class ClusterAgent: @unchecked Sendable {
         checkWaiters()
     }
 
+    /// The newest state not yet in the state file; the cache queue writes only the latest.
+    private let pendingCache = Mutex<RoutingState?>(nil)
+    private let cacheQueue = DispatchQueue(label: "turnout.cluster.cache", qos: .utility)
+
+    private func writeCache(_ state: RoutingState) {
+        guard let stateFile else { return }
+        let first = pendingCache.withLock { p -> Bool in
+            defer { p = state }
+            return p == nil
+        }
+        guard first else { return }
+        cacheQueue.async { [self] in
+            guard let latest = pendingCache.withLock({ p -> RoutingState? in
+                defer { p = nil }
+                return p
+            }) else { return }
+            do { try stateFile.write(latest) } catch {
+                logger.warning("cluster \(config.name): cannot write the state file (the boot cache): \(error)")
+            }
+        }
+    }
+
+    /// Waits until the state file holds the last applied state (at shutdown).
+    func flushCache() { cacheQueue.sync {} }
+
     // MARK: the watch
 
     private func watchLoop(from revision: UInt64) {
@@ -301,7 +329,7 @@ final class ClusterAgent: @unchecked Sendable {
         while !stopped.load(ordering: .relaxed) {
             do throws(EtcdError) {
                 if next == 0 { next = try syncAll(client: client) + 1 }
-                let watch = try client.watch(prefix: config.prefix, startRevision: next)
+                let watch = try client.watch(from: config.watchedFrom, prefix: config.prefix, startRevision: next)
                 defer { watch.close() }
                 shared.withLock { $0.watching = true }
                 failures = 0
@@ -361,13 +389,6 @@ final class ClusterAgent: @unchecked Sendable {
             let holder = e.isDelete ? nil : String(decoding: e.kv.value, as: UTF8.self)
             shared.withLock { $0.driver = holder }
             if e.isDelete { background.async { [self] in campaign() } }
-        } else if key.hasPrefix(config.replicasPrefix) {
-            let id = String(key.dropFirst(config.replicasPrefix.count))
-            if e.isDelete {
-                _ = shared.withLock { $0.replicas.removeValue(forKey: id) }
-            } else if let r = ClusterJSON.decode(ReplicaRecord.self, e.kv.value) {
-                shared.withLock { $0.replicas[r.id] = r }
-            }
         } else if key.hasPrefix(config.windowsPrefix) {
             let id = String(key.dropFirst(config.windowsPrefix.count))
             if e.isDelete {
@@ -507,18 +528,24 @@ final class ClusterAgent: @unchecked Sendable {
     /// Marks the replica stale after `stale_after` without an answer from etcd, and back.
     private func updateStaleness() {
         let now = DispatchTime.now().uptimeNanoseconds
-        let (changed, stale, seconds, error) = shared.withLock { s -> (Bool, Bool, Double, String?) in
-            let since = s.lastContact == 0 ? Double.infinity : Double(now - s.lastContact) / 1e9
-            let stale = since * 1000 > Double(config.staleAfterMs)
-            defer { s.stale = stale }
-            return (stale != s.stale, stale, since, s.lastError)
+        let (changed, stale, seconds, error, first) = shared.withLock { s -> (Bool, Bool, Double, String?, Bool) in
+            let since = Double(now - (s.lastContact == 0 ? s.createdAt : s.lastContact)) / 1e9
+            let stale = s.lastContact == 0 || since * 1000 > Double(config.staleAfterMs)
+            let first = !stale && !s.everConnected
+            defer {
+                s.stale = stale
+                if !stale { s.everConnected = true }
+            }
+            return (stale != s.stale, stale, since, s.lastError, first)
         }
         guard changed else { return }
         let applied = appliedRevision
         if stale {
-            let reason = "no answer from etcd for \(seconds.isFinite ? String(format: "%.1fs", seconds) : "ever")\(error.map { " (\($0))" } ?? ""); serving revision \(applied), refusing changes"
+            let reason = "no answer from etcd for \(String(format: "%.1fs", seconds))\(error.map { " (\($0))" } ?? ""); serving revision \(applied), refusing changes"
             logger.error("cluster \(config.name): stale: \(reason)")
             events.publish(TurnoutEvent(kind: "stale", generation: applied, reason: reason))
+        } else if first {
+            logger.notice("cluster \(config.name): connected to etcd; routing by revision \(applied)")
         } else {
             logger.notice("cluster \(config.name): etcd answers again; routing by revision \(applied)")
             events.publish(TurnoutEvent(kind: "cluster_connected", generation: applied, reason: "etcd answers again"))
@@ -530,7 +557,13 @@ final class ClusterAgent: @unchecked Sendable {
 
     var appliedRevision: UInt64 { shared.withLock { $0.appliedRevision } }
 
-    var isStale: Bool { shared.withLock { $0.stale } }
+    /// No answer from etcd within `stale_after` (computed now, not at the last tick).
+    var isStale: Bool {
+        let now = DispatchTime.now().uptimeNanoseconds
+        return shared.withLock { s in
+            s.lastContact == 0 || Double(now - s.lastContact) / 1e6 > Double(config.staleAfterMs)
+        }
+    }
 
     /// Whether this replica holds the ramp-driver key under a live lease.
     var drivesRamp: Bool {
@@ -583,6 +616,12 @@ final class ClusterAgent: @unchecked Sendable {
                 let (revision, kvs) = try writeClient.range(config.routingKey)
                 contact(revision: revision)
                 if let kv = kvs.first { apply(kv.value, revision: kv.modRevision) }
+                // The other replicas' health, as they last reported it (switch refuses a pool
+                // that some replica sees without a healthy endpoint).
+                let (_, records) = try writeClient.range(config.replicasPrefix, prefix: true)
+                var replicas: [String: ReplicaRecord] = [:]
+                for kv in records { if let r = ClusterJSON.decode(ReplicaRecord.self, kv.value) { replicas[r.id] = r } }
+                shared.withLock { $0.replicas = replicas }
                 let base = appliedRevision
                 let (current, health) = store.snapshot()
                 let next: RoutingState
@@ -674,12 +713,39 @@ final class ClusterAgent: @unchecked Sendable {
         }
     }
 
+    private let waitQueue = DispatchQueue(label: "turnout.cluster.wait", qos: .userInitiated)
+    private lazy var waitClient = EtcdClient(config: config.etcd, tls: tls, password: password)
+    private var polling = false
+
+    /// While a write waits for convergence, reads the registry every 10 ms (it is not watched).
+    private func pollRegistry() {
+        dispatchPrecondition(condition: .onQueue(waitQueue))
+        guard shared.withLock({ !$0.waiters.isEmpty }), !stopped.load(ordering: .relaxed) else {
+            polling = false
+            return
+        }
+        if let (revision, kvs) = try? waitClient.range(config.replicasPrefix, prefix: true) {
+            contact(revision: revision)
+            var replicas: [String: ReplicaRecord] = [:]
+            for kv in kvs { if let r = ClusterJSON.decode(ReplicaRecord.self, kv.value) { replicas[r.id] = r } }
+            shared.withLock { $0.replicas = replicas }
+            checkWaiters()
+        }
+        waitQueue.asyncAfter(deadline: .now() + .milliseconds(10)) { [self] in pollRegistry() }
+    }
+
     /// Calls `completion` with an empty list once every live replica has applied `revision`, or
     /// with those that have not after `timeoutMs`.
     func waitConverged(revision: UInt64, timeoutMs: Int64, completion: @escaping @Sendable ([String]) -> Void) {
         let w = Waiter(revision: revision, completion: completion)
         let id = ObjectIdentifier(w)
         shared.withLock { $0.waiters[id] = w }
+        waitQueue.async { [self] in
+            if !polling {
+                polling = true
+                pollRegistry()
+            }
+        }
         let t = DispatchSource.makeTimerSource(queue: background)
         t.schedule(deadline: .now() + .milliseconds(Int(timeoutMs)))
         t.setEventHandler { [weak self, w] in
@@ -720,7 +786,7 @@ final class ClusterAgent: @unchecked Sendable {
         // This replica as it is now, not as its last registry write said (etcd may be away).
         let me = record()
         return shared.withLock { s in
-            let since = s.lastContact == 0 ? -1 : Double(now - s.lastContact) / 1e9
+            let since = Double(now - (s.lastContact == 0 ? s.createdAt : s.lastContact)) / 1e9
             var replicas = s.replicas
             replicas[replicaID] = me
             return Status(revision: s.clusterRevision, appliedRevision: s.appliedRevision,

@@ -245,8 +245,9 @@ final class EtcdClient {
         _ = try call("/v3/lease/revoke", ["ID": String(id)])
     }
 
-    /// Opens a watch of every key under `prefix` from `startRevision`, on its own connection.
-    func watch(prefix: String, startRevision: UInt64) throws(EtcdError) -> EtcdWatch {
+    /// Opens a watch of the keys from `from` to the end of `prefix`, from `startRevision`, on its
+    /// own connection.
+    func watch(from: String, prefix: String, startRevision: UInt64) throws(EtcdError) -> EtcdWatch {
         var lastError = EtcdError.unreachable("no etcd endpoint configured")
         for _ in 0..<config.endpoints.count {
             let ep = config.endpoints[current]
@@ -259,7 +260,7 @@ final class EtcdClient {
                 }
                 let conn = try EtcdConnection(endpoint: ep, tls: tls, timeoutMs: connectTimeoutMs)
                 let create: [String: Any] = ["create_request": [
-                    "key": Self.b64(prefix), "range_end": Self.prefixEnd(prefix), "start_revision": String(startRevision),
+                    "key": Self.b64(from), "range_end": Self.prefixEnd(prefix), "start_revision": String(startRevision),
                 ]]
                 let json = (try? JSONSerialization.data(withJSONObject: create)) ?? Data()
                 var head = "POST /v3/watch HTTP/1.1\r\nHost: \(HostPort(host: ep.host, port: ep.port))\r\nContent-Type: application/json\r\n"
