@@ -9,7 +9,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -107,6 +107,13 @@ bench-idle: build
 # Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
 bench-switch: build test-deps
 	$(PYTHON) Benchmarks/switch_latency.py --switches 500
+
+# Cluster mode: convergence from the etcd commit of a switch to every replica routing by it, and
+# etcd's load, with 3, 10 and 30 replicas on a three-member etcd: see README "Running several replicas".
+bench-cluster: build test-deps
+	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 3 --switches 100
+	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 10 --switches 100
+	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 30 --switches 100
 
 # Time from a ramp gate breach becoming measurable to the rollback being in force.
 bench-rollback: build test-deps

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -25,7 +26,7 @@ class EtcdMember:
 
     @property
     def url(self):
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"{'https' if self.cluster.tls else 'http'}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self):
@@ -39,7 +40,7 @@ class EtcdMember:
             "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
             "--initial-cluster", self.cluster.initial_cluster, "--initial-cluster-state", state,
             "--initial-cluster-token", self.cluster.token,
-        ], stdout=log, stderr=subprocess.STDOUT)
+        ] + self.cluster.tls_flags(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     def running(self):
@@ -47,7 +48,7 @@ class EtcdMember:
 
     def healthy(self):
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.url + "/health", timeout=1, context=self.cluster.ssl_context()) as r:
                 return json.loads(r.read()).get("health") == "true"
         except Exception:
             return False
@@ -70,9 +71,12 @@ class EtcdMember:
 class EtcdCluster:
     """`size` members forming one etcd cluster, started and waited for."""
 
-    def __init__(self, size=1):
+    def __init__(self, size=1, tls=None):
+        """`tls`: {"cert", "key"} of etcd's server certificate and "client_ca", the CA a client
+        certificate must be signed by (etcd then requires one)."""
         if shutil.which("etcd") is None:
             raise RuntimeError("etcd is not installed (make test-deps installs Debian's etcd-server)")
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="turnout-etcd-")
         self.token = os.path.basename(self.dir)
         self.members = [EtcdMember(self, i + 1) for i in range(size)]
@@ -80,6 +84,19 @@ class EtcdCluster:
         for m in self.members:
             m.start()
         wait_for(lambda: all(m.healthy() for m in self.members), timeout=30, what="etcd to be healthy")
+
+    def tls_flags(self):
+        if not self.tls:
+            return []
+        return ["--cert-file", self.tls["cert"], "--key-file", self.tls["key"],
+                "--client-cert-auth", "--trusted-ca-file", self.tls["client_ca"]]
+
+    def ssl_context(self):
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.tls["cert"])
+        ctx.load_cert_chain(self.tls["client_cert"], self.tls["client_key"])
+        return ctx
 
     @property
     def urls(self):
@@ -96,7 +113,7 @@ class EtcdCluster:
             try:
                 req = urllib.request.Request(m.url + path, data=json.dumps(body).encode(),
                                              headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=timeout) as r:
+                with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context()) as r:
                     return json.loads(r.read())
             except Exception as e:
                 last = e

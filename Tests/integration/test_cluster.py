@@ -13,6 +13,7 @@ import pytest
 
 from etcd import EtcdCluster
 from harness import Turnout, Upstream, admin_call, run_cli, wait_for
+from test_ramps import EventReader
 
 
 def cluster_block(etcd, rid, name, members=None, stale="2s", lease="2s"):
@@ -101,6 +102,7 @@ def test_a_switch_through_one_replica_routes_every_replica(cleanup, etcd1, upstr
     b = replica(cleanup, etcd1, upstreams, "b", name)
     wait_for(lambda: len(state(a)["cluster"]["replicas"]) == 2, what="both replicas in the registry")
     assert served_by(b.port)[1] == "blue"
+    events = EventReader(b)
     status, body, headers = admin_call(a, "POST", "/v1/switch?wait=5s", {"pool": "green"})
     assert status == 200, body
     generation = body["generation"]
@@ -114,10 +116,12 @@ def test_a_switch_through_one_replica_routes_every_replica(cleanup, etcd1, upstr
     assert {r["id"]: r["applied_revision"] for r in state(a)["cluster"]["replicas"]} == {"a": generation, "b": generation}
     wait_for(lambda: {r["id"]: r["applied_revision"] for r in state(b)["cluster"]["replicas"]} == {"a": generation, "b": generation},
              what="b's view of the registry")
-    # The change reached b's event log and its state file (the boot cache).
+    # The change reached b's event stream, its log and its state file (the boot cache).
+    wait_for(lambda: "switch" in events.kinds(), what="the switch on b's event stream")
+    event = [e for e in events.events if e["kind"] == "switch"][0]
+    assert event["by"] == "a" and event["generation"] == generation and event["live"] == "green"
     assert "switch to green (by a)" in b.read_log()
-    with open(b.state_file) as f:
-        assert json.load(f)["live"] == "green"
+    wait_for(lambda: json.load(open(b.state_file))["live"] == "green", what="b's boot cache")
     # The CLI shows the replicas; --wait works from the command line.
     out = run_cli("status", "--admin", b.admin_socket)
     assert out.returncode == 0 and "REPLICA" in out.stdout and "cluster: " + name in out.stdout, out.stdout
@@ -126,6 +130,20 @@ def test_a_switch_through_one_replica_routes_every_replica(cleanup, etcd1, upstr
     assert served_by(a.port)[1] == "blue"
     text = open(a.log_path).read()
     assert "rollback (by b)" in text
+
+
+def test_switch_refuses_a_pool_another_replica_sees_without_a_healthy_endpoint(cleanup, etcd1):
+    blue, green = Upstream("blue"), Upstream("green")
+    cleanup.extend([blue, green])
+    name = uuid.uuid4().hex[:8]
+    a = replica(cleanup, etcd1, {"blue": [blue.address], "green": [green.address]}, "a", name)
+    # b reaches green at an address where nothing listens.
+    b = replica(cleanup, etcd1, {"blue": [blue.address], "green": ["127.0.0.1:9"]}, "b", name)
+    wait_for(lambda: len(state(a)["cluster"]["replicas"]) == 2, what="both replicas")
+    status, body, _ = admin_call(a, "POST", "/v1/switch", {"pool": "green"})
+    assert status == 409 and body["code"] == "pool_unhealthy" and "as seen by b" in body["error"], body
+    status, body, _ = admin_call(a, "POST", "/v1/switch", {"pool": "green", "force": True})
+    assert status == 200 and body["live"] == "green"
 
 
 def test_concurrent_writes_with_the_same_if_match_through_two_replicas(cleanup, etcd1, upstreams):
@@ -332,6 +350,70 @@ def test_a_ramp_judged_on_every_replicas_traffic_and_continued_by_another_driver
         load.stop()
     survivor_index = 0 if survivor is a else 1
     assert [f for f in load.failures if f[0] == survivor_index] == [], load.failures[:5]
+
+
+def test_etcd_over_tls_with_a_client_certificate(cleanup, upstreams, tmp_path):
+    from harness import make_certificate
+    server_cert, server_key = make_certificate(str(tmp_path), "etcd-server")
+    client_cert, client_key = make_certificate(str(tmp_path), "turnout-client")
+    # etcd's JSON gateway reaches its own gRPC server with the server certificate as a client
+    # certificate, so etcd must trust both.
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_text(open(server_cert).read() + open(client_cert).read())
+    etcd = EtcdCluster(1, tls={"cert": server_cert, "key": server_key, "client_ca": str(trusted),
+                               "client_cert": client_cert, "client_key": client_key})
+    cleanup.append(etcd)
+    name = uuid.uuid4().hex[:8]
+    tls = f"    tls: {{ ca: {server_cert}, certificate: {client_cert}, private_key: {client_key} }}\n"
+    block = (f"cluster:\n  name: {name}\n  replica_id: a\n  etcd:\n    endpoints: {etcd.yaml_endpoints()}\n{tls}")
+    a = Turnout(upstreams, root_extra=block)
+    cleanup.append(a)
+    status, body, _ = admin_call(a, "POST", "/v1/switch?wait=5s", {"pool": "green"})
+    assert status == 200, body
+    doc, mod = etcd.get(f"/turnout/v1/{name}/routing")
+    assert doc["live"] == "green" and mod == body["generation"]
+    # Without the client certificate etcd refuses the handshake: the replica says why, and stays stale.
+    block_no_cert = (f"cluster:\n  name: {name}\n  replica_id: b\n  etcd:\n    endpoints: {etcd.yaml_endpoints()}\n"
+                     f"    tls: {{ ca: {server_cert} }}\n")
+    b = Turnout(upstreams, root_extra=block_no_cert)
+    cleanup.append(b)
+    c = state(b)["cluster"]
+    assert c["stale"] is True and c["last_error"], c
+    # And a CA that did not sign etcd's certificate is not trusted.
+    block_bad_ca = (f"cluster:\n  name: {name}\n  replica_id: c\n  etcd:\n    endpoints: {etcd.yaml_endpoints()}\n"
+                    f"    tls: {{ ca: {client_cert}, certificate: {client_cert}, private_key: {client_key} }}\n")
+    c3 = Turnout(upstreams, root_extra=block_bad_ca)
+    cleanup.append(c3)
+    assert "not trusted" in (state(c3)["cluster"]["last_error"] or ""), state(c3)["cluster"]
+
+
+def test_etcd_user_and_password(cleanup, etcd1, upstreams, tmp_path):
+    import subprocess
+    ep = etcd1.urls[0]
+    for args in (["user", "add", "root:rootpw"], ["role", "add", "root"], ["user", "grant-role", "root", "root"],
+                 ["user", "add", "turnout:s3cret"], ["role", "add", "turnout"],
+                 ["role", "grant-permission", "turnout", "--prefix=true", "readwrite", "/turnout/v1/"],
+                 ["user", "grant-role", "turnout", "turnout"], ["auth", "enable"]):
+        subprocess.run(["etcdctl", "--endpoints", ep] + args, check=True, capture_output=True)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    name = uuid.uuid4().hex[:8]
+    block = (f"cluster:\n  name: {name}\n  replica_id: a\n"
+             f"  etcd: {{ endpoints: {etcd1.yaml_endpoints()}, username: turnout, password_file: {pw} }}\n")
+    a = Turnout(upstreams, root_extra=block)
+    cleanup.append(a)
+    status, body, _ = admin_call(a, "POST", "/v1/switch", {"pool": "green"})
+    assert status == 200, body
+    assert "s3cret" not in a.read_log()
+    # A wrong password: refused by etcd, reported, never applied locally.
+    bad = tmp_path / "bad"
+    bad.write_text("nope\n")
+    b = Turnout(upstreams, root_extra=block.replace("replica_id: a", "replica_id: b").replace(str(pw), str(bad)))
+    cleanup.append(b)
+    c = state(b)["cluster"]
+    assert c["stale"] is True and "authentication failed" in (c["last_error"] or ""), c
+    status, body, _ = admin_call(b, "POST", "/v1/switch", {"pool": "blue"})
+    assert status == 503 and body["code"] == "cluster_unavailable"
 
 
 def test_check_config_reports_cluster_mistakes(tmp_path):

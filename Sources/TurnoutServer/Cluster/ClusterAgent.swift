@@ -121,8 +121,12 @@ final class ClusterAgent: @unchecked Sendable {
             let deadline = DispatchTime.now() + .milliseconds(timeoutMs)
             var revision: UInt64?
             repeat {
-                revision = try? syncAll(client: backgroundClient)
-                if revision == nil { Thread.sleep(forTimeInterval: 0.2) }
+                do throws(EtcdError) {
+                    revision = try syncAll(client: backgroundClient)
+                } catch {
+                    shared.withLock { $0.lastError = error.description }
+                    Thread.sleep(forTimeInterval: 0.2)
+                }
             } while revision == nil && DispatchTime.now() < deadline && !stopped.load(ordering: .relaxed)
             if let revision { startRevision.store(revision, ordering: .relaxed) }
             updateStaleness()
@@ -132,7 +136,8 @@ final class ClusterAgent: @unchecked Sendable {
         let revision = startRevision.load(ordering: .relaxed)
         if revision == 0 {
             let (state, _) = store.snapshot()
-            logger.warning("cluster \(config.name): etcd (\(config.etcd.endpoints.map(\.description).joined(separator: ", "))) did not answer within \(timeoutMs) ms; serving the last known routing (generation \(state.generation), live \(state.live)) and refusing changes until it does")
+            let why = shared.withLock { $0.lastError } ?? "no answer"
+            logger.warning("cluster \(config.name): etcd (\(config.etcd.endpoints.map(\.description).joined(separator: ", "))) did not answer within \(timeoutMs) ms (\(why)); serving the last known routing (generation \(state.generation), live \(state.live)) and refusing changes until it does")
         } else {
             logger.notice("cluster \(config.name): replica \(replicaID) joined at revision \(revision); routing document revision \(appliedRevision)")
         }
@@ -608,7 +613,8 @@ final class ClusterAgent: @unchecked Sendable {
                _ change: (RoutingState, RoutingCommands.PoolView) throws(AdminError) -> RoutingState) -> Result<RoutingState, AdminError> {
         dispatchPrecondition(condition: .onQueue(writeQueue))
         if isStale || appliedRevision == 0 {
-            return .failure(unavailable("this replica has no current contact with etcd"))
+            let why = shared.withLock { $0.lastError } ?? "no answer for \(DurationParser.format(milliseconds: config.staleAfterMs))"
+            return .failure(unavailable(why))
         }
         for _ in 0..<10 {
             do throws(EtcdError) {

@@ -247,11 +247,23 @@ final class EtcdConnection {
                 guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
                     throw .protocolError("bad chunk size")
                 }
-                let need = lineEnd + 2 + size + 2
-                if buffer.count >= need {
-                    let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
-                    buffer.removeFirst(need)
-                    return size == 0 ? nil : data
+                if size == 0 {
+                    // The last chunk, then trailers (the gateway sends Grpc-Trailer-*), then an empty line.
+                    if buffer.count >= lineEnd + 4 && buffer[lineEnd + 2] == 13 && buffer[lineEnd + 3] == 10 {
+                        buffer.removeFirst(lineEnd + 4)
+                        return nil
+                    }
+                    if let end = Self.find(Array(buffer[(lineEnd + 2)...]), [13, 10, 13, 10]) {
+                        buffer.removeFirst(lineEnd + 2 + end + 4)
+                        return nil
+                    }
+                } else {
+                    let need = lineEnd + 2 + size + 2
+                    if buffer.count >= need {
+                        let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
+                        buffer.removeFirst(need)
+                        return data
+                    }
                 }
             }
             try fillBefore(deadline)
