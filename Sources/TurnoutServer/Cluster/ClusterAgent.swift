@@ -170,7 +170,9 @@ final class ClusterAgent: @unchecked Sendable {
     /// at once (not after the lease's TTL). Bounded: gives up on etcd after about a second.
     func stop() {
         stopped.store(true, ordering: .relaxed)
-        background.sync {
+        // Bounded: the background queue may be inside a call to an etcd member that hangs.
+        let revoked = DispatchSemaphore(value: 0)
+        background.async { [self] in
             timer?.cancel()
             timer = nil
             let lease = shared.withLock { $0.leaseID }
@@ -180,6 +182,10 @@ final class ClusterAgent: @unchecked Sendable {
                 try? backgroundClient.leaseRevoke(lease)
             }
             backgroundClient.close()
+            revoked.signal()
+        }
+        if revoked.wait(timeout: .now() + 3) == .timedOut {
+            logger.warning("cluster \(config.name): etcd did not answer the lease revocation; the registry forgets this replica after lease_ttl")
         }
         if watchThread != nil { _ = watchDone.wait(timeout: .now() + 2) }
         flushCache()
