@@ -223,10 +223,6 @@ final class EtcdClient {
         _ = try call("/v3/kv/put", body)
     }
 
-    func delete(_ key: String) throws(EtcdError) {
-        _ = try call("/v3/kv/deleterange", ["key": Self.b64(key)])
-    }
-
     func leaseGrant(ttl: Int) throws(EtcdError) -> Int64 {
         let obj = try call("/v3/lease/grant", ["TTL": String(ttl)])
         let id = Int64(bitPattern: Self.number(obj["ID"]))
