@@ -111,7 +111,8 @@ final class ClusterAgent: @unchecked Sendable {
         } else {
             tls = nil
         }
-        // Each replica starts on a different member, so a cluster of replicas spreads its load.
+        // Each replica starts on a member picked by a per-process hash of its id, so replicas
+        // spread their connections over the members.
         let first = Int(UInt(bitPattern: replicaID.hashValue) % UInt(max(1, config.etcd.endpoints.count)))
         writeClient = EtcdClient(config: config.etcd, tls: tls, password: password, first: first)
         backgroundClient = EtcdClient(config: config.etcd, tls: tls, password: password, first: first)
