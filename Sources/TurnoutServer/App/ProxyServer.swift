@@ -217,9 +217,12 @@ public final class ProxyServer: @unchecked Sendable {
 
     /// Stops accepting, lets in-flight requests finish (up to `timeouts.drain`), closes idle
     /// connections, then calls `completion` with the number of connections that had to be cut.
-    public func drain(completion: @escaping @Sendable (Int) -> Void) {
+    /// `announce` runs once the listeners are closed (no new connection is accepted from then on)
+    /// and before the wait for open connections begins.
+    public func drain(announce: (() -> Void)? = nil, completion: @escaping @Sendable (Int) -> Void) {
         context.draining.store(true, ordering: .relaxed)
         for l in listenerSnapshot() { l.close() }
+        announce?()
         prober.stop()
         for (i, loop) in group.loops.enumerated() {
             let pool = pools[i]
@@ -253,8 +256,9 @@ public final class ProxyServer: @unchecked Sendable {
             let s = DispatchSource.makeSignalSource(signal: sig, queue: signalQueue)
             let logger = self.logger
             s.setEventHandler { [self] in
-                logger.notice("received signal \(sig), draining (up to \(DurationParser.format(milliseconds: config.timeouts.drainMs)))")
-                drain { cut in
+                drain(announce: {
+                    logger.notice("received signal \(sig), draining (up to \(DurationParser.format(milliseconds: self.config.timeouts.drainMs))); listeners closed")
+                }) { cut in
                     if cut > 0 { logger.warning("drain timeout: closing \(cut) connection(s) still open") }
                     extraShutdown?()
                     self.cluster?.stop()

@@ -35,6 +35,8 @@ final class Listener: @unchecked Sendable {
     private let lock = NSLock()
     private var accepting = false
     private var pausedAtLimit = false
+    /// Signalled when the cancel handler closed the socket (`io: dispatch`).
+    private let closedFD = DispatchSemaphore(value: 0)
 
     init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
          stats: [LoopStats], registry: ConnectionRegistry) throws {
@@ -76,7 +78,11 @@ final class Listener: @unchecked Sendable {
         let s = DispatchSource.makeReadSource(fileDescriptor: fd, queue: queue)
         s.setEventHandler { [unowned self] in self.acceptBatch() }
         let fd = self.fd
-        s.setCancelHandler { Glibc.close(fd) }
+        let closedFD = self.closedFD
+        s.setCancelHandler {
+            Glibc.close(fd)
+            closedFD.signal()
+        }
         source = s
         s.activate()
         let queue = self.queue
@@ -244,17 +250,21 @@ final class Listener: @unchecked Sendable {
             Glibc.close(fd)
             return
         }
-        queue.sync {
-            guard !closed else { return }
+        let cancelled: Bool = queue.sync {
+            guard !closed else { return false }
             closed = true
             guard let s = source else {
                 Glibc.close(fd)  // never started
-                return
+                return false
             }
             if suspended { s.resume() }
             s.cancel()
             source = nil
+            return true
         }
+        // The socket is closed by the cancel handler, which Dispatch runs a moment later: wait for
+        // it, so that once close() returns no new connection is accepted by the kernel.
+        if cancelled { _ = closedFD.wait(timeout: .now() + 1) }
     }
 }
 
