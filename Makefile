@@ -9,7 +9,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -42,6 +42,18 @@ build-debug: deps
 
 demo: build
 	$(RELEASE_BIN) demo
+
+# Installs the binary, the systemd unit and (unless one is there) the example config:
+# PREFIX (default /usr/local) and DESTDIR as usual. See README "Running under systemd".
+PREFIX        ?= /usr/local
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+install: build
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/turnout
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
+	sed 's|/usr/local/bin/turnout|$(PREFIX)/bin/turnout|' config/turnout.service > $(DESTDIR)$(SYSTEMDUNITDIR)/turnout.service
+	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/turnout.service
+	@if [ -e $(DESTDIR)/etc/turnout/turnout.yaml ]; then echo "kept the existing $(DESTDIR)/etc/turnout/turnout.yaml"; \
+	else install -D -m 0644 config/turnout-systemd.yaml $(DESTDIR)/etc/turnout/turnout.yaml; fi
 
 test: unit-test integration-test fuzz-smoke
 
