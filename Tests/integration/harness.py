@@ -177,10 +177,17 @@ class Turnout:
 
     def shutdown_problem(self, timeout=10):
         """Stops a running Turnout with SIGTERM, as an operator would, and says what went wrong: it
-        did not exit within `timeout` seconds, or exited with a status other than 0 (a crash at
-        shutdown). None when it shut down cleanly, or was no longer running (the test ended it)."""
+        did not exit within `timeout` seconds, exited with a status other than 0 (a crash at
+        shutdown), or had already died of a signal other than SIGKILL (a crash during the test).
+        None when it shut down cleanly, or the test ended it."""
         if self.proc.poll() is not None:
             self.log.close()
+            rc = self.proc.returncode
+            # Ended by the test (SIGKILL, or a signal it sent and Turnout handled: status 0), or by
+            # itself with a signal: a crash (a Swift trap is SIGILL or SIGTRAP) the test did not see.
+            if rc < 0 and rc != -signal.SIGKILL:
+                tail = "\n".join(self.read_log().splitlines()[-40:])
+                return f"turnout (pid {self.proc.pid}) died of signal {-rc} during the test; its log ends:\n{tail}"
             return None
         rc = self.stop(timeout=timeout)
         tail = "\n".join(self.read_log().splitlines()[-15:])

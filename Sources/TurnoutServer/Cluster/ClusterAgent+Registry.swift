@@ -85,7 +85,7 @@ extension ClusterAgent {
         if let last, !force {
             var same = last
             same.updatedAtMillis = r.updatedAtMillis
-            if same == r && now - lastPut < 5_000_000_000 { return }
+            if same == r && elapsed(from: lastPut, to: now) < 5_000_000_000 { return }
         }
         r.updatedAtMillis = Int64(Date().timeIntervalSince1970 * 1000)
         do {
@@ -136,7 +136,7 @@ extension ClusterAgent {
     func updateStaleness() {
         let now = DispatchTime.now().uptimeNanoseconds
         let (changed, stale, seconds, error, first) = shared.withLock { s -> (Bool, Bool, Double, String?, Bool) in
-            let since = Double(now - (s.lastContact == 0 ? s.createdAt : s.lastContact)) / 1e9
+            let since = Double(elapsed(from: s.lastContact == 0 ? s.createdAt : s.lastContact, to: now)) / 1e9
             let stale = s.lastContact == 0 || since * 1000 > Double(config.staleAfterMs)
             let first = !stale && !s.everConnected
             defer {

@@ -14,7 +14,7 @@ extension ClusterAgent {
     var isStale: Bool {
         let now = DispatchTime.now().uptimeNanoseconds
         return shared.withLock { s in
-            s.lastContact == 0 || Double(now - s.lastContact) / 1e6 > Double(config.staleAfterMs)
+            s.lastContact == 0 || Double(elapsed(from: s.lastContact, to: now)) / 1e6 > Double(config.staleAfterMs)
         }
     }
 

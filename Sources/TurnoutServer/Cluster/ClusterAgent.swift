@@ -7,6 +7,11 @@ import Logging
 import Synchronization
 import TurnoutCore
 
+/// Nanoseconds from `start` to `end`; 0 when `start` is the later one (another thread stored it
+/// after `end` was read), where plain subtraction would trap.
+@inline(__always)
+func elapsed(from start: UInt64, to end: UInt64) -> UInt64 { end > start ? end - start : 0 }
+
 /// A replica's link to the cluster's routing truth in etcd (cluster mode).
 ///
 /// It reads the routing document, watches the cluster's prefix from the read's revision + 1, and
@@ -356,7 +361,7 @@ final class ClusterAgent: @unchecked Sendable {
         // This replica as it is now, not as its last registry write said (etcd may be away).
         let me = record()
         return shared.withLock { s in
-            let since = Double(now - (s.lastContact == 0 ? s.createdAt : s.lastContact)) / 1e9
+            let since = Double(elapsed(from: s.lastContact == 0 ? s.createdAt : s.lastContact, to: now)) / 1e9
             var replicas = s.replicas
             replicas[replicaID] = me
             return Status(revision: s.clusterRevision, appliedRevision: s.appliedRevision,
