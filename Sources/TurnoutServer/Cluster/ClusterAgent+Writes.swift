@@ -72,10 +72,7 @@ extension ClusterAgent {
                 if let kv = kvs.first { apply(kv.value, revision: kv.modRevision) }
                 // The other replicas' health, as they last reported it (switch refuses a pool
                 // that some replica sees without a healthy endpoint).
-                let (_, records) = try writeClient.range(config.replicasPrefix, prefix: true)
-                var replicas: [String: ReplicaRecord] = [:]
-                for kv in records { if let r = ClusterJSON.decode(ReplicaRecord.self, kv.value) { replicas[r.id] = r } }
-                shared.withLock { $0.replicas = replicas }
+                try readRegistry(client: writeClient)
                 let base = appliedRevision
                 let (current, health) = store.snapshot()
                 let next: RoutingState
@@ -168,6 +165,15 @@ extension ClusterAgent {
     }
 
 
+    /// Reads the whole registry and replaces this replica's view of it.
+    func readRegistry(client: EtcdClient) throws(EtcdError) {
+        let (revision, kvs) = try client.range(config.replicasPrefix, prefix: true)
+        contact(revision: revision)
+        var replicas: [String: ReplicaRecord] = [:]
+        for kv in kvs { if let r = ClusterJSON.decode(ReplicaRecord.self, kv.value) { replicas[r.id] = r } }
+        shared.withLock { $0.replicas = replicas }
+    }
+
     /// While a write waits for convergence, reads the registry every 10 ms (it is not watched).
     func pollRegistry() {
         dispatchPrecondition(condition: .onQueue(waitQueue))
@@ -175,13 +181,7 @@ extension ClusterAgent {
             polling = false
             return
         }
-        if let (revision, kvs) = try? waitClient.range(config.replicasPrefix, prefix: true) {
-            contact(revision: revision)
-            var replicas: [String: ReplicaRecord] = [:]
-            for kv in kvs { if let r = ClusterJSON.decode(ReplicaRecord.self, kv.value) { replicas[r.id] = r } }
-            shared.withLock { $0.replicas = replicas }
-            checkWaiters()
-        }
+        if (try? readRegistry(client: waitClient)) != nil { checkWaiters() }
         waitQueue.asyncAfter(deadline: .now() + .milliseconds(10)) { [self] in pollRegistry() }
     }
 

@@ -239,53 +239,51 @@ final class EtcdConnection {
         return body
     }
 
+    /// One chunk taken from the buffer, if it holds a whole one: its data, or the end of the body
+    /// (the last chunk, the trailers the gateway sends, `Grpc-Trailer-*`, and the empty line).
+    private enum Framed { case chunk([UInt8]), end, needMore }
+    private func takeChunk() throws(EtcdError) -> Framed {
+        guard let lineEnd = Self.find(buffer, [13, 10]) else { return .needMore }
+        let sizeText = String(decoding: buffer[0..<lineEnd], as: UTF8.self).split(separator: ";").first ?? ""
+        guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
+            throw .protocolError("bad chunk size")
+        }
+        if size == 0 {
+            if buffer.count >= lineEnd + 4 && buffer[lineEnd + 2] == 13 && buffer[lineEnd + 3] == 10 {
+                buffer.removeFirst(lineEnd + 4)
+                return .end
+            }
+            guard let end = Self.find(Array(buffer[(lineEnd + 2)...]), [13, 10, 13, 10]) else { return .needMore }
+            buffer.removeFirst(lineEnd + 2 + end + 4)
+            return .end
+        }
+        let need = lineEnd + 2 + size + 2
+        guard buffer.count >= need else { return .needMore }
+        let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
+        buffer.removeFirst(need)
+        return .chunk(data)
+    }
+
     /// The next chunk of a chunked body; nil at its end. Waits until `deadline`.
     func nextChunk(deadline: UInt64) throws(EtcdError) -> [UInt8]? {
         while true {
-            if let lineEnd = Self.find(buffer, [13, 10]) {
-                let sizeText = String(decoding: buffer[0..<lineEnd], as: UTF8.self).split(separator: ";").first ?? ""
-                guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
-                    throw .protocolError("bad chunk size")
-                }
-                if size == 0 {
-                    // The last chunk, then trailers (the gateway sends Grpc-Trailer-*), then an empty line.
-                    if buffer.count >= lineEnd + 4 && buffer[lineEnd + 2] == 13 && buffer[lineEnd + 3] == 10 {
-                        buffer.removeFirst(lineEnd + 4)
-                        return nil
-                    }
-                    if let end = Self.find(Array(buffer[(lineEnd + 2)...]), [13, 10, 13, 10]) {
-                        buffer.removeFirst(lineEnd + 2 + end + 4)
-                        return nil
-                    }
-                } else {
-                    let need = lineEnd + 2 + size + 2
-                    if buffer.count >= need {
-                        let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
-                        buffer.removeFirst(need)
-                        return data
-                    }
-                }
+            switch try takeChunk() {
+            case .chunk(let data): return data
+            case .end: return nil
+            case .needMore: try fillBefore(deadline)
             }
-            try fillBefore(deadline)
         }
     }
 
-    /// Like `nextChunk`, but a timeout returns `.timedOut` and leaves the stream usable.
+    /// Like `nextChunk`, but a timeout returns `.timedOut` and leaves the stream usable; a read
+    /// that brought bytes without a whole chunk returns an empty chunk.
     enum StreamRead { case chunk([UInt8]), end, timedOut }
     func nextStreamChunk(timeoutMs: Int) throws(EtcdError) -> StreamRead {
-        if let lineEnd = Self.find(buffer, [13, 10]) {
-            let sizeText = String(decoding: buffer[0..<lineEnd], as: UTF8.self).split(separator: ";").first ?? ""
-            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16), size >= 0 else {
-                throw .protocolError("bad chunk size")
-            }
-            let need = lineEnd + 2 + size + 2
-            if buffer.count >= need {
-                let data = Array(buffer[(lineEnd + 2)..<(lineEnd + 2 + size)])
-                buffer.removeFirst(need)
-                return size == 0 ? .end : .chunk(data)
-            }
+        switch try takeChunk() {
+        case .chunk(let data): return .chunk(data)
+        case .end: return .end
+        case .needMore: return try fill(timeoutMs: timeoutMs) ? .chunk([]) : .timedOut
         }
-        return try fill(timeoutMs: timeoutMs) ? .chunk([]) : .timedOut
     }
 
     static func find(_ hay: [UInt8], _ needle: [UInt8]) -> Int? {
