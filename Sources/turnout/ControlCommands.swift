@@ -114,16 +114,23 @@ enum StateTable {
         var lines: [String] = []
         let ramp = (s["ramp"] as? [String: Any]).map { "\($0["pool"] ?? "?") \($0["status"] ?? "?")" } ?? "none"
         lines.append("live: \(s["live"] as? String ?? "?")   generation: \(s["generation"] ?? "?")   ramp: \(ramp)")
-        var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "IN-FLIGHT", "TUNNELS"]]
+        var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "STATE", "IN-FLIGHT", "TUNNELS", "LAST REQUEST"]]
         for name in pools.keys.sorted() {
             let eps = (pools[name] as? [String: Any])?["endpoints"] as? [[String: Any]] ?? []
+            if eps.isEmpty { rows.append([name, percent(weights[name]), "(none)", "", "", "", "", ""]) }
             for (i, e) in eps.enumerated() {
+                var state = e["state"] as? String ?? "serving"
+                if (e["leaving"] as? Bool) == true { state = "leaving" }
+                if (e["ejected"] as? Bool) == true { state += ",ejected" }
+                if let w = (e["weight"] as? NSNumber)?.intValue, w != EndpointOverride.defaultWeight { state += " w=\(w)" }
+                if let src = e["source"] as? String, src != "config" { state += " (\(src))" }
+                let last = (e["last_request_ms_ago"] as? NSNumber).map { String(format: "%.1fs ago", $0.doubleValue / 1000) } ?? "never"
                 rows.append([i == 0 ? name : "", i == 0 ? percent(weights[name]) : "", e["address"] as? String ?? "?",
                              e["health"] as? String ?? ((e["healthy"] as? Bool) == true ? "healthy" : "unhealthy"),
-                             "\(e["in_flight"] ?? 0)", "\(e["tunnels"] ?? 0)"])
+                             state, "\(e["in_flight"] ?? 0)", "\(e["tunnels"] ?? 0)", last])
             }
         }
-        let widths = (0..<6).map { c in rows.map { $0[c].count }.max() ?? 0 }
+        let widths = (0..<8).map { c in rows.map { $0[c].count }.max() ?? 0 }
         for r in rows {
             lines.append(r.enumerated().map { $1.padding(toLength: widths[$0] + 2, withPad: " ", startingAt: 0) }.joined().trimmingCharacters(in: .whitespaces))
         }

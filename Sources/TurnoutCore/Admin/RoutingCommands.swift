@@ -102,7 +102,8 @@ public enum RoutingCommands {
         if weights == state.weights && live == state.live { return state }
         let previous = previous ?? state.settled
         return RoutingState(generation: state.generation + 1, live: live, weights: weights,
-                            previousWeights: previous.weights, previousLive: previous.live, ramp: state.ramp)
+                            previousWeights: previous.weights, previousLive: previous.live, ramp: state.ramp,
+                            endpoints: state.endpoints)
     }
 
     // MARK: ramps
@@ -174,7 +175,7 @@ public enum RoutingCommands {
         for n in pools.names { weights[n] = ramp.preRampWeights[n] ?? 0 }
         let live = pools.names.contains(ramp.preRampLive) ? ramp.preRampLive : state.live
         return RoutingState(generation: state.generation + 1, live: RoutingState.liveAfter(weights: weights, currentLive: live, order: pools.names),
-                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp)
+                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp, endpoints: state.endpoints)
     }
 
     public static func abortRamp(state: RoutingState, pools: PoolView, reason: String = "aborted by the operator") throws(AdminError) -> RoutingState {

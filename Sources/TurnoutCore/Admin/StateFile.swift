@@ -19,6 +19,8 @@ public enum StateFile {
         var ramp: RampState?
         /// Who made the last change and why (written by cluster mode, kept by the state file).
         var change: RoutingChange?
+        /// Run-time endpoint changes, by pool and address (absent when there are none).
+        var endpoints: [String: [String: EndpointOverride]]?
     }
 
     public struct LoadError: Error, CustomStringConvertible, Sendable {
@@ -89,12 +91,25 @@ public enum StateFile {
         if let ramp = doc.ramp, !ramp.plan.steps.indices.contains(ramp.step) || ramp.records.count != ramp.step + 1 {
             throw Invalid("holds a ramp whose step \(ramp.step + 1) does not match its \(ramp.plan.steps.count) steps")
         }
+        var endpoints: [String: [String: EndpointOverride]] = [:]
+        for (pool, overrides) in doc.endpoints ?? [:] where names.contains(pool) {
+            // Overrides of a pool the config no longer has are dropped with it.
+            for (address, o) in overrides {
+                guard case .success(let hp) = HostPort.parse(address), hp.description == address else {
+                    throw Invalid("holds an endpoint override with an invalid address \"\(address)\" in pool \(pool)")
+                }
+                if let w = o.weight, !(0...EndpointOverride.maxWeight).contains(w) {
+                    throw Invalid("holds an endpoint weight \(w) for \(address) in pool \(pool) (expected 0-\(EndpointOverride.maxWeight))")
+                }
+                if !o.isNeutral { endpoints[pool, default: [:]][address] = o }
+            }
+        }
         // Files written before live was kept on a pool with weight could name a pool at 0%.
         let order = config.pools.map(\.name)
         let live = RoutingState.liveAfter(weights: weights, currentLive: doc.live, order: order)
         return RoutingState(generation: generation, live: live, weights: weights,
                             previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil },
-                            ramp: doc.ramp)
+                            ramp: doc.ramp, endpoints: endpoints)
     }
 
     public struct WriteError: Error, CustomStringConvertible, Sendable {
@@ -115,7 +130,8 @@ public enum StateFile {
     static func encode(_ state: RoutingState, path: String) throws(WriteError) -> Data {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
-                           updated_at: Timestamp.iso8601(), ramp: state.ramp)
+                           updated_at: Timestamp.iso8601(), ramp: state.ramp,
+                           endpoints: state.endpoints.isEmpty ? nil : state.endpoints)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         do { return try encoder.encode(doc) + [UInt8(ascii: "\n")] } catch { throw WriteError(path: path, reason: "\(error)") }

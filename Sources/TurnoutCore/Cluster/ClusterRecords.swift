@@ -18,6 +18,10 @@ public struct ReplicaRecord: Codable, Sendable, Equatable {
     public var health: [String: PoolHealth]
     /// When the record was written (Unix time in milliseconds).
     public var updatedAtMillis: Int64
+    /// Requests in flight and tunnels open, as `[in_flight, tunnels]` by `pool/address`, on
+    /// endpoints that take no new requests here (draining, in maintenance, leaving, or in a pool
+    /// without weight): what `wait-drained` waits for across replicas.
+    public var busy: [String: [Int]]?
 
     public struct PoolHealth: Codable, Sendable, Equatable {
         public var endpoints: Int
@@ -29,7 +33,7 @@ public struct ReplicaRecord: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, address, version, pid, stale, health
+        case id, address, version, pid, stale, health, busy
         case appliedRevision = "applied_revision"
         case appliedAtMicros = "applied_at_us"
         case updatedAtMillis = "updated_at_ms"

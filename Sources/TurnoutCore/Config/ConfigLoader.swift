@@ -142,6 +142,7 @@ private struct Reader {
     mutating func readRoot(_ root: Node) -> TurnoutConfig? {
         let allowed: Set<String> = [
             "workers", "io", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log", "cluster",
+            "resolvers",
         ]
         guard let items = entries(root, "", allowed: allowed) else { return nil }
         var workers: Int?
@@ -156,6 +157,7 @@ private struct Reader {
         var limits = LimitsConfig()
         var accessLog = true
         var cluster: ClusterConfig?
+        var resolvers: [HostPort] = []
         var sawListeners = false
         var sawPools = false
         for (key, value) in items {
@@ -179,6 +181,19 @@ private struct Reader {
             case "limits": limits = readLimits(value)
             case "access_log": accessLog = bool(value, "access_log") ?? true
             case "cluster": cluster = readCluster(value)
+            case "resolvers":
+                guard case .sequence(let seq) = value, !seq.isEmpty else {
+                    fail("resolvers", "expected a list of DNS servers as host:port, e.g. [\"127.0.0.1:53\"]")
+                    continue
+                }
+                for (i, r) in seq.enumerated() {
+                    guard let hp = hostPort(r, "resolvers[\(i)]", allowPortZero: false) else { continue }
+                    if !hp.host.contains(":") && !hp.host.allSatisfy({ $0.isNumber || $0 == "." }) {
+                        fail("resolvers[\(i)]", "a resolver must be an IP address, not a name (\(hp.host))")
+                    } else {
+                        resolvers.append(hp)
+                    }
+                }
             default: break
             }
         }
@@ -194,9 +209,11 @@ private struct Reader {
         if admin.address != nil && admin.tokenFile == nil {
             fail("admin.token_file", "a TCP admin address requires token_file (the bearer token clients must send)")
         }
-        return TurnoutConfig(
+        var config = TurnoutConfig(
             workers: workers, io: io, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
             routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog, cluster: cluster)
+        config.resolvers = resolvers
+        return config
     }
 
     mutating func readListeners(_ node: Node) -> [ListenerConfig] {
@@ -405,11 +422,13 @@ private struct Reader {
                 fail(path, "pool names use letters, digits, '-' and '_' (at most 64 characters)")
                 continue
             }
-            guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections"]) else { continue }
+            guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections", "discovery", "outlier_detection"]) else { continue }
             var endpoints: [HostPort] = []
             var balance = BalanceMode.roundRobin
             var maxIdle: Int? = nil
             var sawEndpoints = false
+            var discovery: DiscoveryConfig?
+            var outliers = OutlierConfig()
             for (k, v) in fields {
                 switch k {
                 case "endpoints":
@@ -418,7 +437,9 @@ private struct Reader {
                         fail("\(path).endpoints", "expected a list of host:port, got \(describe(v))")
                         continue
                     }
-                    if seq.isEmpty { fail("\(path).endpoints", "a pool needs at least one endpoint") }
+                    if seq.isEmpty && !fields.contains(where: { $0.0 == "discovery" }) {
+                        fail("\(path).endpoints", "a pool needs at least one endpoint (or discovery)")
+                    }
                     var seen = Set<String>()
                     for (i, e) in seq.enumerated() {
                         if let hp = hostPort(e, "\(path).endpoints[\(i)]", allowPortZero: false) {
@@ -430,11 +451,16 @@ private struct Reader {
                 case "balance": balance = choice(v, "\(path).balance") ?? balance
                 case "max_idle_connections":
                     maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 1_000_000) ?? maxIdle
+                case "discovery": discovery = readDiscovery(v, "\(path).discovery")
+                case "outlier_detection": outliers = readOutliers(v, "\(path).outlier_detection")
                 default: break
                 }
             }
-            if !sawEndpoints { fail("\(path).endpoints", "required") }
-            out.append(PoolConfig(name: name, endpoints: endpoints, balance: balance, maxIdleConnections: maxIdle))
+            if !sawEndpoints && !fields.contains(where: { $0.0 == "discovery" }) {
+                fail("\(path).endpoints", "required (or discovery: { dns: NAME, type: A, port: N })")
+            }
+            out.append(PoolConfig(name: name, endpoints: endpoints, balance: balance, maxIdleConnections: maxIdle,
+                                  discovery: discovery, outlierDetection: outliers))
         }
         return out
     }
@@ -566,6 +592,71 @@ private struct Reader {
             }
         }
         return l
+    }
+
+    mutating func readDiscovery(_ node: Node, _ path: String) -> DiscoveryConfig? {
+        guard let fields = entries(node, path, allowed: ["dns", "type", "port", "min_ttl", "max_ttl", "confirm_empty"]) else { return nil }
+        var name: String?
+        var type = DNSRecordType.a
+        var port: UInt16?
+        var minTTL: Int64?
+        var maxTTL: Int64?
+        var confirm: Int64?
+        for (k, v) in fields {
+            switch k {
+            case "dns":
+                if let n = nonEmptyString(v, "\(path).dns") {
+                    let trimmed = n.hasSuffix(".") ? String(n.dropLast()) : n
+                    let labels = trimmed.split(separator: ".", omittingEmptySubsequences: false)
+                    if trimmed.utf8.count > 253 || labels.contains(where: { $0.isEmpty || $0.utf8.count > 63 })
+                        || !trimmed.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }) {
+                        fail("\(path).dns", "\"\(n)\" is not a DNS name")
+                    } else {
+                        name = trimmed
+                    }
+                }
+            case "type":
+                if let t = string(v, "\(path).type") {
+                    if let r = DNSRecordType(rawValue: t.uppercased()) { type = r } else {
+                        fail("\(path).type", "expected A, AAAA or SRV, got \"\(t)\"")
+                    }
+                }
+            case "port": port = int(v, "\(path).port", min: 1, max: 65535).map { UInt16($0) }
+            case "min_ttl": minTTL = duration(v, "\(path).min_ttl")
+            case "max_ttl": maxTTL = duration(v, "\(path).max_ttl")
+            case "confirm_empty": confirm = duration(v, "\(path).confirm_empty", allowZero: true)
+            default: break
+            }
+        }
+        guard let name else {
+            if !fields.contains(where: { $0.0 == "dns" }) { fail("\(path).dns", "required (the name to resolve)") }
+            return nil
+        }
+        if type == .srv && port != nil { fail("\(path).port", "not used with SRV: each record carries its port") }
+        if type != .srv && port == nil && !fields.contains(where: { $0.0 == "port" }) {
+            fail("\(path).port", "required with type \(type.rawValue) (the port of every address)")
+        }
+        var d = DiscoveryConfig(name: name, type: type, port: port)
+        d.minTTLMs = minTTL ?? d.minTTLMs
+        d.maxTTLMs = maxTTL ?? max(d.maxTTLMs, d.minTTLMs)
+        d.confirmEmptyMs = confirm ?? d.confirmEmptyMs
+        if d.minTTLMs > d.maxTTLMs { fail("\(path).min_ttl", "must not exceed max_ttl") }
+        return d
+    }
+
+    mutating func readOutliers(_ node: Node, _ path: String) -> OutlierConfig {
+        var o = OutlierConfig()
+        guard let fields = entries(node, path, allowed: ["consecutive_failures", "consecutive_5xx", "base_ejection", "max_ejected_percent"]) else { return o }
+        for (k, v) in fields {
+            switch k {
+            case "consecutive_failures": o.consecutiveFailures = int(v, "\(path).\(k)", min: 0, max: 1000) ?? o.consecutiveFailures
+            case "consecutive_5xx": o.consecutive5xx = int(v, "\(path).\(k)", min: 0, max: 1000) ?? o.consecutive5xx
+            case "base_ejection": o.baseEjectionMs = duration(v, "\(path).\(k)") ?? o.baseEjectionMs
+            case "max_ejected_percent": o.maxEjectedPercent = int(v, "\(path).\(k)", min: 0, max: 100) ?? o.maxEjectedPercent
+            default: break
+            }
+        }
+        return o
     }
 
     func isValidPoolName(_ name: String) -> Bool {

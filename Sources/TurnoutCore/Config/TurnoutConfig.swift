@@ -19,6 +19,8 @@ public struct TurnoutConfig: Sendable, Equatable {
     public var accessLog: Bool
     /// Cluster mode: the routing truth lives in etcd (nil: a single node with its state file).
     public var cluster: ClusterConfig?
+    /// DNS servers that discovery asks (empty: the nameservers of /etc/resolv.conf).
+    public var resolvers: [HostPort] = []
 
     public init(
         workers: Int? = nil, io: IOMode = .epoll, listeners: [ListenerConfig], admin: AdminConfig = AdminConfig(),
@@ -150,18 +152,66 @@ public enum BalanceMode: String, Sendable, Equatable, CaseIterable {
 
 public struct PoolConfig: Sendable, Equatable {
     public var name: String
+    /// Endpoints listed in the config (may be empty when `discovery` is set).
     public var endpoints: [HostPort]
     public var balance: BalanceMode
     /// A cap on the idle keep-alive connections kept per endpoint per event loop; nil (the
     /// default): no cap, the idle set follows demand (what the busiest recent moment needed, each
     /// connection let go after `timeouts.upstream_idle` unused).
     public var maxIdleConnections: Int?
-    public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int? = nil) {
+    /// Endpoints found by DNS, beside the listed ones.
+    public var discovery: DiscoveryConfig?
+    /// Passive ejection of endpoints that fail requests.
+    public var outlierDetection: OutlierConfig
+    public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int? = nil,
+                discovery: DiscoveryConfig? = nil, outlierDetection: OutlierConfig = OutlierConfig()) {
         self.name = name
         self.endpoints = endpoints
         self.balance = balance
         self.maxIdleConnections = maxIdleConnections
+        self.discovery = discovery
+        self.outlierDetection = outlierDetection
     }
+}
+
+/// The DNS record type a pool's discovery name is asked for.
+public enum DNSRecordType: String, Sendable, Equatable, CaseIterable {
+    case a = "A"
+    case aaaa = "AAAA"
+    case srv = "SRV"
+}
+
+/// `pools.NAME.discovery`: every address a DNS name resolves to is an endpoint of the pool.
+public struct DiscoveryConfig: Sendable, Equatable {
+    public var name: String
+    public var type: DNSRecordType
+    /// The port of every address (A, AAAA); SRV records carry their own.
+    public var port: UInt16?
+    /// The record's TTL is clamped to these before it sets the next resolution.
+    public var minTTLMs: Int64 = 1000
+    public var maxTTLMs: Int64 = 300_000
+    /// An answer with no address for a pool that carries traffic is applied only after it has
+    /// been the answer for this long.
+    public var confirmEmptyMs: Int64 = 30_000
+    public init(name: String, type: DNSRecordType, port: UInt16?) {
+        self.name = name
+        self.type = type
+        self.port = port
+    }
+}
+
+/// `pools.NAME.outlier_detection`: endpoints that fail requests in a row are ejected for a while.
+/// A trigger set to 0 is off.
+public struct OutlierConfig: Sendable, Equatable {
+    /// Connect failures, resets and timeouts in a row.
+    public var consecutiveFailures: Int = 3
+    /// 5xx responses in a row (off by default).
+    public var consecutive5xx: Int = 0
+    /// The first ejection lasts this long; each further one lasts one more base time.
+    public var baseEjectionMs: Int64 = 30_000
+    /// At most this share of a pool's endpoints is ejected at once.
+    public var maxEjectedPercent: Int = 50
+    public init() {}
 }
 
 public enum StickyKey: Sendable, Equatable {

@@ -11,17 +11,20 @@ public enum HealthStatus: String, Sendable, Equatable, Codable {
 /// Start-up rule: an endpoint in `unknown` becomes healthy on its first passing probe (so a freshly
 /// started proxy serves at once) and unhealthy on its first failing one. After that, `rise`
 /// consecutive passes are needed to become healthy and `fall` consecutive failures to become
-/// unhealthy.
+/// unhealthy. An endpoint that joins a running proxy (reload, DNS, admin API) is `joining`: it
+/// needs `rise` passes from `unknown` too, so one lucky probe never sends it traffic.
 public struct HealthTracker: Sendable, Equatable {
     public private(set) var rise: Int
     public private(set) var fall: Int
     public private(set) var status: HealthStatus = .unknown
     public private(set) var consecutivePasses = 0
     public private(set) var consecutiveFailures = 0
+    public let joining: Bool
 
-    public init(rise: Int, fall: Int) {
+    public init(rise: Int, fall: Int, joining: Bool = false) {
         self.rise = max(1, rise)
         self.fall = max(1, fall)
+        self.joining = joining
     }
 
     /// Takes new thresholds (a reload), keeping the status and the current run of results.
@@ -42,7 +45,11 @@ public struct HealthTracker: Sendable, Equatable {
         let next: HealthStatus
         switch status {
         case .unknown:
-            next = passed ? .healthy : .unhealthy
+            if joining {
+                next = passed ? (consecutivePasses >= rise ? .healthy : .unknown) : .unhealthy
+            } else {
+                next = passed ? .healthy : .unhealthy
+            }
         case .healthy:
             next = consecutiveFailures >= fall ? .unhealthy : .healthy
         case .unhealthy:

@@ -10,15 +10,35 @@ public struct RoutingState: Sendable, Equatable, Codable {
     public var previousLive: String?
     /// The current or most recent ramp.
     public var ramp: RampState?
+    /// Run-time endpoint changes (added, removed, drained, in maintenance, weighted), by pool and
+    /// address. Only non-neutral overrides are kept.
+    public var endpoints: [String: [String: EndpointOverride]]
 
     public init(generation: UInt64, live: String, weights: [String: Int],
-                previousWeights: [String: Int]? = nil, previousLive: String? = nil, ramp: RampState? = nil) {
+                previousWeights: [String: Int]? = nil, previousLive: String? = nil, ramp: RampState? = nil,
+                endpoints: [String: [String: EndpointOverride]] = [:]) {
         self.generation = generation
         self.live = live
         self.weights = weights
         self.previousWeights = previousWeights
         self.previousLive = previousLive
         self.ramp = ramp
+        self.endpoints = endpoints
+    }
+
+    /// The override of one endpoint, neutral when none is set.
+    public func override(pool: String, address: String) -> EndpointOverride {
+        endpoints[pool]?[address] ?? EndpointOverride()
+    }
+
+    /// Sets (or, when neutral, forgets) the override of one endpoint.
+    public mutating func setOverride(_ o: EndpointOverride, pool: String, address: String) {
+        if o.isNeutral {
+            endpoints[pool]?[address] = nil
+            if endpoints[pool]?.isEmpty == true { endpoints[pool] = nil }
+        } else {
+            endpoints[pool, default: [:]][address] = o
+        }
     }
 
     public var rampIsActive: Bool { ramp?.isActive == true }

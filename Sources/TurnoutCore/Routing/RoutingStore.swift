@@ -1,38 +1,42 @@
 import Atomics
 import Synchronization
 
-/// The single owner of routing state. Writers (the admin API, the health prober) change it under a
-/// lock and publish a new immutable `RoutingTable` with one atomic swap; the data path reads the
-/// current table without locking.
+/// The single owner of routing state. Writers (the admin API, the health prober, discovery, the
+/// outlier detector) change it under a lock and publish a new immutable `RoutingTable` with one
+/// atomic swap; the data path reads the current table without locking.
 public final class RoutingStore: Sendable {
     private let published: ManagedAtomic<RoutingTable>
     /// Counts publications: bumped after each new table is stored, so that a reader that cached a
     /// table can tell with one plain load whether it is still current.
     private let publications = Atomic<UInt64>(0)
     private let inner: Mutex<Inner>
+    /// Told about every change of the endpoint set (set once at start-up, before any change).
+    private let observer = Mutex<(@Sendable (Reconfiguration) -> Void)?>(nil)
 
     struct Inner {
         var state: RoutingState
         var health: [Int: HealthStatus]
         var nextEndpointID: Int
+        var config: [PoolConfig]
+        /// The latest applied DNS answer per discovered pool.
+        var discovered: [String: [DiscoveredAddress]] = [:]
+        /// Endpoint ids ejected by outlier detection.
+        var ejected: Set<Int> = []
     }
 
     public init(config: TurnoutConfig, state: RoutingState) {
-        var nextID = 0
-        var all: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] = []
-        for pool in config.pools {
-            var eps: [UpstreamEndpoint] = []
-            for address in pool.endpoints {
-                eps.append(UpstreamEndpoint(id: nextID, pool: pool.name, address: address))
-                nextID += 1
-            }
-            all.append((pool, eps))
-        }
-        let inner = Inner(state: state, health: [:], nextEndpointID: nextID)
-        let topology = Topology(all, config.routing)
+        var inner = Inner(state: state, health: [:], nextEndpointID: 0, config: config.pools)
+        let (members, _) = Self.members(&inner, current: [])
+        let topology = Topology(members, config.routing)
         self.inner = Mutex(inner)
         self.topology = ManagedAtomic(topology)
         self.published = ManagedAtomic(Self.build(inner, topology))
+    }
+
+    /// Sets the function told about endpoints that join and leave (health prober, address book).
+    /// It runs under the store's lock, in order: it must not block or call back into the store.
+    public func observeTopology(_ f: @escaping @Sendable (Reconfiguration) -> Void) {
+        observer.withLock { $0 = f }
     }
 
     /// The current routing snapshot. Lock-free, but loading a reference atomically costs two
@@ -53,20 +57,38 @@ public final class RoutingStore: Sendable {
 
     public var state: RoutingState { inner.withLock { $0.state } }
 
+    /// One endpoint of a pool as the topology holds it: where it comes from and what the operator
+    /// set for it.
+    public struct Member: Sendable {
+        public let endpoint: UpstreamEndpoint
+        public let source: EndpointSource
+        public let state: EndpointAdminState
+        public let weight: Int
+        /// No longer wanted (removed, or gone from DNS) but still busy: it drains, then leaves.
+        public let leaving: Bool
+        /// Takes new requests when healthy and not ejected.
+        public var admitsRequests: Bool { state == .serving && !leaving && weight > 0 }
+    }
+
     /// Pools, endpoints and routing options, readable without the lock. Only replaced under the
-    /// lock (by a reload), so code under the lock reads the one in force.
+    /// lock, so code under the lock reads the one in force.
     final class Topology: AtomicReference, Sendable {
+        let pools: [(pool: PoolConfig, members: [Member])]
         let endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])]
         let routing: RoutingConfig
-        init(_ endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])], _ routing: RoutingConfig) {
-            self.endpoints = endpoints
+        init(_ pools: [(pool: PoolConfig, members: [Member])], _ routing: RoutingConfig) {
+            self.pools = pools
+            self.endpoints = pools.map { ($0.pool, $0.members.map(\.endpoint)) }
             self.routing = routing
         }
     }
     private let topology: ManagedAtomic<Topology>
 
-    /// Every endpoint, by pool in config order (a reload may change them).
+    /// Every endpoint, by pool in config order (reloads, discovery and the admin API change them).
     public var endpoints: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] { topology.load(ordering: .acquiring).endpoints }
+
+    /// Every endpoint with its source and state, by pool in config order.
+    public var members: [(pool: PoolConfig, members: [Member])] { topology.load(ordering: .acquiring).pools }
 
     public var routing: RoutingConfig { topology.load(ordering: .acquiring).routing }
 
@@ -87,27 +109,49 @@ public final class RoutingStore: Sendable {
         }
     }
 
-    /// What a reload changed in the pools.
+    /// Ejects an endpoint from (or readmits it to) its pool's rotation. Returns false when nothing
+    /// changed (already so, or no such endpoint).
+    @discardableResult
+    public func setEjected(endpointID: Int, _ ejected: Bool) -> Bool {
+        inner.withLock { inner in
+            let topology = self.topology.load(ordering: .acquiring)
+            guard inner.ejected.contains(endpointID) != ejected else { return false }
+            if ejected {
+                guard topology.endpoints.contains(where: { $0.endpoints.contains { $0.id == endpointID } }) else { return false }
+                inner.ejected.insert(endpointID)
+            } else {
+                inner.ejected.remove(endpointID)
+            }
+            publish(Self.build(inner, topology))
+            return true
+        }
+    }
+
+    public func isEjected(endpointID: Int) -> Bool { inner.withLock { $0.ejected.contains(endpointID) } }
+
+    /// What changed in the pools.
     public struct Reconfiguration: Sendable {
         public var added: [UpstreamEndpoint] = []
         public var removed: [UpstreamEndpoint] = []
         public var addedPools: [String] = []
         public var removedPools: [String] = []
+        public var isEmpty: Bool { added.isEmpty && removed.isEmpty && addedPools.isEmpty && removedPools.isEmpty }
     }
 
     /// Takes the pools, endpoints and routing options of a reloaded config. An endpoint that stays
     /// (same pool, same address) keeps its identity, health and counters; a new one starts unknown
-    /// (it takes traffic once probed healthy). Runtime weights and the live pool are kept; a new
-    /// pool gets weight 0. Refused, changing nothing, when a pool that is live, has weight, or is
-    /// being ramped would disappear. A changed state (pools added or removed) is persisted first.
+    /// (it takes traffic once probed healthy). Runtime weights, the live pool and run-time endpoint
+    /// changes are kept; a new pool gets weight 0. Refused, changing nothing, when a pool that is
+    /// live, has weight, or is being ramped would disappear. A changed state (pools added or
+    /// removed) is persisted first.
     public func reconfigure<E: Error>(_ config: TurnoutConfig, persist: (RoutingState) throws(E) -> Void,
                                       refuse: (String) -> E) throws(E) -> Reconfiguration {
         try inner.withLock { (inner: inout Inner) throws(E) -> Reconfiguration in
-            var out = Reconfiguration()
-            let current = topology.load(ordering: .acquiring).endpoints
+            let current = topology.load(ordering: .acquiring)
+            let oldNames = current.pools.map(\.pool.name)
             let newNames = Set(config.pools.map(\.name))
-            for entry in current where !newNames.contains(entry.pool.name) {
-                let name = entry.pool.name
+            var removedPools: [String] = []
+            for name in oldNames where !newNames.contains(name) {
                 if inner.state.live == name { throw refuse("pool \(name) is live; switch away from it before removing it") }
                 if (inner.state.weights[name] ?? 0) > 0 {
                     throw refuse("pool \(name) still has weight \(Percent.format(basisPoints: inner.state.weights[name] ?? 0))%; set its weight to 0 before removing it")
@@ -115,33 +159,16 @@ public final class RoutingStore: Sendable {
                 if let ramp = inner.state.ramp, ramp.isActive, ramp.plan.pool == name || ramp.preRampLive == name {
                     throw refuse("pool \(name) is part of a running ramp")
                 }
-                out.removedPools.append(name)
+                removedPools.append(name)
             }
-            var nextID = inner.nextEndpointID
-            var all: [(pool: PoolConfig, endpoints: [UpstreamEndpoint])] = []
-            for pool in config.pools {
-                let old = current.first { $0.pool.name == pool.name }?.endpoints ?? []
-                if old.isEmpty && !current.contains(where: { $0.pool.name == pool.name }) { out.addedPools.append(pool.name) }
-                var eps: [UpstreamEndpoint] = []
-                for address in pool.endpoints {
-                    if let kept = old.first(where: { $0.address == address }) {
-                        eps.append(kept)
-                    } else {
-                        let e = UpstreamEndpoint(id: nextID, pool: pool.name, address: address)
-                        nextID += 1
-                        eps.append(e)
-                        out.added.append(e)
-                    }
-                }
-                out.removed += old.filter { e in !eps.contains { $0 === e } }
-                all.append((pool, eps))
-            }
+            let addedPools = config.pools.map(\.name).filter { !oldNames.contains($0) }
             var state = inner.state
-            for name in out.removedPools {
+            for name in removedPools {
                 state.weights[name] = nil
                 state.previousWeights?[name] = nil
+                state.endpoints[name] = nil
             }
-            for name in out.addedPools { state.weights[name] = 0; state.previousWeights?[name] = 0 }
+            for name in addedPools { state.weights[name] = 0; state.previousWeights?[name] = 0 }
             // A previous state that named a removed pool (as live, or with weight) cannot be restored.
             let previousLost = state.previousLive.map { !newNames.contains($0) } == true
                 || state.previousWeights.map { $0.values.reduce(0, +) != Percent.whole } == true
@@ -154,13 +181,104 @@ public final class RoutingStore: Sendable {
                 try persist(state)
                 inner.state = state
             }
-            for e in out.removed { inner.health[e.id] = nil }
-            inner.nextEndpointID = nextID
-            let topology = Topology(all, config.routing)
-            self.topology.store(topology, ordering: .releasing)
-            publish(Self.build(inner, topology))
+            for name in removedPools { inner.discovered[name] = nil }
+            inner.config = config.pools
+            var out = rebuild(&inner, routing: config.routing)
+            out.addedPools = addedPools
+            out.removedPools = removedPools
             return out
         }
+    }
+
+    /// Takes a pool's latest DNS answer (discovery decides when an answer is applied). Addresses
+    /// that appear join the pool unprobed; those that vanish drain and then leave.
+    @discardableResult
+    public func setDiscovered(pool: String, _ addresses: [DiscoveredAddress]) -> Reconfiguration {
+        inner.withLock { inner in
+            guard inner.config.contains(where: { $0.name == pool }), inner.discovered[pool] != addresses else { return Reconfiguration() }
+            inner.discovered[pool] = addresses
+            return rebuild(&inner, routing: topology.load(ordering: .acquiring).routing)
+        }
+    }
+
+    /// Lets endpoints that were leaving and are no longer busy go. Returns those that left.
+    @discardableResult
+    public func releaseDrained() -> [UpstreamEndpoint] {
+        inner.withLock { inner in
+            let current = topology.load(ordering: .acquiring)
+            guard current.pools.contains(where: { $0.members.contains { $0.leaving && !$0.endpoint.isBusy } }) else { return [] }
+            return rebuild(&inner, routing: current.routing).removed
+        }
+    }
+
+    /// Recomputes the endpoint set from config, DNS answers and run-time changes, keeping the
+    /// identity of every endpoint that stays, and publishes it. Under the lock.
+    @discardableResult
+    private func rebuild(_ inner: inout Inner, routing: RoutingConfig) -> Reconfiguration {
+        let current = topology.load(ordering: .acquiring)
+        let (pools, diff) = Self.members(&inner, current: current.pools)
+        for e in diff.removed {
+            inner.health[e.id] = nil
+            inner.ejected.remove(e.id)
+        }
+        let next = Topology(pools, routing)
+        topology.store(next, ordering: .releasing)
+        publish(Self.build(inner, next))
+        if !diff.isEmpty { observer.withLock { $0 }?(diff) }
+        return diff
+    }
+
+    /// The members of every pool: config endpoints, then DNS addresses, then those added at run
+    /// time, less those removed at run time; an endpoint no longer wanted stays, leaving, while it
+    /// has requests in flight or tunnels open.
+    static func members(_ inner: inout Inner, current: [(pool: PoolConfig, members: [Member])])
+        -> ([(pool: PoolConfig, members: [Member])], Reconfiguration) {
+        var out: [(pool: PoolConfig, members: [Member])] = []
+        var diff = Reconfiguration()
+        var nextID = inner.nextEndpointID
+        let newNames = Set(inner.config.map(\.name))
+        // A removed pool took no traffic (reconfigure refuses otherwise): its endpoints go at once.
+        for entry in current where !newNames.contains(entry.pool.name) { diff.removed += entry.members.map(\.endpoint) }
+        for pool in inner.config {
+            let overrides = inner.state.endpoints[pool.name] ?? [:]
+            var wanted: [(HostPort, EndpointSource, Int?)] = []
+            var seen = Set<String>()
+            for a in pool.endpoints where seen.insert(a.description).inserted { wanted.append((a, .config, nil)) }
+            for d in inner.discovered[pool.name] ?? [] where seen.insert(d.address.description).inserted {
+                wanted.append((d.address, .dns, d.weight))
+            }
+            for (address, o) in overrides.sorted(by: { $0.key < $1.key }) where o.added && !o.removed {
+                if case .success(let hp) = HostPort.parse(address), seen.insert(hp.description).inserted {
+                    wanted.append((hp, .api, nil))
+                }
+            }
+            wanted.removeAll { overrides[$0.0.description]?.removed == true }
+            let old = current.first { $0.pool.name == pool.name }?.members ?? []
+            var members: [Member] = []
+            for (address, source, dnsWeight) in wanted {
+                let o = overrides[address.description] ?? EndpointOverride()
+                let endpoint: UpstreamEndpoint
+                if let kept = old.first(where: { $0.endpoint.address == address }) {
+                    endpoint = kept.endpoint
+                } else {
+                    endpoint = UpstreamEndpoint(id: nextID, pool: pool.name, address: address)
+                    nextID += 1
+                    diff.added.append(endpoint)
+                }
+                members.append(Member(endpoint: endpoint, source: source, state: o.state,
+                                      weight: o.weight ?? dnsWeight ?? EndpointOverride.defaultWeight, leaving: false))
+            }
+            for m in old where !members.contains(where: { $0.endpoint === m.endpoint }) {
+                if m.endpoint.isBusy {
+                    members.append(Member(endpoint: m.endpoint, source: m.source, state: .draining, weight: m.weight, leaving: true))
+                } else {
+                    diff.removed.append(m.endpoint)
+                }
+            }
+            out.append((pool, members))
+        }
+        inner.nextEndpointID = nextID
+        return (out, diff)
     }
 
     /// Runs `change` on a copy of the state under the store's lock. When it returns a new state, that
@@ -175,8 +293,13 @@ public final class RoutingStore: Sendable {
             let next = try change(inner.state, inner.health)
             guard next != inner.state else { return next }
             try persist(next)
+            let endpointsChanged = next.endpoints != inner.state.endpoints
             inner.state = next
-            publish(Self.build(inner, topology.load(ordering: .acquiring)))
+            if endpointsChanged {
+                rebuild(&inner, routing: topology.load(ordering: .acquiring).routing)
+            } else {
+                publish(Self.build(inner, topology.load(ordering: .acquiring)))
+            }
             return next
         }
     }
@@ -185,9 +308,14 @@ public final class RoutingStore: Sendable {
         var pools: [PoolRoute] = []
         var weights: [Int] = []
         var live = 0
-        for (i, entry) in topology.endpoints.enumerated() {
-            let healthy = entry.endpoints.indices.filter { inner.health[entry.endpoints[$0].id] == .healthy }
-            pools.append(PoolRoute(name: entry.pool.name, endpoints: entry.endpoints, healthy: healthy, balance: entry.pool.balance))
+        for (i, entry) in topology.pools.enumerated() {
+            let members = entry.members
+            let healthy = members.indices.filter {
+                members[$0].admitsRequests && inner.health[members[$0].endpoint.id] == .healthy
+                    && !inner.ejected.contains(members[$0].endpoint.id)
+            }
+            pools.append(PoolRoute(name: entry.pool.name, endpoints: members.map(\.endpoint), healthy: healthy,
+                                   balance: entry.pool.balance, weights: members.map(\.weight)))
             weights.append(inner.state.weights[entry.pool.name] ?? 0)
             if entry.pool.name == inner.state.live { live = i }
         }
@@ -197,31 +325,60 @@ public final class RoutingStore: Sendable {
     }
 }
 
+/// One address a pool's DNS name resolved to, with the weight its SRV record gave (nil for A/AAAA).
+public struct DiscoveredAddress: Sendable, Equatable, Hashable {
+    public var address: HostPort
+    public var weight: Int?
+    public init(address: HostPort, weight: Int? = nil) {
+        self.address = address
+        self.weight = weight
+    }
+}
+
 extension RoutingStore {
-    /// Pool names in config order and which pools have a healthy endpoint, for admin commands.
-    public func poolView(health: [Int: HealthStatus]) -> RoutingCommands.PoolView {
-        var healthy = Set<String>()
-        for entry in endpoints where entry.endpoints.contains(where: { health[$0.id] == .healthy }) {
-            healthy.insert(entry.pool.name)
+    /// Pool names in config order and which pools have an endpoint taking traffic, for admin
+    /// commands. Read from the published table, which is current under the store's lock.
+    public func poolView() -> RoutingCommands.PoolView {
+        let table = self.table
+        return RoutingCommands.PoolView(names: table.pools.map(\.name),
+                                        healthy: Set(table.pools.filter(\.hasHealthyEndpoint).map(\.name)))
+    }
+
+    /// Every endpoint of every pool as admin commands see it (under the store's lock too).
+    public func endpointView() -> EndpointCommands.View {
+        let table = self.table
+        var pools: [String: [EndpointCommands.Entry]] = [:]
+        for (pool, members) in members {
+            let route = table.pools.first { $0.name == pool.name }
+            pools[pool.name] = members.enumerated().map { i, m in
+                EndpointCommands.Entry(address: m.endpoint.address.description, source: m.source, state: m.state,
+                                       leaving: m.leaving, takesTraffic: route?.healthy.contains(i) ?? false)
+            }
         }
-        return RoutingCommands.PoolView(names: endpoints.map(\.pool.name), healthy: healthy)
+        return EndpointCommands.View(order: members.map(\.pool.name), pools: pools)
     }
 
     public var poolNames: [String] { endpoints.map(\.pool.name) }
 
     /// The document `GET /v1/state` returns: generation, live pool, weights, previous weights, and
-    /// every endpoint with its health and in-flight count.
-    public func stateJSON(ramp: String = "null", cluster: String = "null") -> String {
-        let (state, health) = snapshot()
+    /// every endpoint with its health, state and load.
+    public func stateJSON(ramp: String = "null", cluster: String = "null", nowNanos: UInt64) -> String {
+        let (state, health, ejected) = inner.withLock { ($0.state, $0.health, $0.ejected) }
         let order = poolNames
         var out = "{\"generation\":\(state.generation),\"live\":\(JSONWriter.quote(state.live))"
         out += ",\"weights\":\(JSONWriter.weights(state.weights, order: order))"
         out += ",\"previous\":" + (state.previousWeights.map { JSONWriter.weights($0, order: order) } ?? "null")
         out += ",\"pools\":{"
-        out += endpoints.map { entry in
-            let eps = entry.endpoints.map { e -> String in
+        out += members.map { entry in
+            let eps = entry.members.map { m -> String in
+                let e = m.endpoint
                 let h = health[e.id] ?? .unknown
-                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\",\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed))),\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed)))}"
+                let last = e.lastRequestAt.load(ordering: .relaxed)
+                let ago = last == 0 ? "null" : "\(nowNanos > last ? (nowNanos - last) / 1_000_000 : 0)"
+                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\""
+                    + ",\"state\":\"\(m.state.rawValue)\",\"weight\":\(m.weight),\"source\":\"\(m.source.rawValue)\",\"leaving\":\(m.leaving)"
+                    + ",\"ejected\":\(ejected.contains(e.id)),\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))"
+                    + ",\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed))),\"last_request_ms_ago\":\(ago)}"
             }
             return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]}"
         }.joined(separator: ",")
@@ -233,4 +390,7 @@ extension RoutingStore {
     public func snapshot() -> (RoutingState, [Int: HealthStatus]) {
         inner.withLock { ($0.state, $0.health) }
     }
+
+    /// Ejected endpoint ids.
+    public var ejectedIDs: Set<Int> { inner.withLock { $0.ejected } }
 }

@@ -146,44 +146,80 @@ public struct RouteDecision: Sendable {
     public var reason: Reason
 }
 
-/// One pool inside a routing snapshot, with the endpoints that are healthy in that snapshot.
+/// One pool inside a routing snapshot, with the endpoints that take traffic in that snapshot.
 public final class PoolRoute: Sendable {
     public let name: String
     public let endpoints: [UpstreamEndpoint]
-    /// Indices into `endpoints` of the endpoints that take traffic.
+    /// Indices into `endpoints` of the endpoints that take traffic: healthy, serving, not
+    /// ejected, with weight.
     public let healthy: [Int]
     public let balance: BalanceMode
+    /// Per endpoint (aligned with `endpoints`): its weight within the pool.
+    public let endpointWeights: [Int]
+    /// When the endpoints that take traffic have unequal weights: one period of their smooth
+    /// weighted order, as indices into `endpoints` (empty when plain rotation is exact).
+    let weightedOrder: [Int]
     let roundRobin = Atomic<UInt64>(0)
 
-    public init(name: String, endpoints: [UpstreamEndpoint], healthy: [Int], balance: BalanceMode) {
+    public init(name: String, endpoints: [UpstreamEndpoint], healthy: [Int], balance: BalanceMode, weights: [Int]? = nil) {
         self.name = name
         self.endpoints = endpoints
         self.healthy = healthy
         self.balance = balance
+        let weights = weights ?? [Int](repeating: EndpointOverride.defaultWeight, count: endpoints.count)
+        self.endpointWeights = weights
+        let routed = healthy.map { weights[$0] }
+        if let first = routed.first, routed.contains(where: { $0 != first }) {
+            self.weightedOrder = RoutingTable.smoothWeightedOrder(routed).map { healthy[$0] }
+        } else {
+            self.weightedOrder = []
+        }
     }
 
     public var hasHealthyEndpoint: Bool { !healthy.isEmpty }
 
-    /// Picks a healthy endpoint, skipping the one with id `excluding` when there is another choice.
+    /// Picks an endpoint that takes traffic, skipping the one with id `excluding` when there is
+    /// another choice. Endpoints get requests in proportion to their weights.
     public func pickEndpoint(excluding: Int?) -> UpstreamEndpoint? {
-        var candidates = healthy
-        if let excluding { candidates.removeAll { endpoints[$0].id == excluding } }
-        guard !candidates.isEmpty else { return nil }
-        if candidates.count == 1 { return endpoints[candidates[0]] }
-        let n = Int(roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue % UInt64(candidates.count))
+        guard !healthy.isEmpty else { return nil }
+        if healthy.count == 1 {
+            let only = endpoints[healthy[0]]
+            return only.id == excluding ? nil : only
+        }
+        let n = roundRobin.wrappingAdd(1, ordering: .relaxed).oldValue
         switch balance {
         case .roundRobin:
-            return endpoints[candidates[n]]
-        case .leastOutstanding:
-            // Start the scan at the round-robin position so ties rotate.
-            var best = candidates[n]
-            var bestLoad = endpoints[best].inFlight.load(ordering: .relaxed)
-            for k in 1..<candidates.count {
-                let c = candidates[(n + k) % candidates.count]
-                let load = endpoints[c].inFlight.load(ordering: .relaxed)
-                if load < bestLoad { best = c; bestLoad = load }
+            if !weightedOrder.isEmpty {
+                for k in 0..<weightedOrder.count {
+                    let e = endpoints[weightedOrder[Int((n &+ UInt64(k)) % UInt64(weightedOrder.count))]]
+                    if e.id != excluding { return e }
+                }
+                return nil
             }
-            return endpoints[best]
+            for k in 0..<healthy.count {
+                let e = endpoints[healthy[Int((n &+ UInt64(k)) % UInt64(healthy.count))]]
+                if e.id != excluding { return e }
+            }
+            return nil
+        case .leastOutstanding:
+            // Start the scan at the round-robin position so ties rotate; load is in-flight
+            // requests per unit of weight (compared by cross-multiplying).
+            let start = Int(n % UInt64(healthy.count))
+            var best = -1
+            var bestLoad = 0
+            var bestWeight = 1
+            for k in 0..<healthy.count {
+                let c = healthy[(start + k) % healthy.count]
+                if endpoints[c].id == excluding { continue }
+                let load = endpoints[c].inFlight.load(ordering: .relaxed)
+                let w = max(1, endpointWeights[c])
+                if best < 0 || load * bestWeight < bestLoad * w {
+                    best = c
+                    bestLoad = load
+                    bestWeight = w
+                }
+            }
+            return best < 0 ? nil : endpoints[best]
         }
     }
 }

@@ -11,6 +11,12 @@ public final class UpstreamEndpoint: Sendable, CustomStringConvertible {
     public let inFlight = Atomic<Int>(0)
     /// Protocol-switched tunnels (WebSocket...) open to this endpoint; also counted in `inFlight`.
     public let tunnels = Atomic<Int>(0)
+    /// When the last request started here (monotonic nanoseconds; 0: never).
+    public let lastRequestAt = Atomic<UInt64>(0)
+    /// Connect failures, resets and timeouts in a row (outlier detection).
+    public let failureRun = Atomic<Int>(0)
+    /// 5xx answers in a row (outlier detection).
+    public let serverErrorRun = Atomic<Int>(0)
 
     public init(id: Int, pool: String, address: HostPort) {
         self.id = id
@@ -24,9 +30,15 @@ public final class UpstreamEndpoint: Sendable, CustomStringConvertible {
 }
 
 extension UpstreamEndpoint {
-    /// Counts a request that starts being served by this endpoint.
+    /// Counts a request that starts being served by this endpoint at `now` (monotonic ns).
     @inline(__always)
-    public func requestStarted() { inFlight.wrappingAdd(1, ordering: .relaxed) }
+    public func requestStarted(at now: UInt64) {
+        inFlight.wrappingAdd(1, ordering: .relaxed)
+        lastRequestAt.store(now, ordering: .relaxed)
+    }
+
+    /// Whether requests are in flight or tunnels open here.
+    public var isBusy: Bool { inFlight.load(ordering: .relaxed) > 0 || tunnels.load(ordering: .relaxed) > 0 }
 
     /// Counts a request that stopped being served by this endpoint (finished, failed or moved).
     @inline(__always)

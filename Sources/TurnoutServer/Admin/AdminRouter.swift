@@ -58,10 +58,12 @@ final class AdminRouter: @unchecked Sendable {
 
     func handle(_ req: AdminRequest) -> AdminResponse {
         let path = req.path.split(separator: "?", maxSplits: 1).first.map(String.init) ?? req.path
+        if path.hasPrefix("/v1/pools/") { return handleEndpoints(req, path: path) }
         let routes: [String: [String]] = [
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
             "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
             "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"], "/v1/reload": ["POST"],
+            "/v1/drain": ["GET"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -86,6 +88,8 @@ final class AdminRouter: @unchecked Sendable {
                 return stateResponse(status: 200)
             case "/v1/events":
                 return AdminResponse(status: 200, body: "", stream: true)
+            case "/v1/drain":
+                return try drainResponse(req.path)
             case "/metrics":
                 return AdminResponse(status: 200, body: metrics(), headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             case "/v1/ramp":
@@ -182,7 +186,8 @@ final class AdminRouter: @unchecked Sendable {
         return nil
     }
 
-    private func mutate(_ req: AdminRequest, action: String, kind: String,
+    func mutate(_ req: AdminRequest, action: String, kind: String,
+                        fields: [(String, String)] = [],
                         respond: @escaping @Sendable (AdminRouter) -> AdminResponse = { $0.stateResponse(status: 200) },
                         _ change: @escaping @Sendable (RoutingState, RoutingCommands.PoolView) throws(AdminError) -> RoutingState) throws(AdminError) -> AdminResponse {
         let expected = try ifMatch(req.headers)
@@ -211,7 +216,7 @@ final class AdminRouter: @unchecked Sendable {
         let before = store.state.generation
         let next = try store.mutate({ (state: RoutingState, health: [Int: HealthStatus]) throws(AdminError) -> RoutingState in
             try RoutingCommands.checkGeneration(expected, state)
-            return try change(state, store.poolView(health: health))
+            return try change(state, store.poolView())
         }, persist: { (next: RoutingState) throws(AdminError) in
             guard let stateFile else { return }
             do {
@@ -224,7 +229,7 @@ final class AdminRouter: @unchecked Sendable {
             let weights = store.poolNames.map { "\($0)=\(Percent.format(basisPoints: next.weights[$0] ?? 0))" }.joined(separator: " ")
             logger.notice("\(action): generation \(next.generation), live \(next.live), weights \(weights)")
             events.publish(TurnoutEvent(kind: kind, generation: next.generation, reason: action,
-                                        fields: [("live", JSONWriter.quote(next.live)),
+                                        fields: fields + [("live", JSONWriter.quote(next.live)),
                                                  ("weights", JSONWriter.weights(next.weights, order: store.poolNames)),
                                                  ("previous", next.previousWeights.map { JSONWriter.weights($0, order: store.poolNames) } ?? "null")]))
         }
@@ -234,7 +239,7 @@ final class AdminRouter: @unchecked Sendable {
 
     func stateResponse(status: Int) -> AdminResponse {
         let state = store.state
-        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null"),
+        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null", nowNanos: EventLoop.now()),
                              headers: [("ETag", "\"\(state.generation)\"")])
     }
 

@@ -182,7 +182,7 @@ final class RampController: @unchecked Sendable {
         let next: RoutingState
         do {
             next = try store.mutate({ (s: RoutingState, health: [Int: HealthStatus]) throws(AdminError) -> RoutingState in
-                guarded(s, store.poolView(health: health))
+                guarded(s, store.poolView())
             }, persist: { (n: RoutingState) throws(AdminError) in
                 guard let stateFile else { return }
                 do { try stateFile.write(n) } catch {

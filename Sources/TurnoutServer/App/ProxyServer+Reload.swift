@@ -121,7 +121,6 @@ extension ProxyServer {
         applied.stateFile = old.stateFile
         applied.accessLog = old.accessLog
         context.replace(config: applied)
-        prober.reconfigure(added: reconfiguration.added, removed: reconfiguration.removed)
         for (l, cfg) in kept {
             if let tls = l.tls, let newTLS = cfg.tls {
                 do {

@@ -26,6 +26,7 @@ public final class ProxyServer: @unchecked Sendable {
     let pools: [UpstreamPool]
     let loopStats: [LoopStats]
     let prober: HealthProber
+    let drainWatcher: DrainWatcher
     private var listeners: [Listener] = []
     private let listenersLock = NSLock()
     private let registry = ConnectionRegistry()
@@ -65,6 +66,13 @@ public final class ProxyServer: @unchecked Sendable {
         self.pools = pools
         self.loopStats = group.loops.map { LoopStats(loop: $0) }
         self.prober = HealthProber(context: context)
+        self.drainWatcher = DrainWatcher(context: context)
+        let prober = self.prober
+        // Runs under the store's lock, in order of the changes: both calls only hand work on.
+        store.observeTopology { change in
+            context.endpointsChanged()
+            prober.reconfigure(added: change.added, removed: change.removed)
+        }
     }
 
     /// Traffic counters summed over every event loop (each loop's copy is taken on that loop).
@@ -177,6 +185,7 @@ public final class ProxyServer: @unchecked Sendable {
         // A persisted ramp resumes only once endpoint health is known: before the first probes
         // every endpoint is "unknown", which a ramp would read as a canary without health.
         self.ramps?.start()
+        drainWatcher.start()
         for l in listeners {
             l.start()
             logger.notice("listening on \(l.address)")

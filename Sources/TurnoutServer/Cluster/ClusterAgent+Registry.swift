@@ -71,9 +71,21 @@ extension ClusterAgent {
             pools[entry.pool.name] = .init(endpoints: entry.endpoints.count,
                                            healthy: entry.endpoints.filter { health[$0.id] == .healthy }.count)
         }
-        return ReplicaRecord(id: replicaID, address: address, version: TurnoutVersion.number, pid: getpid(),
-                             appliedRevision: applied, appliedAtMicros: at, stale: stale, health: pools,
-                             updatedAtMillis: Int64(Date().timeIntervalSince1970 * 1000))
+        var r = ReplicaRecord(id: replicaID, address: address, version: TurnoutVersion.number, pid: getpid(),
+                              appliedRevision: applied, appliedAtMicros: at, stale: stale, health: pools,
+                              updatedAtMillis: Int64(Date().timeIntervalSince1970 * 1000))
+        let weights = store.state.weights
+        var busy: [String: [Int]] = [:]
+        for (pool, members) in store.members {
+            let poolIdle = (weights[pool.name] ?? 0) == 0
+            for m in members where poolIdle || !m.admitsRequests {
+                let inFlight = max(0, m.endpoint.inFlight.load(ordering: .relaxed))
+                let tunnels = max(0, m.endpoint.tunnels.load(ordering: .relaxed))
+                if inFlight > 0 || tunnels > 0 { busy["\(pool.name)/\(m.endpoint.address)"] = [inFlight, tunnels] }
+            }
+        }
+        r.busy = busy.isEmpty ? nil : busy
+        return r
     }
 
     /// Writes the registry entry when it changed, or every 5 s to show the replica is alive.
@@ -158,5 +170,30 @@ extension ClusterAgent {
             events.publish(TurnoutEvent(kind: "cluster_connected", generation: applied, reason: "etcd answers again"))
         }
         putRecord(force: true)
+    }
+}
+
+extension ClusterAgent {
+    /// What the other live replicas last reported open on a pool (or endpoint) being drained, and
+    /// which of them reported before applying the routing this replica routes by (their report
+    /// cannot be trusted yet). Reads the cached registry and refreshes it in the background, so a
+    /// caller that polls sees each replica's next report.
+    func drainReports(pool: String, address: String?) -> (open: [DrainReport.Open], pending: [String]) {
+        waitQueue.async { [self] in try? readRegistry(client: waitClient) }
+        return shared.withLock { s in
+            var open: [DrainReport.Open] = []
+            var pending: [String] = []
+            for r in s.replicas.values.sorted(by: { $0.id < $1.id }) where r.id != replicaID && !r.stale {
+                if r.appliedRevision < s.appliedRevision { pending.append(r.id) }
+                for (key, counts) in r.busy ?? [:] {
+                    guard let slash = key.firstIndex(of: "/"), key[..<slash] == pool else { continue }
+                    let a = String(key[key.index(after: slash)...])
+                    if let address, a != address { continue }
+                    open.append(DrainReport.Open(replica: r.id, pool: pool, address: a,
+                                                 inFlight: counts.first ?? 0, tunnels: counts.count > 1 ? counts[1] : 0))
+                }
+            }
+            return (open, pending)
+        }
     }
 }

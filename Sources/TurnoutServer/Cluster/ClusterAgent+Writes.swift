@@ -38,7 +38,7 @@ extension ClusterAgent {
     /// replica reports (a pool one replica cannot reach is not switched to). Also says who
     /// sees no healthy endpoint, per pool.
     func poolView(localHealth: [Int: HealthStatus]) -> (RoutingCommands.PoolView, [String: [String]]) {
-        var view = store.poolView(health: localHealth)
+        var view = store.poolView()
         let replicas = shared.withLock { Array($0.replicas.values) }
         var missing: [String: [String]] = [:]
         for name in view.names where !view.healthy.contains(name) { missing[name, default: []].append(replicaID) }

@@ -13,6 +13,7 @@ final class HealthProber: @unchecked Sendable {
     private var firstRoundPending: Set<Int> = []
     private var firstRoundDone: (@Sendable () -> Void)?
     private var stopped = false
+    private var started = false
     /// Probe results per endpoint id: (passed, failed). Loop-confined; read with `probeCounts()`.
     private var results: [Int: (pass: UInt64, fail: UInt64)] = [:]
 
@@ -30,6 +31,7 @@ final class HealthProber: @unchecked Sendable {
     /// Starts probing. `firstRoundDone` runs once every endpoint has a first result.
     func start(firstRoundDone: @escaping @Sendable () -> Void) {
         loop.execute { [self] in
+            self.started = true
             self.firstRoundDone = firstRoundDone
             self.firstRoundPending = Set(endpoints.map(\.id))
             if endpoints.isEmpty { finishFirstRound() }
@@ -52,9 +54,11 @@ final class HealthProber: @unchecked Sendable {
         }
     }
 
-    /// After a reload: probes endpoints that were added (they start unknown), stops probing those
-    /// that were removed, and applies the new rise/fall to every tracker. Interval, timeout and
-    /// path are read from the configuration at each probe.
+    /// After the endpoint set changed (reload, DNS, admin API): probes endpoints that were added
+    /// (they start unknown and need `rise` passes once the proxy runs), stops probing those that
+    /// were removed, and applies the current rise/fall to every tracker. Interval, timeout and
+    /// path are read from the configuration at each probe. Before `start`, endpoints are only
+    /// noted: the first round probes them.
     func reconfigure(added: [UpstreamEndpoint], removed: [UpstreamEndpoint]) {
         loop.execute { [self] in
             let health = context.config.health
@@ -66,9 +70,10 @@ final class HealthProber: @unchecked Sendable {
             }
             endpoints.removeAll { gone.contains($0.id) }
             let spreadMs = min(health.intervalMs, 200)
-            for (i, e) in added.enumerated() {
-                trackers[e.id] = HealthTracker(rise: health.rise, fall: health.fall)
+            for (i, e) in added.enumerated() where trackers[e.id] == nil {
+                trackers[e.id] = HealthTracker(rise: health.rise, fall: health.fall, joining: started)
                 endpoints.append(e)
+                guard started else { continue }
                 let offset = spreadMs * Int64(i) / Int64(max(1, added.count))
                 loop.queue.asyncAfter(deadline: .now() + .milliseconds(Int(offset))) { [self] in self.probe(e) }
             }

@@ -77,10 +77,25 @@ final class ProxyContext: Sendable {
 
     /// Publishes a reloaded configuration (after the routing store took its pools).
     func replace(config: TurnoutConfig) {
-        current.store(Settings(config: config, store: store), ordering: .releasing)
-        replacements.add(1, ordering: .releasing)
+        settingsWriter.withLock { _ in
+            current.store(Settings(config: config, store: store), ordering: .releasing)
+            replacements.add(1, ordering: .releasing)
+        }
         addLiteralAddresses()
     }
+
+    /// The endpoint set changed (DNS, admin API): per-endpoint settings are derived again.
+    func endpointsChanged() {
+        settingsWriter.withLock { _ in
+            current.store(Settings(config: settings.config, store: store), ordering: .releasing)
+            replacements.add(1, ordering: .releasing)
+        }
+        addLiteralAddresses()
+    }
+
+    /// Serialises the two writers of the settings (a reload, an endpoint change), so neither
+    /// stores settings derived from a config the other has replaced.
+    private let settingsWriter = Mutex<Void>(())
 
     /// Endpoints given as IP literals need no resolution.
     private func addLiteralAddresses() {

@@ -131,7 +131,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     /// Sends the request on its way.
     func start() {
-        endpoint.requestStarted()
+        endpoint.requestStarted(at: startTime)
         connectUpstream(fresh: false)
     }
 
@@ -562,7 +562,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 attempts += 1
                 if next !== endpoint {
                     endpoint.requestEnded()
-                    next.requestStarted()
+                    next.requestStarted(at: loop.coarseNow)
                     endpoint = next
                 }
                 connectUpstream(fresh: true)
