@@ -41,7 +41,8 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 class Upstream:
     """An upstream.py process."""
 
-    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None, extra_args=()):
+    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None, extra_args=(), host="127.0.0.1"):
+        self.host = host
         self.delay_file = delay_file
         self.extra_args = list(extra_args)
         self.name = name
@@ -52,7 +53,8 @@ class Upstream:
         self.start()
 
     def start(self):
-        args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(self.port), "--name", self.name]
+        args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(self.port), "--name", self.name,
+                "--host", self.host]
         if self.unhealthy_file:
             args += ["--unhealthy-file", self.unhealthy_file]
         if self.fail_file:
@@ -67,7 +69,7 @@ class Upstream:
 
     @property
     def address(self):
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def kill(self):
         if self.proc and self.proc.poll() is None:
@@ -85,14 +87,17 @@ class Turnout:
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
                  timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits="", pool_extra="",
-                 root_extra=""):
+                 root_extra="", pool_text=None):
         """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`.
         `pool_extra`: more keys for every pool's flow mapping, e.g. "max_idle_connections: 2".
-        `root_extra`: more top-level YAML, e.g. a `cluster:` block."""
+        `root_extra`: more top-level YAML, e.g. a `cluster:` block.
+        `pool_text`: {pool: flow mapping} written as is, e.g. {"blue": "{ endpoints: [], discovery: {...} }"}."""
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.tls = tls
         self.config_path = os.path.join(self.dir, "turnout.yaml")
+        pool_text = pool_text or {}
         pool_lines = "\n".join(
+            f"  {name}: {pool_text[name]}" if name in pool_text else
             f"  {name}: {{ endpoints: [{', '.join(json.dumps(e) for e in eps)}]{', ' + pool_extra if pool_extra else ''} }}"
             for name, eps in pools.items())
         weight_text = ""

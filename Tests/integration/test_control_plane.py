@@ -27,7 +27,9 @@ def test_state_reports_live_weights_and_endpoints(blue_green):
     assert state["weights"] == {"blue": 90, "green": 10}
     assert state["previous"] is None and state["ramp"] is None
     assert state["pools"]["blue"]["endpoints"] == [
-        {"address": blue.address, "healthy": True, "health": "healthy", "in_flight": 0, "tunnels": 0}]
+        {"address": blue.address, "healthy": True, "health": "healthy", "state": "serving", "weight": 100,
+         "source": "config", "leaving": False, "ejected": False, "in_flight": 0, "tunnels": 0,
+         "last_request_ms_ago": None}]
     assert r.getheader("ETag") == '"1"'
     assert stat.S_IMODE(os.stat(t.admin_socket).st_mode) == 0o600
     assert admin_call(t, "GET", "/healthz")[0] == 200

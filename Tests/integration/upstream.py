@@ -311,6 +311,7 @@ def _shutdown(conn):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1", help="the loopback address to listen on (127.0.0.2... for DNS tests)")
     p.add_argument("--name", required=True)
     p.add_argument("--unhealthy-file")
     p.add_argument("--fail-file", help="while it exists, answer 500 to this fraction of / requests")
@@ -326,7 +327,7 @@ def main():
     ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer.allow_reuse_address = True
     ThreadingHTTPServer.request_queue_size = 512
-    srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
+    srv = ThreadingHTTPServer((a.host, a.port), Handler)
     print(f"ready {a.port}", flush=True)
     srv.serve_forever()
 

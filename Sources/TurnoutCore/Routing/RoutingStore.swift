@@ -51,6 +51,12 @@ public final class RoutingStore: Sendable {
     public var version: UInt64 { publications.load(ordering: .acquiring) }
 
     private func publish(_ table: RoutingTable) {
+        // A new table with the same split continues the old one's place in the weighted order, so
+        // endpoint changes, health flips and DNS answers never skew the split between pools.
+        let old = published.load(ordering: .acquiring)
+        if old.sequence == table.sequence {
+            table.sequenceCounter.store(old.sequenceCounter.load(ordering: .relaxed), ordering: .relaxed)
+        }
         published.store(table, ordering: .releasing)
         publications.add(1, ordering: .releasing)
     }
@@ -362,7 +368,8 @@ extension RoutingStore {
 
     /// The document `GET /v1/state` returns: generation, live pool, weights, previous weights, and
     /// every endpoint with its health, state and load.
-    public func stateJSON(ramp: String = "null", cluster: String = "null", nowNanos: UInt64) -> String {
+    /// `poolFields`: more JSON members for a pool's object, by pool (each starts with a comma).
+    public func stateJSON(ramp: String = "null", cluster: String = "null", nowNanos: UInt64, poolFields: [String: String] = [:]) -> String {
         let (state, health, ejected) = inner.withLock { ($0.state, $0.health, $0.ejected) }
         let order = poolNames
         var out = "{\"generation\":\(state.generation),\"live\":\(JSONWriter.quote(state.live))"
@@ -380,7 +387,7 @@ extension RoutingStore {
                     + ",\"ejected\":\(ejected.contains(e.id)),\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))"
                     + ",\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed))),\"last_request_ms_ago\":\(ago)}"
             }
-            return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]}"
+            return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]\(poolFields[entry.pool.name] ?? "")}"
         }.joined(separator: ",")
         out += "},\"ramp\":\(ramp),\"cluster\":\(cluster)}"
         return out

@@ -41,6 +41,8 @@ final class AdminRouter: @unchecked Sendable {
     var rampWindow: () -> RampWindow? = { nil }
     /// The Prometheus exposition (set by the server, which owns the counters).
     var metrics: () -> String = { "" }
+    /// Extra members of each pool's object in `/v1/state` (discovery status; set by the server).
+    var poolFields: () -> [String: String] = { [:] }
     /// Cluster mode: routing changes go through etcd (set by the server before the admin API serves).
     var cluster: ClusterAgent?
     /// Re-reads the config file (set by the server, which owns everything a reload touches).
@@ -239,7 +241,7 @@ final class AdminRouter: @unchecked Sendable {
 
     func stateResponse(status: Int) -> AdminResponse {
         let state = store.state
-        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null", nowNanos: EventLoop.now()),
+        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null", nowNanos: EventLoop.now(), poolFields: poolFields()),
                              headers: [("ETag", "\"\(state.generation)\"")])
     }
 

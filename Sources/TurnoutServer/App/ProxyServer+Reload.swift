@@ -121,6 +121,7 @@ extension ProxyServer {
         applied.stateFile = old.stateFile
         applied.accessLog = old.accessLog
         context.replace(config: applied)
+        discovery.reconfigure(applied)
         for (l, cfg) in kept {
             if let tls = l.tls, let newTLS = cfg.tls {
                 do {
@@ -154,6 +155,10 @@ extension ProxyServer {
             outcome.changes.append("pool settings changed")
         }
         if new.health != old.health { outcome.changes.append("health settings changed") }
+        if new.resolvers != old.resolvers || new.pools.map(\.discovery) != old.pools.map(\.discovery) {
+            outcome.changes.append("discovery settings changed")
+        }
+        if new.pools.map(\.outlierDetection) != old.pools.map(\.outlierDetection) { outcome.changes.append("outlier detection changed") }
         if new.timeouts != old.timeouts { outcome.changes.append("timeouts changed") }
         if new.limits != old.limits { outcome.changes.append("limits changed") }
         if kept.contains(where: { $0.0.tls != nil }) { outcome.changes.append("TLS certificates reloaded") }

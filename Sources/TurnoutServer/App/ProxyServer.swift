@@ -27,6 +27,7 @@ public final class ProxyServer: @unchecked Sendable {
     let loopStats: [LoopStats]
     let prober: HealthProber
     let drainWatcher: DrainWatcher
+    let discovery: DiscoveryService
     private var listeners: [Listener] = []
     private let listenersLock = NSLock()
     private let registry = ConnectionRegistry()
@@ -67,6 +68,7 @@ public final class ProxyServer: @unchecked Sendable {
         self.loopStats = group.loops.map { LoopStats(loop: $0) }
         self.prober = HealthProber(context: context)
         self.drainWatcher = DrainWatcher(context: context)
+        self.discovery = DiscoveryService(context: context)
         let prober = self.prober
         // Runs under the store's lock, in order of the changes: both calls only hand work on.
         store.observeTopology { change in
@@ -138,6 +140,7 @@ public final class ProxyServer: @unchecked Sendable {
                                    logger: logger, collectStats: { [unowned self] in trafficStats() })
         router.rampWindow = { [unowned ramps] in ramps.window() }
         router.reload = { [unowned self] in reload() }
+        router.poolFields = { [unowned self] in discovery.stateFields() }
         router.metrics = { [unowned self] in
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
                                     connections: upstreamConnectionCounts(),
@@ -172,6 +175,8 @@ public final class ProxyServer: @unchecked Sendable {
         }
         admin.start()
         logger.notice("admin API on unix:\(config.admin.socket)\(admin.tcpAddress.map { " and http://\($0)" } ?? "")")
+        // Pools discovered by DNS get their first addresses before the first health round.
+        discovery.start()
         let firstRound = DispatchSemaphore(value: 0)
         prober.start { firstRound.signal() }
         let waitMs = Int(config.health.timeoutMs) + 500
@@ -233,6 +238,8 @@ public final class ProxyServer: @unchecked Sendable {
         for l in listenerSnapshot() { l.close() }
         announce?()
         prober.stop()
+        discovery.stop()
+        drainWatcher.stop()
         for (i, loop) in group.loops.enumerated() {
             let pool = pools[i]
             loop.execute {
