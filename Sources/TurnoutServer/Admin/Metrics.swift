@@ -12,6 +12,10 @@ struct MetricsRenderer {
     /// Cluster mode: the agent's view (nil on a single node: no cluster metrics).
     var cluster: ClusterAgent.Status?
     var clusterIsDriver = false
+    /// Outlier ejections per endpoint id and trigger, and refused ejections per pool.
+    var outliers: (ejections: [Int: [String: UInt64]], refused: [String: UInt64]) = ([:], [:])
+    /// Discovery status per discovered pool.
+    var discovery: [String: DiscoveryService.Status] = [:]
 
     /// Histogram bucket edges in seconds.
     static let buckets: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -147,6 +151,44 @@ struct MetricsRenderer {
                     sample("turnout_upstream_connections_closed_total", [("pool", entry.pool.name), ("endpoint", e.address.description), ("reason", r.label)], "\(c.closed[r.rawValue])")
                 }
             }
+        }
+
+        family("turnout_endpoint_state", "gauge", "1 for each endpoint's state: serving, draining, maintenance (leaving endpoints count as draining).")
+        let ejected = store.ejectedIDs
+        for (pool, members) in store.members {
+            for m in members {
+                for st in EndpointAdminState.allCases {
+                    sample("turnout_endpoint_state", [("pool", pool.name), ("endpoint", m.endpoint.address.description), ("state", st.rawValue)], m.state == st ? "1" : "0")
+                }
+            }
+        }
+        family("turnout_endpoint_ejected", "gauge", "1 while outlier detection keeps the endpoint out of rotation.")
+        for (pool, members) in store.members {
+            for m in members {
+                sample("turnout_endpoint_ejected", [("pool", pool.name), ("endpoint", m.endpoint.address.description)], ejected.contains(m.endpoint.id) ? "1" : "0")
+            }
+        }
+        family("turnout_outlier_ejections_total", "counter", "Ejections by outlier detection, by trigger: consecutive_failures, consecutive_5xx.")
+        for (pool, members) in store.members {
+            for m in members {
+                let e = outliers.ejections[m.endpoint.id] ?? [:]
+                for trigger in ["consecutive_failures", "consecutive_5xx"] {
+                    sample("turnout_outlier_ejections_total", [("pool", pool.name), ("endpoint", m.endpoint.address.description), ("trigger", trigger)], "\(e[trigger] ?? 0)")
+                }
+            }
+        }
+        family("turnout_outlier_ejections_refused_total", "counter", "Ejections not made because max_ejected_percent of the pool was already ejected.")
+        for name in store.poolNames { sample("turnout_outlier_ejections_refused_total", [("pool", name)], "\(outliers.refused[name] ?? 0)") }
+        if !discovery.isEmpty {
+            family("turnout_discovery_addresses", "gauge", "Addresses in the applied DNS answer of a discovered pool.")
+            for (pool, d) in discovery.sorted(by: { $0.key < $1.key }) { sample("turnout_discovery_addresses", [("pool", pool)], "\(d.addresses)") }
+            family("turnout_discovery_resolutions_total", "counter", "DNS resolutions of a discovered pool, by result: ok, error.")
+            for (pool, d) in discovery.sorted(by: { $0.key < $1.key }) {
+                sample("turnout_discovery_resolutions_total", [("pool", pool), ("result", "ok")], "\(d.resolutions)")
+                sample("turnout_discovery_resolutions_total", [("pool", pool), ("result", "error")], "\(d.errors)")
+            }
+            family("turnout_discovery_empty_held", "gauge", "1 while an empty DNS answer for a pool carrying traffic is held back (confirm_empty).")
+            for (pool, d) in discovery.sorted(by: { $0.key < $1.key }) { sample("turnout_discovery_empty_held", [("pool", pool)], d.emptyHeldSinceMs == nil ? "0" : "1") }
         }
 
         family("turnout_client_connections", "gauge", "Client connections open now.")

@@ -73,6 +73,7 @@ public final class ProxyServer: @unchecked Sendable {
         // Runs under the store's lock, in order of the changes: both calls only hand work on.
         store.observeTopology { change in
             context.endpointsChanged()
+            context.outliers.forget(change.removed.map(\.id))
             prober.reconfigure(added: change.added, removed: change.removed)
         }
     }
@@ -147,6 +148,8 @@ public final class ProxyServer: @unchecked Sendable {
                                     clientConnections: context.openClientConnections.load(ordering: .relaxed))
             r.cluster = cluster?.status()
             r.clusterIsDriver = cluster?.drivesRamp ?? false
+            r.outliers = context.outliers.counts()
+            r.discovery = discovery.status()
             return r.render()
         }
         self.ramps = ramps

@@ -127,6 +127,7 @@ final class HealthProber: @unchecked Sendable {
     private func record(_ endpoint: UpstreamEndpoint, passed: Bool, detail: String) {
         guard !stopped, var tracker = trackers[endpoint.id] else { return }
         if passed { results[endpoint.id, default: (0, 0)].pass += 1 } else { results[endpoint.id, default: (0, 0)].fail += 1 }
+        if passed { context.outliers.probePassed(endpoint) }
         let transition = tracker.record(passed: passed)
         trackers[endpoint.id] = tracker
         if let transition {

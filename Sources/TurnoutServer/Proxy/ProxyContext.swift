@@ -46,11 +46,14 @@ final class ProxyContext: Sendable {
     let accessLogger: Logger?
     let draining = ManagedAtomic<Bool>(false)
     let events = EventBus()
+    /// Passive outlier detection; the data path reports failures and answers to it.
+    let outliers: OutlierDetector
     /// Client connections open right now, across loops.
     let openClientConnections = ManagedAtomic<Int>(0)
 
     init(config: TurnoutConfig, store: RoutingStore, logger: Logger) {
-        self.current = ManagedAtomic(Settings(config: config, store: store))
+        let current = ManagedAtomic(Settings(config: config, store: store))
+        self.current = current
         self.store = store
         self.addresses = AddressBook()
         self.logger = logger
@@ -58,6 +61,8 @@ final class ProxyContext: Sendable {
         access[metadataKey: "log"] = "access"
         // Whether access lines are logged is fixed at start-up (`access_log` needs a restart).
         self.accessLogger = config.accessLog ? access : nil
+        self.outliers = OutlierDetector(store: store, events: events, logger: logger,
+                                        config: { current.load(ordering: .acquiring).config })
         addLiteralAddresses()
     }
 

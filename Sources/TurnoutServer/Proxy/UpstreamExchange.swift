@@ -213,6 +213,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         if connecting {
             upstreamFailed(connectFailed: true, error: nil, timedOut: true)
         } else if responseHead == nil {
+            context.outliers.failed(endpoint)
             fail(status: 504, message: "the upstream did not answer within \(DurationParser.format(milliseconds: timeouts.upstreamResponseMs))")
         } else {
             // The response stalled mid-body: the client must not mistake it for complete.
@@ -333,6 +334,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         }
         if !responseComplete {
             upstreamCut = true
+            context.outliers.failed(endpoint)
             abort(reason: "upstream closed mid-response")
         }
     }
@@ -398,6 +400,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func startResponse(_ parsed: HTTPResponseHead, framing: BodyFraming) {
         responseHead = parsed
         status = parsed.status
+        context.outliers.responded(endpoint, status: parsed.status)
         switch framing {
         case .none: responseBody = .none
         case .length(let n): responseBody = .length(remaining: n)
@@ -538,6 +541,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     /// Tries another endpoint when that is safe, else answers 502/504.
     private func upstreamFailed(connectFailed: Bool, error: SystemError?, timedOut: Bool) {
+        // A pooled connection the upstream closed just before it was reused is the keep-alive
+        // race, not the endpoint failing.
+        if connectFailed || !reusedConnection || anyUpstreamByte { context.outliers.failed(endpoint) }
         let replayable = connectFailed
             || (!anyUpstreamByte && bodyBytesSent == 0 && !head.hasBody && head.isIdempotent)
         if let u = upstream {
