@@ -148,8 +148,8 @@ private func makeTable(weights: [String: Int], live: String, sticky: StickyKey? 
     @Test func leastOutstandingPrefersTheIdleEndpoint() {
         let eps = (0..<3).map { UpstreamEndpoint(id: $0, pool: "blue", address: HostPort(host: "127.0.0.1", port: UInt16(9000 + $0))) }
         let pool = PoolRoute(name: "blue", endpoints: eps, healthy: [0, 1, 2], balance: .leastOutstanding)
-        eps[0].requestStarted(); eps[0].requestStarted()
-        eps[2].requestStarted()
+        eps[0].requestStarted(at: 1); eps[0].requestStarted(at: 1)
+        eps[2].requestStarted(at: 1)
         for _ in 0..<5 { #expect(pool.pickEndpoint(excluding: nil)?.id == 1) }
     }
 }
