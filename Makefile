@@ -25,6 +25,8 @@ test-deps: deps
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h2; }
 	@$(PYTHON) -c 'import h11' 2>/dev/null || $(PYTHON) -m pip install -q h11 2>/dev/null \
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h11; }
+	@$(PYTHON) -c 'import yaml' 2>/dev/null || $(PYTHON) -m pip install -q pyyaml 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-yaml; }
 	@$(PYTHON) -c 'import dnslib' 2>/dev/null || $(PYTHON) -m pip install -q dnslib 2>/dev/null \
 	  || $(PYTHON) -m pip install -q --break-system-packages dnslib
 

@@ -430,3 +430,39 @@ def test_check_config_reports_cluster_mistakes(tmp_path):
                      "cluster.etcd: username and password_file go together", "cluster.etcd.tls.ca: cannot read /nonexistent",
                      "cluster.stale_after: must be at least 1s"]:
         assert expected in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_endpoint_changes_reach_every_replica_and_wait_drained_waits_for_all_of_them(cleanup, etcd1, upstreams):
+    from test_tunnels import WebSocket
+    import subprocess
+    from harness import turnout_binary
+    blue2 = Upstream("blue2")
+    cleanup.append(blue2)
+    name = uuid.uuid4().hex[:8]
+    a = replica(cleanup, etcd1, upstreams, "a", name)
+    b = replica(cleanup, etcd1, upstreams, "b", name)
+    wait_for(lambda: len(state(a)["cluster"]["replicas"]) == 2, what="both replicas in the registry")
+    # An endpoint added through a is in the routing document and on b.
+    status, body, _ = admin_call(a, "POST", "/v1/pools/blue/endpoints?wait=5s", {"address": blue2.address})
+    assert status == 201, body
+    doc, _ = etcd1.get(f"/turnout/v1/{name}/routing")
+    assert doc["endpoints"]["blue"][blue2.address]["added"] is True
+    wait_for(lambda: any(e["address"] == blue2.address and e["healthy"] for e in state(b)["pools"]["blue"]["endpoints"]),
+             what="the new endpoint healthy on b")
+    c = http.client.HTTPConnection("127.0.0.1", b.port, timeout=10)
+    assert {served_by(b.port, c)[1] for _ in range(10)} == {"blue", "blue2"}
+    # A WebSocket on b to blue; blue drained through a (a switch): wait-drained, asked of a,
+    # waits for b's tunnel.
+    ws = WebSocket(b.port, extra_headers="X-Turnout-Pool: blue\r\n")
+    assert ws.status_line.startswith("HTTP/1.1 101"), ws.status_line
+    assert admin_call(a, "POST", "/v1/switch?wait=5s", {"pool": "green"})[0] == 200
+    waiter = subprocess.Popen([turnout_binary(), "wait-drained", "blue", "--timeout", "60s", "--admin", a.admin_socket],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(o["replica"] == "b" and o["tunnels"] == 1 for o in admin_call(a, "GET", "/v1/drain?pool=blue")[1]["open"]),
+             what="a to see b's open tunnel")
+    assert waiter.poll() is None
+    assert ws.ask("hello").endswith(":hello")
+    ws.close()
+    out, err = waiter.communicate(timeout=30)
+    assert waiter.returncode == 0, err
+    assert "blue drained" in out

@@ -133,12 +133,15 @@ def test_tcp_admin_requires_the_bearer_token(cleanup, tmp_path):
     t = Turnout({"blue": [blue.address]}, admin_extra=f"  address: 127.0.0.1:{port}\n  token_file: {tf}\n")
     cleanup.append(t)
 
-    def call(auth):
+    def call(auth, path="/v1/state", method="GET"):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        c.request("GET", "/v1/state", headers={"Authorization": auth} if auth else {})
+        c.request(method, path, headers={"Authorization": auth} if auth else {})
         r = c.getresponse()
         return r.status, json.loads(r.read())
 
+    # Only GET /healthz (for load balancers and Kubernetes probes) answers without the token.
+    assert call(None, "/healthz") == (200, {"status": "serving"})
+    assert call(None, "/healthz?x=1")[0] == 401 and call(None, "/healthz", "POST")[0] == 401
     assert call(None)[0] == 401 and call(None)[1]["code"] == "unauthorized"
     assert call("Bearer wrong-token-0123456789")[0] == 401
     assert call("Bearer " + token[:-1])[0] == 401

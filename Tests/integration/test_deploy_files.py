@@ -62,3 +62,100 @@ def test_the_unit_passes_systemd_analyze_verify_and_is_sandboxed(tmp_path):
     assert out.returncode != 0 or "protect system value" in out.stderr
     # The stop timeout outlasts the default drain (30s).
     assert int(re.search(r"TimeoutStopSec=(\d+)s", unit).group(1)) > 30
+
+
+def test_every_config_in_config_passes_check_config():
+    configs = sorted(os.path.join(ROOT, "config", f) for f in os.listdir(os.path.join(ROOT, "config")) if f.endswith(".yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        out = run_cli("check-config", path)
+        assert out.returncode == 0, (path, out.stderr)
+
+
+def kubernetes_documents():
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(ROOT, "config/kubernetes/turnout.yaml")) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    return yaml, {(d["kind"], d["metadata"]["name"]): d for d in docs}
+
+
+def test_the_kubernetes_manifests_hang_together_and_their_config_passes_check_config(tmp_path):
+    yaml, docs = kubernetes_documents()
+    namespace = "turnout"
+    for (kind, name), d in docs.items():
+        if kind != "Namespace":
+            assert d["metadata"].get("namespace") == namespace, (kind, name)
+    config_text = docs[("ConfigMap", "turnout-config")]["data"]["turnout.yaml"]
+    path = tmp_path / "turnout.yaml"
+    path.write_text(config_text)
+    out = run_cli("check-config", str(path))
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(config_text)
+
+    deployment = docs[("Deployment", "turnout")]
+    spec = deployment["spec"]
+    assert spec["replicas"] >= 2
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == int(config["listeners"][0]["address"].rsplit(":", 1)[1])
+    assert ports["admin"] == int(config["admin"]["address"].rsplit(":", 1)[1])
+    # Readiness and liveness on the admin /healthz (which answers without the token).
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}, probe
+    # The pod gives a draining Turnout longer than its drain timeout before SIGKILL.
+    drain = int(config["timeouts"]["drain"].rstrip("s"))
+    assert pod["terminationGracePeriodSeconds"] > drain + container["lifecycle"]["preStop"]["sleep"]["seconds"] - 1
+    # Every file the config names is mounted where the config looks for it; the root filesystem is read-only.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert mounts["/etc/turnout/turnout.yaml"] == "config" and container["args"][-1] == "/etc/turnout/turnout.yaml"
+    assert os.path.dirname(config["admin"]["token_file"]) in mounts
+    assert volumes[mounts[os.path.dirname(config["admin"]["token_file"])]]["secret"]["secretName"] == "turnout-admin-token"
+    assert os.path.dirname(config["admin"]["socket"]) in mounts
+    assert os.path.dirname(config["state_file"]) in mounts
+    # A PodDisruptionBudget keeps most replicas up; cluster mode shares the routing truth.
+    pdb = docs[("PodDisruptionBudget", "turnout")]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert 1 <= pdb["spec"]["minAvailable"] < spec["replicas"]
+    assert config["cluster"]["etcd"]["endpoints"]
+    # Each pool is discovered from a headless Service of this namespace, on the Service's port.
+    for pool in ("blue", "green"):
+        d = config["pools"][pool]["discovery"]
+        service_name, ns, rest = d["dns"].split(".", 2)
+        assert ns == namespace and rest == "svc.cluster.local", d["dns"]
+        service = docs[("Service", service_name)]
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["selector"]["track"] == pool
+        assert d["port"] in [p["targetPort"] for p in service["spec"]["ports"]]
+    front = docs[("Service", "turnout")]
+    assert front["spec"]["selector"].items() <= labels.items()
+    assert front["spec"]["ports"][0]["targetPort"] == "http"
+
+
+def test_the_container_image_installs_every_library_the_binary_needs():
+    """The Containerfile's runtime stage installs the Debian packages of every shared library the
+    binary links, apart from the Swift runtime (linked in with --static-swift-stdlib) and those
+    debian:bookworm-slim has already."""
+    text = open(os.path.join(ROOT, "config/kubernetes/Containerfile")).read()
+    runtime = text.split("FROM debian:bookworm-slim", 1)[1]
+    installed = set(re.search(r"apt-get install -y --no-install-recommends ([^\\&]+)", runtime).group(1).split())
+    assert "--static-swift-stdlib" in text
+    from harness import turnout_binary
+    ldd = subprocess.run(["ldd", turnout_binary()], capture_output=True, text=True, check=True).stdout
+    needed = set()
+    for line in ldd.splitlines():
+        m = re.search(r"=> (/\S+)", line)
+        if not m or "/swift/" in m.group(1):
+            continue
+        owner = subprocess.run(["dpkg", "-S", os.path.realpath(m.group(1))], capture_output=True, text=True)
+        if owner.returncode != 0:
+            owner = subprocess.run(["dpkg", "-S", m.group(1)], capture_output=True, text=True)
+        assert owner.returncode == 0, f"no Debian package owns {m.group(1)}"
+        needed.add(owner.stdout.split(":")[0])
+    in_base_image = {"libc6", "libgcc-s1", "libstdc++6"}
+    assert needed - in_base_image <= installed, (needed, installed)
+    assert {"libssl3", "libnghttp2-14", "libjemalloc2"} <= needed

@@ -214,3 +214,42 @@ def test_drain_lets_a_slow_request_and_a_tunnel_finish_and_wait_drained_waits_fo
         if ready:
             seen.append(json.loads(events.stdout.readline()))
     assert any(e.get("kind") == "drained" and e.get("pool") == "blue" and e.get("endpoint") is None for e in seen), seen
+
+
+def test_draining_one_endpoint_with_a_slow_request_and_a_tunnel_on_it(cleanup):
+    blue, blue2, green = Upstream("blue"), Upstream("blue2"), Upstream("green")
+    cleanup.extend([blue, blue2, green])
+    t = Turnout({"blue": [blue.address, blue2.address], "green": [green.address]})
+    cleanup.append(t)
+    # Put everything of pool blue on the endpoint `blue`: blue2 in maintenance while the slow
+    # request and the WebSocket open.
+    assert cli(t, "endpoints", "maintenance", "blue", blue2.address).returncode == 0
+    slow_result = {}
+
+    def slow():
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
+        c.request("GET", "/slow?ms=5000")
+        r = c.getresponse()
+        slow_result["status"], slow_result["body"] = r.status, r.read()
+
+    th = threading.Thread(target=slow)
+    th.start()
+    ws = WebSocket(t.port)
+    assert ws.status_line.startswith("HTTP/1.1 101") and ws.headers["x-served-by"] == "blue"
+    wait_for(lambda: endpoint(t, "blue", blue.address)["in_flight"] == 2, what="the request and the tunnel on blue")
+    assert cli(t, "endpoints", "ready", "blue", blue2.address).returncode == 0
+    assert cli(t, "endpoints", "drain", "blue", blue.address).returncode == 0
+    waiter = subprocess.Popen([turnout_binary(), "wait-drained", f"blue/{blue.address}", "--timeout", "60s",
+                               "--admin", t.admin_socket], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # No new request reaches the drained endpoint; the tunnel keeps working.
+    assert served(t, 20) == Counter({"blue2": 20})
+    assert ws.ask("one").endswith(":one")
+    th.join(timeout=20)
+    assert slow_result["status"] == 200 and slow_result["body"].startswith(b"blue ")
+    assert waiter.poll() is None, "wait-drained returned while the tunnel was open"
+    e = endpoint(t, "blue", blue.address)
+    assert e["state"] == "draining" and e["tunnels"] == 1 and e["in_flight"] == 1 and e["last_request_ms_ago"] is not None
+    ws.close()
+    out, err = waiter.communicate(timeout=20)
+    assert waiter.returncode == 0, err
+    assert endpoint(t, "blue", blue.address)["in_flight"] == 0

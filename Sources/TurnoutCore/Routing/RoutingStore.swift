@@ -210,9 +210,12 @@ public final class RoutingStore: Sendable {
     /// Lets endpoints that were leaving and are no longer busy go. Returns those that left.
     @discardableResult
     public func releaseDrained() -> [UpstreamEndpoint] {
-        inner.withLock { inner in
+        // Checked without the lock first: the drain watcher asks ten times a second.
+        func anyDone(_ t: Topology) -> Bool { t.pools.contains { $0.members.contains { $0.leaving && !$0.endpoint.isBusy } } }
+        guard anyDone(topology.load(ordering: .acquiring)) else { return [] }
+        return inner.withLock { inner in
             let current = topology.load(ordering: .acquiring)
-            guard current.pools.contains(where: { $0.members.contains { $0.leaving && !$0.endpoint.isBusy } }) else { return [] }
+            guard anyDone(current) else { return [] }
             return rebuild(&inner, routing: current.routing).removed
         }
     }

@@ -287,7 +287,10 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
             }
             input.removeFirst(consumed)
             let response: AdminResponse
-            if requiresToken && !server.authorized(head.headers) {
+            // GET /healthz answers without the token: load balancers and Kubernetes probes ask it,
+            // and it tells only "serving" or "draining".
+            let open = (head.method == "GET" || head.method == "HEAD") && head.target == "/healthz"
+            if requiresToken && !open && !server.authorized(head.headers) {
                 response = .error(AdminError(401, "unauthorized", "send Authorization: Bearer <token> (the token in admin.token_file)"))
             } else {
                 response = server.router.handle(AdminRequest(method: head.method, path: head.target, headers: head.headers, body: body))
