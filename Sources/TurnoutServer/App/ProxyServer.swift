@@ -74,6 +74,7 @@ public final class ProxyServer: @unchecked Sendable {
         store.observeTopology { change in
             context.endpointsChanged()
             context.outliers.forget(change.removed.map(\.id))
+            context.addresses.remove(change.removed.map(\.id))
             prober.reconfigure(added: change.added, removed: change.removed)
         }
     }

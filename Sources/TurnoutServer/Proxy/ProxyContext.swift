@@ -122,6 +122,9 @@ final class AddressBook: Sendable {
     func set(_ id: Int, _ addresses: [SocketAddress]) { table.withLock { $0[id] = addresses } }
 
     func addresses(_ id: Int) -> [SocketAddress] { table.withLock { $0[id] ?? [] } }
+
+    /// Forgets endpoints that left their pools.
+    func remove(_ ids: [Int]) { table.withLock { t in for id in ids { t[id] = nil } } }
 }
 
 extension ProxyContext.Settings: AtomicReference {}
