@@ -9,7 +9,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -123,6 +123,11 @@ bench-idle: build
 # Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
 bench-switch: build test-deps
 	$(PYTHON) Benchmarks/switch_latency.py --switches 500
+
+# Endpoint churn by DNS under load: failed requests, throughput, and how long a DNS change takes
+# to reach routing (see README "Endpoints and discovery").
+bench-discovery: build test-deps bench-deps
+	$(PYTHON) Benchmarks/discovery_churn.py
 
 # Cluster mode: convergence from the etcd commit of a switch to every replica routing by it, and
 # etcd's load, with 3, 10 and 30 replicas on a three-member etcd: see README "Running several replicas".

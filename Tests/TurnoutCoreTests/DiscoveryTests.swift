@@ -90,6 +90,9 @@ import Testing
         for _ in 0..<10 { _ = s.failed(jitter: 0) }
         #expect(s.failed(jitter: 0) == 30_000)
         #expect(s.applied == [a])
+        // Never later than max_ttl.
+        var quick = DiscoveryState(config: { var c = config(); c.maxTTLMs = 2000; return c }())
+        #expect(quick.failed(jitter: 0) == 1000 && quick.failed(jitter: 0) == 2000 && quick.failed(jitter: 0) == 2000)
         #expect(s.answer([a], ttlSeconds: 5, nowMs: 1, carriesTraffic: true, jitter: 0).0 == .keep)
         #expect(s.consecutiveErrors == 0)
     }

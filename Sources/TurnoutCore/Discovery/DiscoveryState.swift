@@ -3,7 +3,8 @@
 ///
 /// Rules: the next resolution follows the answer's TTL clamped to `min_ttl`/`max_ttl`, with up to
 /// 10% jitter either way (so replicas do not ask in step). A resolver error keeps the last good
-/// list and retries sooner (the TTL floor, doubling up to 30 s). An answer with no address for a
+/// list and retries after the TTL floor (at least 1 s), doubling up to `max_ttl` or 30 s,
+/// whichever is shorter. An answer with no address for a
 /// pool that carries traffic is held back until it has been the answer for `confirm_empty`; any
 /// answer with addresses ends the hold.
 public struct DiscoveryState: Sendable, Equatable {
@@ -57,8 +58,10 @@ public struct DiscoveryState: Sendable, Equatable {
     /// A resolution failed: the last list stays. Returns the delay until the retry.
     public mutating func failed(jitter: Double) -> Int64 {
         consecutiveErrors += 1
-        let base = max(config.minTTLMs, 1000)
-        let backoff = min(30_000, base << min(consecutiveErrors - 1, 5))
+        // Never later than a normal resolution would come (max_ttl), and at most 30 s.
+        let cap = min(30_000, max(config.maxTTLMs, 1000))
+        let base = min(max(config.minTTLMs, 1000), cap)
+        let backoff = min(cap, base << min(consecutiveErrors - 1, 5))
         return max(1, Int64(Double(backoff) * (1 + 0.1 * jitter)))
     }
 
