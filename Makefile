@@ -6,7 +6,7 @@ SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Debian packages the build needs, and those the tests need on top (prometheus: for promtool;
 # etcd-server: real etcd members for the cluster-mode tests).
 BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
-TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client
+TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client chromium chromium-driver
 RELEASE_BIN := .build/release/turnout
 
 .PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
@@ -27,6 +27,8 @@ test-deps: deps
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-h11; }
 	@$(PYTHON) -c 'import yaml' 2>/dev/null || $(PYTHON) -m pip install -q pyyaml 2>/dev/null \
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-yaml; }
+	@$(PYTHON) -c 'import selenium' 2>/dev/null || $(PYTHON) -m pip install -q selenium 2>/dev/null \
+	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-selenium; }
 	@$(PYTHON) -c 'import dnslib' 2>/dev/null || $(PYTHON) -m pip install -q dnslib 2>/dev/null \
 	  || $(PYTHON) -m pip install -q --break-system-packages dnslib
 

@@ -4,6 +4,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
+#include <openssl/hmac.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <string.h>
 
 /* Macros and callbacks Swift cannot import or write directly. */

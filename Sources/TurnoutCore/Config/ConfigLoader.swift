@@ -286,15 +286,23 @@ private struct Reader {
     }
 
     mutating func readAdmin(_ node: Node) -> AdminConfig? {
-        guard let fields = entries(node, "admin", allowed: ["socket", "address", "token_file"]) else { return nil }
+        guard let fields = entries(node, "admin", allowed: ["socket", "address", "token_file", "dashboard", "read_only_token_file"]) else { return nil }
         var admin = AdminConfig()
         for (k, v) in fields {
             switch k {
             case "socket": admin.socket = nonEmptyString(v, "admin.socket") ?? admin.socket
             case "address": admin.address = hostPort(v, "admin.address", allowPortZero: true)
             case "token_file": admin.tokenFile = nonEmptyString(v, "admin.token_file").map(resolvePath)
+            case "dashboard": admin.dashboard = bool(v, "admin.dashboard") ?? false
+            case "read_only_token_file": admin.readOnlyTokenFile = nonEmptyString(v, "admin.read_only_token_file").map(resolvePath)
             default: break
             }
+        }
+        if admin.dashboard && admin.address == nil {
+            fail("admin.dashboard", "the dashboard is served on the TCP admin address: set admin.address (and token_file)")
+        }
+        if admin.readOnlyTokenFile != nil && admin.address == nil {
+            fail("admin.read_only_token_file", "a read-only token is for the TCP admin address: set admin.address (and token_file)")
         }
         return admin
     }

@@ -137,10 +137,17 @@ public struct AdminConfig: Sendable, Equatable {
     public var socket: String
     public var address: HostPort?
     public var tokenFile: String?
-    public init(socket: String = AdminConfig.defaultSocket, address: HostPort? = nil, tokenFile: String? = nil) {
+    /// Serve the dashboard page at `GET /` on the TCP admin address.
+    public var dashboard: Bool = false
+    /// A second token that may read everything (page, state, stats, events) and change nothing.
+    public var readOnlyTokenFile: String?
+    public init(socket: String = AdminConfig.defaultSocket, address: HostPort? = nil, tokenFile: String? = nil,
+                dashboard: Bool = false, readOnlyTokenFile: String? = nil) {
         self.socket = socket
         self.address = address
         self.tokenFile = tokenFile
+        self.dashboard = dashboard
+        self.readOnlyTokenFile = readOnlyTokenFile
     }
 }
 

@@ -17,6 +17,8 @@ struct AdminResponse {
     var headers: [(String, String)] = []
     /// The connection turns into a server-sent event stream.
     var stream = false
+    /// The body exactly as is (a dashboard asset), instead of `body` with a final newline.
+    var raw: [UInt8]? = nil
     /// The answer comes later (a cluster write): the connection calls this and sends what it
     /// hands back, on the admin loop.
     var deferred: (@Sendable (@escaping @Sendable (AdminResponse) -> Void) -> Void)? = nil
@@ -41,6 +43,8 @@ final class AdminRouter: @unchecked Sendable {
     var rampWindow: () -> RampWindow? = { nil }
     /// The Prometheus exposition (set by the server, which owns the counters).
     var metrics: () -> String = { "" }
+    /// `GET /v1/stats`: the dashboard's traffic history (set by the server).
+    var stats: () -> String = { "{}" }
     /// Extra members of each pool's object in `/v1/state` (discovery status; set by the server).
     var poolFields: () -> [String: String] = { [:] }
     /// Cluster mode: routing changes go through etcd (set by the server before the admin API serves).
@@ -65,7 +69,7 @@ final class AdminRouter: @unchecked Sendable {
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
             "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
             "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"], "/v1/reload": ["POST"],
-            "/v1/drain": ["GET"],
+            "/v1/drain": ["GET"], "/v1/stats": ["GET"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -92,6 +96,8 @@ final class AdminRouter: @unchecked Sendable {
                 return AdminResponse(status: 200, body: "", stream: true)
             case "/v1/drain":
                 return try drainResponse(req.path)
+            case "/v1/stats":
+                return AdminResponse(status: 200, body: stats())
             case "/metrics":
                 return AdminResponse(status: 200, body: metrics(), headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")])
             case "/v1/ramp":

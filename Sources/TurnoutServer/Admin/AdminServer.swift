@@ -13,29 +13,29 @@ final class AdminServer: @unchecked Sendable {
     let loop: EventLoop
     let router: AdminRouter
     let logger: Logger
-    private let token: [UInt8]?
+    let access: AdminAccess
     private var listeners: [(fd: Int32, source: DispatchSourceRead, requiresToken: Bool)] = []
     private(set) var socketPath: String?
     private(set) var tcpAddress: SocketAddress?
 
-    init(router: AdminRouter, logger: Logger, token: String?) {
+    init(router: AdminRouter, logger: Logger, access: AdminAccess) {
         // Operators' calls should not queue behind data-path work where the OS honours priorities.
         self.loop = EventLoop(index: 0, label: "turnout.admin", qos: .userInteractive)
         self.router = router
         self.logger = logger
-        self.token = token.map { Array($0.utf8) }
+        self.access = access
     }
 
     /// Reads and checks the token file: it must exist, be non-empty and not readable by others.
-    static func readToken(path: String) throws -> String {
+    static func readToken(path: String, key: String = "admin.token_file") throws -> String {
         guard let data = FileManager.default.contents(atPath: path),
               let text = String(data: data, encoding: .utf8)
         else {
-            throw StartupError("admin.token_file \(path) cannot be read")
+            throw StartupError("\(key) \(path) cannot be read")
         }
         let token = text.trimmingCharacters(in: .whitespacesAndNewlines)
         guard token.count >= 16 else {
-            throw StartupError("admin.token_file \(path) must hold a token of at least 16 characters")
+            throw StartupError("\(key) \(path) must hold a token of at least 16 characters")
         }
         return token
     }
@@ -109,20 +109,6 @@ final class AdminServer: @unchecked Sendable {
             let conn = AdminConnection(channel: SocketChannel(fd: cfd, loop: loop), server: self, requiresToken: requiresToken)
             conn.start()
         }
-    }
-
-    /// Compares a presented bearer token with the configured one in constant time.
-    func authorized(_ headers: HTTPHeaders) -> Bool {
-        guard let token else { return false }
-        guard let auth = headers.first("authorization") else { return false }
-        let prefix = "bearer "
-        guard auth.count > prefix.count, auth.lowercased().hasPrefix(prefix) else { return false }
-        let presented = Array(auth.utf8.dropFirst(prefix.count))
-        var diff = UInt8(presented.count == token.count ? 0 : 1)
-        for i in 0..<token.count {
-            diff |= token[i] ^ (i < presented.count ? presented[i] : 0)
-        }
-        return diff == 0
     }
 
     static func unixSocketAnswers(_ path: String) -> Bool {
@@ -286,14 +272,19 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
                 }
             }
             input.removeFirst(consumed)
-            let response: AdminResponse
-            // GET /healthz answers without the token: load balancers and Kubernetes probes ask it,
-            // and it tells only "serving" or "draining".
-            let open = (head.method == "GET" || head.method == "HEAD") && head.target == "/healthz"
-            if requiresToken && !open && !server.authorized(head.headers) {
-                response = .error(AdminError(401, "unauthorized", "send Authorization: Bearer <token> (the token in admin.token_file)"))
-            } else {
+            var response: AdminResponse
+            let decision: AdminAccess.Decision = requiresToken
+                ? server.access.decide(method: head.method, target: head.target, headers: head.headers, body: body) : .route
+            switch decision {
+            case .respond(let r):
+                response = r
+            case .route:
                 response = server.router.handle(AdminRequest(method: head.method, path: head.target, headers: head.headers, body: body))
+            }
+            if requiresToken && server.access.dashboard {
+                // The dashboard's answers are never framed by another site.
+                response.headers.append(("X-Frame-Options", "DENY"))
+                response.headers.append(("X-Content-Type-Options", "nosniff"))
             }
             if response.stream {
                 input = []
@@ -321,10 +312,11 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     }
 
     private func reply(_ r: AdminResponse, close: Bool, head: Bool = false) {
-        let body = Array((r.body.hasSuffix("\n") ? r.body : r.body + "\n").utf8)
+        let body = r.raw ?? Array((r.body.hasSuffix("\n") ? r.body : r.body + "\n").utf8)
         var out = "HTTP/1.1 \(r.status) \(HeaderRewriter.reasonPhrase(r.status))\r\n"
         if !r.headers.contains(where: { $0.0 == "Content-Type" }) { out += "Content-Type: application/json\r\n" }
-        out += "Content-Length: \(body.count)\r\nCache-Control: no-store\r\n"
+        out += "Content-Length: \(body.count)\r\n"
+        if !r.headers.contains(where: { $0.0 == "Cache-Control" }) { out += "Cache-Control: no-store\r\n" }
         for (k, v) in r.headers { out += "\(k): \(v)\r\n" }
         if close { out += "Connection: close\r\n" }
         out += "\r\n"

@@ -28,6 +28,7 @@ public final class ProxyServer: @unchecked Sendable {
     let prober: HealthProber
     let drainWatcher: DrainWatcher
     let discovery: DiscoveryService
+    private var dashboardStats: DashboardStats?
     private var listeners: [Listener] = []
     private let listenersLock = NSLock()
     private let registry = ConnectionRegistry()
@@ -55,7 +56,13 @@ public final class ProxyServer: @unchecked Sendable {
         if let tokenFile = config.admin.tokenFile {
             token = try AdminServer.readToken(path: tokenFile)
         }
-        self.admin = AdminServer(router: router, logger: logger, token: token)
+        var readOnlyToken: String?
+        if let file = config.admin.readOnlyTokenFile {
+            readOnlyToken = try AdminServer.readToken(path: file, key: "admin.read_only_token_file")
+            if readOnlyToken == token { throw StartupError("admin.read_only_token_file must hold a different token than admin.token_file") }
+        }
+        self.admin = AdminServer(router: router, logger: logger,
+                                 access: AdminAccess(token: token, readOnlyToken: readOnlyToken, dashboard: config.admin.dashboard))
         self.router = router
         self.group = try EventLoopGroup(count: config.effectiveWorkers, io: config.io)
         var pools: [UpstreamPool] = []
@@ -143,6 +150,9 @@ public final class ProxyServer: @unchecked Sendable {
         router.rampWindow = { [unowned ramps] in ramps.window() }
         router.reload = { [unowned self] in reload() }
         router.poolFields = { [unowned self] in discovery.stateFields() }
+        let dashboardStats = DashboardStats(loop: admin.loop, store: store, collect: { [unowned self] in trafficStats() })
+        router.stats = { [unowned self] in dashboardStats.json(probes: prober.lastProbes()) }
+        self.dashboardStats = dashboardStats
         router.metrics = { [unowned self] in
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
                                     connections: upstreamConnectionCounts(),
@@ -195,6 +205,7 @@ public final class ProxyServer: @unchecked Sendable {
         // every endpoint is "unknown", which a ramp would read as a canary without health.
         self.ramps?.start()
         drainWatcher.start()
+        self.dashboardStats?.start()
         for l in listeners {
             l.start()
             logger.notice("listening on \(l.address)")
@@ -244,6 +255,7 @@ public final class ProxyServer: @unchecked Sendable {
         prober.stop()
         discovery.stop()
         drainWatcher.stop()
+        dashboardStats?.stop()
         for (i, loop) in group.loops.enumerated() {
             let pool = pools[i]
             loop.execute {

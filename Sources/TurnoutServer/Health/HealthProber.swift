@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 import Logging
 import TurnoutCore
 
@@ -18,6 +19,17 @@ final class HealthProber: @unchecked Sendable {
     private var results: [Int: (pass: UInt64, fail: UInt64)] = [:]
 
     func probeCounts() -> [Int: (pass: UInt64, fail: UInt64)] { loop.queue.sync { results } }
+
+    /// The last probe of an endpoint: whether it passed, what it saw, how long it took, when.
+    struct LastProbe: Sendable {
+        var passed: Bool
+        var detail: String
+        var latencyMs: Double
+        var atUnixMs: Int64
+    }
+    private var last: [Int: LastProbe] = [:]
+
+    func lastProbes() -> [Int: LastProbe] { loop.queue.sync { last } }
 
     init(context: ProxyContext) {
         self.context = context
@@ -67,6 +79,7 @@ final class HealthProber: @unchecked Sendable {
             for id in gone {
                 trackers[id] = nil
                 results[id] = nil
+                last[id] = nil
             }
             endpoints.removeAll { gone.contains($0.id) }
             let spreadMs = min(health.intervalMs, 200)
@@ -116,8 +129,13 @@ final class HealthProber: @unchecked Sendable {
             next()
             return
         }
+        let started = EventLoop.now()
         let probe = ProbeConnection(loop: loop, address: address, host: endpoint.address.description,
                                     path: context.config.health.path, timeoutMs: context.config.health.timeoutMs) { [self] passed, detail in
+            if trackers[endpoint.id] != nil {
+                last[endpoint.id] = LastProbe(passed: passed, detail: detail, latencyMs: Double(EventLoop.now() - started) / 1_000_000,
+                                              atUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
+            }
             record(endpoint, passed: passed, detail: detail)
             next()
         }
