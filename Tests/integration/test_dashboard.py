@@ -357,3 +357,8 @@ def test_the_read_only_token_sees_the_page_without_actions(cleanup, browser):
             headers: {'Content-Type': 'application/json', 'X-CSRF-Token': s.csrf}, body: '{"pool":"green"}'}))
           .then(r => done(r.status));""")
     assert result == 403
+    # A phone's width: nothing but the tables' own scroll boxes is wider than the screen.
+    d.set_window_size(390, 844)
+    until(d, lambda: d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"),
+          what="the page to fit a narrow screen")
+    screenshot(d, "dashboard-phone.png")
