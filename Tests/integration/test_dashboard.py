@@ -87,7 +87,7 @@ def test_access_rules_without_a_browser(cleanup):
     assert request(t, "GET", "/v1/session", headers={"Cookie": cookie})[1] == {"role": "admin", "csrf": csrf}
     status, body, _ = request(t, "POST", "/v1/switch", {"pool": "green"}, headers={"Cookie": cookie})
     assert (status, body["code"]) == (403, "csrf_required")
-    status, body, _ = request(t, "POST", "/v1/switch", {"pool": "green"}, headers={"Cookie": cookie, "X-CSRF-Token": csrf[:-1] + "0"})
+    status, body, _ = request(t, "POST", "/v1/switch", {"pool": "green"}, headers={"Cookie": cookie, "X-CSRF-Token": csrf[:-1] + ("1" if csrf[-1] == "0" else "0")})
     assert status == 403
     assert admin_call(t, "GET", "/v1/state")[1]["live"] == "blue", "a refused change changed nothing"
     status, body, _ = request(t, "POST", "/v1/switch", {"pool": "green"}, headers={"Cookie": cookie, "X-CSRF-Token": csrf})
@@ -169,7 +169,15 @@ def click(d, css):
 
 
 def text(d, element_id):
+    """The element's text; the page re-renders every 2 s, so an element found a moment before it
+    was replaced is found again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
+    for _ in range(20):
+        try:
+            return d.find_element(By.ID, element_id).text
+        except StaleElementReferenceException:
+            continue
     return d.find_element(By.ID, element_id).text
 
 
@@ -314,7 +322,8 @@ def test_a_ramp_advances_and_rolls_back_on_the_page(cleanup, browser):
         with open(fail, "w") as f:
             f.write("0.5")
         until(d, lambda: "rolled_back" in text(d, "ramp-status"), timeout=20, what="the rollback")
-        assert "Reason:" in text(d, "ramp-reason") and "error rate" in text(d, "ramp-reason")
+        reason = text(d, "ramp-reason")
+        assert "Reason:" in reason and "error rate" in reason, reason
         screenshot(d, "dashboard-rollback.png")
     finally:
         stop.set()
@@ -362,3 +371,38 @@ def test_the_read_only_token_sees_the_page_without_actions(cleanup, browser):
     until(d, lambda: d.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"),
           what="the page to fit a narrow screen")
     screenshot(d, "dashboard-phone.png")
+
+
+def test_a_cross_site_form_post_with_the_session_cookie_is_refused(cleanup, browser):
+    """Another page (here on another port of the same host, so the browser sends the SameSite
+    cookie along) posts a switch with the logged-in user's cookie: without the CSRF token it is
+    refused and nothing changes."""
+    import http.server
+    t = dashboard_turnout(cleanup)
+    d = browser
+    open_and_log_in(d, t)
+    attack = (f'<!doctype html><form id="f" method="POST" action="http://127.0.0.1:{t.admin_port}/v1/switch" enctype="text/plain">'
+              '<input name=\'{"pool":"green","x":"\' value=\'"}\'></form>'
+              '<script>document.getElementById("f").submit()</script>').encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(attack)))
+            self.end_headers()
+            self.wfile.write(attack)
+
+        def log_message(self, *args):
+            pass
+
+    # Threaded: an idle connection the browser opened ahead of need must not hold up shutdown.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    server.daemon_threads = True
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    cleanup.append(type("Stop", (), {"stop": lambda self: server.shutdown()})())
+    d.get(f"http://127.0.0.1:{server.server_address[1]}/")
+    until(d, lambda: "csrf_required" in d.page_source or "unsupported_media_type" in d.page_source, what="the refusal")
+    assert "csrf_required" in d.page_source
+    assert admin_call(t, "GET", "/v1/state")[1]["live"] == "blue"
