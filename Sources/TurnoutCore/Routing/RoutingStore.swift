@@ -380,20 +380,33 @@ extension RoutingStore {
         out += ",\"previous\":" + (state.previousWeights.map { JSONWriter.weights($0, order: order) } ?? "null")
         out += ",\"pools\":{"
         out += members.map { entry in
-            let eps = entry.members.map { m -> String in
-                let e = m.endpoint
-                let h = health[e.id] ?? .unknown
-                let last = e.lastRequestAt.load(ordering: .relaxed)
-                let ago = last == 0 ? "null" : "\(nowNanos > last ? (nowNanos - last) / 1_000_000 : 0)"
-                return "{\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\""
-                    + ",\"state\":\"\(m.state.rawValue)\",\"weight\":\(m.weight),\"source\":\"\(m.source.rawValue)\",\"leaving\":\(m.leaving)"
-                    + ",\"ejected\":\(ejected.contains(e.id)),\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))"
-                    + ",\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed))),\"last_request_ms_ago\":\(ago)}"
-            }
+            let eps = entry.members.map { Self.endpointJSON($0, health: health, ejected: ejected, nowNanos: nowNanos) }
             return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]\(poolFields[entry.pool.name] ?? "")}"
         }.joined(separator: ",")
         out += "},\"ramp\":\(ramp),\"cluster\":\(cluster)}"
         return out
+    }
+
+    /// One endpoint's object, as in `GET /v1/state`; `prefix` goes first inside the braces.
+    static func endpointJSON(_ m: Member, health: [Int: HealthStatus], ejected: Set<Int>, nowNanos: UInt64, prefix: String = "") -> String {
+        let e = m.endpoint
+        let h = health[e.id] ?? .unknown
+        let last = e.lastRequestAt.load(ordering: .relaxed)
+        let ago = last == 0 ? "null" : "\(nowNanos > last ? (nowNanos - last) / 1_000_000 : 0)"
+        return "{\(prefix)\"address\":\(JSONWriter.quote(e.address.description)),\"healthy\":\(h == .healthy),\"health\":\"\(h.rawValue)\""
+            + ",\"state\":\"\(m.state.rawValue)\",\"weight\":\(m.weight),\"source\":\"\(m.source.rawValue)\",\"leaving\":\(m.leaving)"
+            + ",\"ejected\":\(ejected.contains(e.id)),\"in_flight\":\(max(0, e.inFlight.load(ordering: .relaxed)))"
+            + ",\"tunnels\":\(max(0, e.tunnels.load(ordering: .relaxed))),\"last_request_ms_ago\":\(ago)}"
+    }
+
+    /// The endpoints of one pool (or only the one at `address`) as objects of `GET /v1/state`,
+    /// each with its `pool`; nil for an unknown pool.
+    public func endpointObjects(pool: String, address: String?, nowNanos: UInt64) -> [String]? {
+        guard let entry = members.first(where: { $0.pool.name == pool }) else { return nil }
+        let (health, ejected) = inner.withLock { ($0.health, $0.ejected) }
+        return entry.members.filter { address == nil || $0.endpoint.address.description == address }.map {
+            Self.endpointJSON($0, health: health, ejected: ejected, nowNanos: nowNanos, prefix: "\"pool\":\(JSONWriter.quote(pool)),")
+        }
     }
 
     /// The state and endpoint health, read together.

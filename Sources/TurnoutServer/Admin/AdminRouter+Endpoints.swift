@@ -14,29 +14,26 @@ extension AdminRouter {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path) (expected /v1/pools/POOL/endpoints[/ADDRESS])"))
         }
         let methods = parts.count == 2 ? ["GET", "POST"] : ["GET", "PUT", "DELETE"]
-        let method = req.method == "HEAD" ? "GET" : req.method
-        guard methods.contains(method) else {
-            var r = AdminResponse.error(AdminError(405, "method_not_allowed", "\(path) accepts \(methods.joined(separator: ", ")), not \(req.method)"))
-            r.headers.append(("Allow", methods.joined(separator: ", ")))
-            return r
-        }
-        if !req.body.isEmpty, let ct = req.headers.first("content-type"),
-           ct.split(separator: ";").first?.trimmingHTTPWhitespace().lowercased() != "application/json" {
-            return .error(AdminError(415, "unsupported_media_type", "send the body as application/json, not \(ct)"))
+        let method: String
+        switch Self.admit(req, path: path, methods: methods) {
+        case .success(let m): method = m
+        case .failure(let refusal): return refusal.response
         }
         let store = self.store
         do {
             switch (method, parts.count) {
             case ("GET", 2):
                 guard store.poolNames.contains(pool) else { throw Self.unknownPool(pool, store) }
-                return AdminResponse(status: 200, body: "{\"pool\":\(JSONWriter.quote(pool)),\"endpoints\":\(endpointsJSON(pool: pool, address: nil))}",
+                let all = store.endpointObjects(pool: pool, address: nil, nowNanos: EventLoop.now()) ?? []
+                return AdminResponse(status: 200, body: "{\"pool\":\(JSONWriter.quote(pool)),\"endpoints\":[\(all.joined(separator: ","))]}",
                                      headers: [("ETag", "\"\(store.state.generation)\"")])
             case ("GET", _):
                 guard store.poolNames.contains(pool) else { throw Self.unknownPool(pool, store) }
                 let normal = try EndpointCommands.address(address)
-                let one = endpointsJSON(pool: pool, address: normal)
-                guard one != "[]" else { throw AdminError(404, "unknown_endpoint", "pool \(pool) has no endpoint \(normal)") }
-                return AdminResponse(status: 200, body: String(one.dropFirst().dropLast()), headers: [("ETag", "\"\(store.state.generation)\"")])
+                guard let one = store.endpointObjects(pool: pool, address: normal, nowNanos: EventLoop.now())?.first else {
+                    throw AdminError(404, "unknown_endpoint", "pool \(pool) has no endpoint \(normal)")
+                }
+                return AdminResponse(status: 200, body: one, headers: [("ETag", "\"\(store.state.generation)\"")])
             case ("POST", _):
                 let obj = try AdminJSON.object(req.body, allowed: ["address", "weight"])
                 let text = try AdminJSON.string(obj, "address", required: true)!
@@ -121,25 +118,9 @@ extension AdminRouter {
     }
 
     func endpointResponse(status: Int, pool: String, address: String) -> AdminResponse {
-        let one = endpointsJSON(pool: pool, address: address)
-        let body = one == "[]" ? "{\"pool\":\(JSONWriter.quote(pool)),\"address\":\(JSONWriter.quote(address))}" : String(one.dropFirst().dropLast())
+        let body = store.endpointObjects(pool: pool, address: address, nowNanos: EventLoop.now())?.first
+            ?? "{\"pool\":\(JSONWriter.quote(pool)),\"address\":\(JSONWriter.quote(address))}"
         return AdminResponse(status: status, body: body, headers: [("ETag", "\"\(store.state.generation)\"")])
-    }
-
-    /// The endpoints of a pool (or the one at `address`) as in `GET /v1/state`, with the pool name.
-    func endpointsJSON(pool: String, address: String?) -> String {
-        let doc = store.stateJSON(nowNanos: EventLoop.now())
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(doc.utf8)) as? [String: Any],
-              let pools = obj["pools"] as? [String: Any], let p = pools[pool] as? [String: Any],
-              let eps = p["endpoints"] as? [[String: Any]]
-        else { return "[]" }
-        let chosen = eps.filter { address == nil || ($0["address"] as? String) == address }.map { e -> [String: Any] in
-            var e = e
-            e["pool"] = pool
-            return e
-        }
-        let data = (try? JSONSerialization.data(withJSONObject: chosen, options: [.sortedKeys])) ?? Data("[]".utf8)
-        return String(decoding: data, as: UTF8.self)
     }
 
     // MARK: drain

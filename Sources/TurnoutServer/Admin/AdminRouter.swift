@@ -74,15 +74,10 @@ final class AdminRouter: @unchecked Sendable {
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
         }
-        let method = req.method == "HEAD" && methods.contains("GET") ? "GET" : req.method
-        guard methods.contains(method) else {
-            var r = AdminResponse.error(AdminError(405, "method_not_allowed", "\(path) accepts \(methods.joined(separator: ", ")), not \(req.method)"))
-            r.headers.append(("Allow", methods.joined(separator: ", ")))
-            return r
-        }
-        if !req.body.isEmpty, let ct = req.headers.first("content-type"),
-           ct.split(separator: ";").first?.trimmingHTTPWhitespace().lowercased() != "application/json" {
-            return .error(AdminError(415, "unsupported_media_type", "send the body as application/json, not \(ct)"))
+        let method: String
+        switch Self.admit(req, path: path, methods: methods) {
+        case .success(let m): method = m
+        case .failure(let refusal): return refusal.response
         }
         do {
             switch path {
@@ -166,6 +161,25 @@ final class AdminRouter: @unchecked Sendable {
         } catch {
             return .error(AdminError(500, "internal_error", "\(error)"))
         }
+    }
+
+    /// A refusal already written as a response (405 with `Allow`, 415).
+    struct Refusal: Error { let response: AdminResponse }
+
+    /// The method to handle `req` as (HEAD as GET where GET is allowed), or the answer when the
+    /// method is not one of `methods` or the body is not JSON.
+    static func admit(_ req: AdminRequest, path: String, methods: [String]) -> Result<String, Refusal> {
+        let method = req.method == "HEAD" && methods.contains("GET") ? "GET" : req.method
+        guard methods.contains(method) else {
+            var r = AdminResponse.error(AdminError(405, "method_not_allowed", "\(path) accepts \(methods.joined(separator: ", ")), not \(req.method)"))
+            r.headers.append(("Allow", methods.joined(separator: ", ")))
+            return .failure(Refusal(response: r))
+        }
+        if !req.body.isEmpty, let ct = req.headers.first("content-type"),
+           ct.split(separator: ";").first?.trimmingHTTPWhitespace().lowercased() != "application/json" {
+            return .failure(Refusal(response: .error(AdminError(415, "unsupported_media_type", "send the body as application/json, not \(ct)"))))
+        }
+        return .success(method)
     }
 
     private func ifMatch(_ headers: HTTPHeaders) throws(AdminError) -> UInt64? {
