@@ -133,6 +133,7 @@ private func parseRequest(_ text: String) throws(HTTPParseError) -> HTTPRequestH
             let event = try decoder.next(bytes, index: &index, end: limit)
             switch event {
             case .data(let r): body += bytes[r]
+            case .chunkStart, .chunkEnd: break
             case .end(let e): return (String(decoding: body, as: UTF8.self), e)
             case .needMore:
                 if limit == bytes.count { return (String(decoding: body, as: UTF8.self), nil) }

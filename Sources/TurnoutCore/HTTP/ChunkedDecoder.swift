@@ -23,8 +23,12 @@ public struct ChunkedDecoder: Sendable {
     }
 
     public enum Event: Equatable, Sendable {
+        /// A chunk of this size starts (only when reporting chunks).
+        case chunkStart(Int64)
         /// Body bytes at this range of the buffer.
         case data(Range<Int>)
+        /// The CRLF after a chunk's data was read (only when reporting chunks).
+        case chunkEnd
         /// The whole buffer up to `end` was consumed; feed more.
         case needMore
         /// The final chunk and trailers ended; the index is just past the message.
@@ -32,13 +36,26 @@ public struct ChunkedDecoder: Sendable {
     }
 
     var state: State = .size(value: 0, digits: 0)
+    /// Also report where each chunk starts and ends (`chunkStart`, `chunkEnd`): a proxy that keeps
+    /// the sender's chunks forwards a chunk's closing CRLF only once the sender's own arrived.
+    public let reportsChunks: Bool
 
-    public init() {}
+    public init(reportingChunks: Bool = false) {
+        reportsChunks = reportingChunks
+    }
 
     public var isDone: Bool { if case .done = state { return true } else { return false } }
 
     /// Decodes from `buffer[index..<end]`, advancing `index` past what it consumed.
     public mutating func next(_ buffer: [UInt8], index: inout Int, end: Int) throws(HTTPParseError) -> Event {
+        var i = index
+        defer { index = i }
+        return try buffer.withUnsafeBytes { raw in Result { () throws(HTTPParseError) -> Event in try next(raw, index: &i, end: end) } }.get()
+    }
+
+    /// Decodes from `buffer[index..<end]`, advancing `index` past what it consumed. Data ranges
+    /// are indices of `buffer`.
+    public mutating func next(_ buffer: UnsafeRawBufferPointer, index: inout Int, end: Int) throws(HTTPParseError) -> Event {
         while index < end {
             let b = buffer[index]
             switch state {
@@ -72,6 +89,7 @@ public struct ChunkedDecoder: Sendable {
                 guard b == 10 else { throw .bad("bare CR after chunk size") }
                 index += 1
                 state = value == 0 ? .trailerLineStart(total: 0) : .data(remaining: value)
+                if reportsChunks && value > 0 { return .chunkStart(value) }
             case .data(let remaining):
                 let n = Int(min(Int64(end - index), remaining))
                 let range = index..<(index + n)
@@ -86,6 +104,7 @@ public struct ChunkedDecoder: Sendable {
                 guard b == 10 else { throw .bad("chunk data not followed by CRLF") }
                 state = .size(value: 0, digits: 0)
                 index += 1
+                if reportsChunks { return .chunkEnd }
             case .trailerLineStart(let total):
                 if b == 13 {
                     state = .trailerLF(total: total, empty: true)

@@ -228,36 +228,29 @@ final class AdminConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
             }
             var body: [UInt8] = []
             var consumed = headEnd
-            switch head.framing {
-            case .none, .untilClose:
-                break
-            case .length(let n):
-                if n > AdminRouter.maxBody {
-                    reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
-                    return
-                }
-                guard input.count - headEnd >= Int(n) else { return }
-                body = Array(input[headEnd..<(headEnd + Int(n))])
-                consumed = headEnd + Int(n)
-            case .chunked:
-                var decoder = ChunkedDecoder()
-                var index = headEnd
+            if case .length(let n) = head.framing, n > AdminRouter.maxBody {
+                reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
+                return
+            }
+            if case .untilClose = head.framing {} else {
+                var reader = BodyReader(head.framing)
                 var done = false
                 do {
-                    decode: while true {
-                        switch try decoder.next(input, index: &index, end: input.count) {
+                    read: while true {
+                        switch try reader.next(input, index: &consumed, end: input.count) {
                         case .data(let r):
                             body += input[r]
                             if body.count > AdminRouter.maxBody {
                                 reply(.error(AdminError(413, "body_too_large", "the request body is larger than 64 KiB")), close: true)
                                 return
                             }
-                        case .end(let e):
-                            consumed = e
+                        case .chunkStart, .chunkEnd:
+                            continue
+                        case .end:
                             done = true
-                            break decode
+                            break read
                         case .needMore:
-                            break decode
+                            break read
                         }
                     }
                 } catch {

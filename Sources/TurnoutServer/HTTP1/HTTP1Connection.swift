@@ -8,12 +8,6 @@ import TurnoutCore
 /// Loop-confined.
 final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, ClientEnvironmentHolder, @unchecked Sendable {
     enum ClientDeadline { case none, idle, header, body }
-    /// How much of the current request's body is still to come, in the client's framing.
-    enum RequestBody {
-        case none
-        case length(remaining: Int64)
-        case chunked(ChunkedDecoder)
-    }
 
     let transport: ClientTransport
     let env: ClientEnvironment
@@ -23,7 +17,6 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     private var input: [UInt8] = []
     private var inputStart = 0
     private var exchange: UpstreamExchange?
-    private var requestBody = RequestBody.none
     /// The client gets the response body chunked (HTTP/1.1 client, length unknown upfront).
     private var chunkToClient = false
     /// Close the connection once the current exchange is over.
@@ -241,10 +234,12 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
             respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
                                    extra: [("Retry-After", "\(context.retryAfterSeconds)")], pool: poolName)
         case .forward(let poolName, let endpoint, let reason, let setCookie):
-            switch head.framing {
-            case .none, .untilClose, .length(0): requestBody = .none
-            case .length(let n): requestBody = .length(remaining: n)
-            case .chunked: requestBody = .chunked(ChunkedDecoder())
+            // A body whose bad bytes came with the head is refused before anything goes upstream.
+            if let error = BodyReader.firstError(head.framing, in: input, from: inputStart, to: input.count) {
+                RequestRouter.recordUnforwarded(head, status: 400, pool: poolName, bytes: 0, clientIP: clientIP,
+                                                context: context, stats: stats)
+                sendErrorAndClose(status: 400, message: error.message)
+                return
             }
             chunkToClient = false
             closeAfter = false
@@ -260,40 +255,13 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         }
     }
 
-    /// Moves buffered request body bytes to the upstream, without the client's chunked framing.
+    /// Moves buffered request body bytes to the upstream (the exchange keeps the client's chunks).
     private func pumpRequestBody(_ ex: UpstreamExchange) {
-        while inputStart < input.count && exchange === ex && ex.canSendBody {
-            switch requestBody {
-            case .none:
-                ex.endBody()
-            case .length(let remaining):
-                let n = Int(min(Int64(input.count - inputStart), remaining))
-                _ = input.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[inputStart..<(inputStart + n)])) }
-                inputStart += n
-                requestBody = .length(remaining: remaining - Int64(n))
-            case .chunked(var decoder):
-                var index = inputStart
-                let event: ChunkedDecoder.Event
-                do {
-                    event = try decoder.next(input, index: &index, end: input.count)
-                } catch {
-                    inputStart = index
-                    closeAfter = true
-                    ex.fail(status: 400, message: error.message)
-                    return
-                }
-                requestBody = .chunked(decoder)
-                inputStart = index
-                switch event {
-                case .data(let range):
-                    _ = input.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[range])) }
-                case .end:
-                    ex.endBody()
-                case .needMore:
-                    break
-                }
-                if case .needMore = event { return }
-            }
+        guard exchange === ex, !ex.requestComplete else { return }
+        if let message = ex.pumpClientBody(input, index: &inputStart, end: input.count) {
+            closeAfter = true
+            ex.fail(status: 400, message: message)
+            return
         }
         if exchange === ex && ex.requestComplete {
             setDeadline(.none)
@@ -306,14 +274,13 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
 
     func exchangeWantsBody(_ ex: UpstreamExchange) {
         guard exchange === ex else { return }
-        if inputStart == input.count, case .length(0) = requestBody { ex.endBody() }
         pumpRequestBody(ex)
         compactInput()
         updateClientReading()
     }
 
     func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
-        if ex.head.version == .http11 { transport.write(HeaderRewriter.informational(head)) }
+        transport.write(HeaderRewriter.informational(head))
     }
 
     func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {

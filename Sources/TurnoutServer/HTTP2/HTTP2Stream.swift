@@ -120,7 +120,8 @@ final class HTTP2Stream: ExchangeSink {
             framing = .chunked
         }
         let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
-                                   framing: framing, keepAlive: true, expectsContinue: false)
+                                   framing: framing, keepAlive: true,
+                                   expectsContinue: headers.first("expect")?.equalsIgnoringASCIICase("100-continue") == true)
         if let max = c.view.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
@@ -160,8 +161,8 @@ final class HTTP2Stream: ExchangeSink {
             return
         }
         if bodyStart == body.count && ex.canSendBody {
-            if !ex.sendBody(bytes) {
-                ex.fail(status: 400, message: "the request body is longer than its content-length")
+            if let message = ex.sendData(bytes) {
+                ex.fail(status: 400, message: message)
                 return
             }
             connection.consume(id, bytes.count)
@@ -183,9 +184,8 @@ final class HTTP2Stream: ExchangeSink {
         guard let ex = exchange, !ex.isOver else { return }
         if bodyStart < body.count && ex.canSendBody {
             let n = body.count - bodyStart
-            let ok = body.withUnsafeBytes { ex.sendBody(UnsafeRawBufferPointer(rebasing: $0[bodyStart...])) }
-            if !ok {
-                ex.fail(status: 400, message: "the request body is longer than its content-length")
+            if let message = body.withUnsafeBytes({ ex.sendData(UnsafeRawBufferPointer(rebasing: $0[bodyStart...])) }) {
+                ex.fail(status: 400, message: message)
                 return
             }
             body.removeAll(keepingCapacity: true)
@@ -194,8 +194,8 @@ final class HTTP2Stream: ExchangeSink {
             connection.scheduleFlush()
         }
         if requestEnded && bodyStart == body.count && !ex.requestComplete && ex.canSendBody {
-            if !ex.endBody() {
-                ex.fail(status: 400, message: "the request body is shorter than its content-length")
+            if let message = ex.endData() {
+                ex.fail(status: 400, message: message)
             }
         }
     }
@@ -209,8 +209,6 @@ final class HTTP2Stream: ExchangeSink {
     func exchangeWantsBody(_ ex: UpstreamExchange) { pumpBody() }
 
     func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
-        // 100 Continue is the client's business only if it asked; other 1xx pass through.
-        if head.status == 100 && !ex.head.headers.contains("expect") { return }
         var block = connection.headerBlock(status: head.status)
         block.appendResponse(head, setCookie: nil, keepLength: false)
         connection.submitInformational(id, block)

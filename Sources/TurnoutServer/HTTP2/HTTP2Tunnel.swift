@@ -117,10 +117,10 @@ final class HTTP2Tunnel: UpstreamOwner, @unchecked Sendable {
         upstream.endpoint.requestEnded()
         if resetStream { stream.connection.resetStream(stream.id, code: NGHTTP2_CANCEL) } else { stream.endTunnelOutput() }
         if let access = context.accessLogger {
-            let ms = Double(EventLoop.now() - startTime) / 1_000_000
-            var line = "\(clientIP) tunnel \(target) closed pool=\(poolName) endpoint=\(upstream.endpoint.address) bytes_up=\(bytesUp) bytes_down=\(bytesDown) duration_ms=\(String(format: "%.2f", ms)) protocol=h2"
-            if let reason { line += " error=\"\(reason)\"" }
-            access.info("\(line)")
+            let record = AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: true),
+                                      pool: poolName, endpoint: "\(upstream.endpoint.address)",
+                                      durationNanos: EventLoop.now() - startTime, error: reason)
+            access.info("\(record.text)")
         }
     }
 }

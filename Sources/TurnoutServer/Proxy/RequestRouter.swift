@@ -46,7 +46,11 @@ enum RequestRouter {
                                   context: ProxyContext, stats: LoopStats) {
         stats.record(endpoint: nil, pool: pool, status: status, startedAt: EventLoop.now(), proxyGenerated: status >= 500)
         if let access = context.accessLogger {
-            access.info("\(clientIP) \"\(head.method) \(head.target) \(head.version.text)\" \(status) pool=\(pool) endpoint=- bytes=\(bytes) duration_ms=0.00")
+            let record = AccessRecord(clientIP: clientIP,
+                                      kind: .request(method: head.method, target: head.target, version: head.version.text,
+                                                     status: status, bytes: Int64(bytes)),
+                                      pool: pool, endpoint: nil, durationNanos: 0)
+            access.info("\(record.text)")
         }
     }
 }

@@ -144,10 +144,10 @@ final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Se
         if upstreamDone || upstream.channel.pendingBytes == 0 { upstream.close() }
         if reason != nil || client.pendingBytes == 0 { client.close() } else { client.finish() }
         if let access = context.accessLogger {
-            let ms = Double(EventLoop.now() - startTime) / 1_000_000
-            var line = "\(clientIP) tunnel \(target) closed pool=\(poolName) endpoint=\(upstream.endpoint.address) bytes_up=\(bytesUp) bytes_down=\(bytesDown) duration_ms=\(String(format: "%.2f", ms))"
-            if let reason { line += " error=\"\(reason)\"" }
-            access.info("\(line)")
+            let record = AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: false),
+                                      pool: poolName, endpoint: "\(upstream.endpoint.address)",
+                                      durationNanos: EventLoop.now() - startTime, error: reason)
+            access.info("\(record.text)")
         }
         if client.isClosed && upstream.isClosed { release() }
     }
