@@ -5,8 +5,8 @@
 public struct LatencyHistogram: Sendable, Equatable {
     public static let subBuckets = 16
     /// Values below 2^minShift microseconds share the first buckets linearly.
-    static let minShift = 6
-    static let octaves = 26
+    @usableFromInline static let minShift = 6
+    @usableFromInline static let octaves = 26
     public static let bucketCount = subBuckets * (octaves + 1)
 
     public private(set) var counts: [UInt64]
@@ -15,8 +15,17 @@ public struct LatencyHistogram: Sendable, Equatable {
 
     public init() { counts = [UInt64](repeating: 0, count: Self.bucketCount) }
 
-    @inline(__always)
-    static func index(micros: UInt64) -> Int {
+    /// A histogram from counters kept elsewhere (`bucketCount` counts).
+    public init(counts: [UInt64], total: UInt64, sumMicros: UInt64) {
+        precondition(counts.count == Self.bucketCount)
+        self.counts = counts
+        self.total = total
+        self.sumMicros = sumMicros
+    }
+
+    /// The bucket a value goes to.
+    @inlinable
+    public static func index(micros: UInt64) -> Int {
         let v = max(micros, 0)
         if v < UInt64(1 << minShift) {
             // Parenthesised: Swift's >> binds tighter than *, which put every value below 64 µs

@@ -1,37 +1,51 @@
 import TurnoutCore
 
-/// The traffic counters of one event loop. Only that loop writes them (no lock, no atomic);
-/// readers copy them on the loop's queue and add the loops up.
+/// The traffic counters of one event loop. Only that loop writes them; they are published as
+/// relaxed atomics (`CounterBlock`), so the ramp judge, `/metrics` and the dashboard read them
+/// from their own threads without entering the loop, and a busy loop delays none of them.
 final class LoopStats: @unchecked Sendable {
     unowned let loop: EventLoop
-    /// Per endpoint id (ids are small and dense: numbered from 0 as endpoints are configured), so
-    /// that counting a request indexes an array instead of hashing into a dictionary.
-    private var endpoints: [EndpointStats?] = []
-    private var poolOnly: [String: EndpointStats] = [:]
+    /// Slots of a block: responses by status class (1...5; 0 unused), Turnout's own errors, the
+    /// latency histogram's sum and buckets.
+    enum Slot {
+        static let proxyErrors = 6
+        static let sumMicros = 7
+        static let buckets = 8
+        static let count = buckets + LatencyHistogram.bucketCount
+    }
+
+    /// Per endpoint id.
+    private let endpoints = EndpointCounterTable(slots: Slot.count)
+    /// Per pool, for requests that found no endpoint.
+    private let poolOnly = CounterTable<String>(slots: Slot.count)
 
     init(loop: EventLoop) { self.loop = loop }
 
     @inline(__always)
     func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
         let micros = (EventLoop.now() &- startedAt) / 1000
-        if let endpoint {
-            let id = endpoint.id
-            endpoints.grow(toInclude: id, with: nil)
-            if endpoints[id] == nil { endpoints[id] = EndpointStats() }
-            endpoints[id]!.record(status: status, micros: micros, proxyGenerated: proxyGenerated)
-        } else {
-            poolOnly[pool, default: EndpointStats()].record(status: status, micros: micros, proxyGenerated: proxyGenerated)
-        }
+        let block = endpoint.map { endpoints.block($0.id) } ?? poolOnly.block(pool)
+        block.add(min(max(status / 100, 1), 5))
+        if proxyGenerated { block.add(Slot.proxyErrors) }
+        block.add(Slot.sumMicros, micros)
+        block.add(Slot.buckets + LatencyHistogram.index(micros: micros))
     }
 
-    /// The counters so far; on the loop.
-    var stats: TrafficStats {
+    /// The counters so far, from any thread.
+    func snapshot() -> TrafficStats {
         var out = TrafficStats()
-        for (id, e) in endpoints.enumerated() { if let e { out.endpoints[id] = e } }
-        out.poolOnly = poolOnly
+        for (id, b) in endpoints.blocks() { out.endpoints[id] = Self.read(b) }
+        for (pool, b) in poolOnly.blocks() { out.poolOnly[pool] = Self.read(b) }
         return out
     }
 
-    /// A copy of the counters, taken on the loop.
-    func snapshot() -> TrafficStats { loop.queue.sync { stats } }
+    private static func read(_ b: CounterBlock) -> EndpointStats {
+        var s = EndpointStats()
+        for c in 1...5 { s.byClass[c] = b.load(c) }
+        s.proxyErrors = b.load(Slot.proxyErrors)
+        let counts = (0..<LatencyHistogram.bucketCount).map { b.load(Slot.buckets + $0) }
+        // The total is the buckets' sum, so that quantiles agree with the buckets read.
+        s.latency = LatencyHistogram(counts: counts, total: counts.reduce(0, &+), sumMicros: b.load(Slot.sumMicros))
+        return s
+    }
 }

@@ -19,11 +19,19 @@ final class UpstreamPool: @unchecked Sendable {
     /// Indexed by endpoint id (small and dense), so that taking and giving back a connection
     /// does not hash.
     private var idle: [IdleList?] = []
-    /// Open connections per endpoint id on this loop (idle and busy).
-    private(set) var openCount: [Int: Int] = [:]
     private var connectRotation: [Int: Int] = [:]
-    /// Connections opened, reused and closed, by endpoint id.
-    private var churn: [UpstreamChurn] = []
+    /// Per endpoint id: open and idle connections, and how many were opened, reused and closed,
+    /// published for `/metrics` to read without entering the loop.
+    private let counters = EndpointCounterTable(slots: Slot.count)
+    enum Slot {
+        static let open = 0
+        static let idle = 1
+        static let opened = 2
+        static let reused = 3
+        /// Closed connections, from here on by `UpstreamCloseReason.rawValue`.
+        static let closed = 4
+        static let count = closed + UpstreamCloseReason.allCases.count
+    }
 
     init(loop: EventLoop, context: ProxyContext) {
         self.loop = loop
@@ -35,9 +43,10 @@ final class UpstreamPool: @unchecked Sendable {
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
         guard endpoint.id < idle.count, let list = idle[endpoint.id] else { return nil }
+        defer { counters.block(endpoint.id).set(Slot.idle, UInt64(list.connections.count)) }
         while let c = list.connections.popLast() {
             if !c.isClosed {
-                countChurn(endpoint.id) { $0.reused += 1 }
+                counters.block(endpoint.id).add(Slot.reused)
                 return c
             }
         }
@@ -57,8 +66,9 @@ final class UpstreamPool: @unchecked Sendable {
         conn.owner = owner
         channel.delegate = conn
         channel.start()
-        openCount[endpoint.id, default: 0] += 1
-        countChurn(endpoint.id) { $0.opened += 1 }
+        let block = counters.block(endpoint.id)
+        block.add(Slot.open)
+        block.add(Slot.opened)
         return conn
     }
 
@@ -84,48 +94,38 @@ final class UpstreamPool: @unchecked Sendable {
         conn.idleDeadline = loop.coarseNow + UInt64(settings.config.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
         list.connections.append(conn)
+        counters.block(id).set(Slot.idle, UInt64(list.connections.count))
     }
 
     func connectionClosed(_ conn: UpstreamConnection, _ reason: UpstreamCloseReason) {
-        let id = conn.endpoint.id
-        if let n = openCount[id] {
-            openCount[id] = n > 1 ? n - 1 : nil
-        }
-        countChurn(id) { $0.closed[reason.rawValue] += 1 }
-    }
-
-    /// Updates an endpoint's churn counters, growing the table only when the endpoint is new to
-    /// it: an `UpstreamChurn` holds an array, so building a filler for every request would cost
-    /// an allocation on the data path.
-    @inline(__always)
-    private func countChurn(_ id: Int, _ update: (inout UpstreamChurn) -> Void) {
-        if id >= churn.count { churn.grow(toInclude: id, with: UpstreamChurn()) }
-        update(&churn[id])
+        let block = counters.block(conn.endpoint.id)
+        block.set(Slot.open, block.load(Slot.open) &- 1)
+        block.add(Slot.closed + reason.rawValue)
     }
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
         conn.close(.upstreamClosed)
-        guard conn.endpoint.id < idle.count else { return }
-        idle[conn.endpoint.id]?.connections.removeAll { $0 === conn }
+        guard conn.endpoint.id < idle.count, let list = idle[conn.endpoint.id] else { return }
+        list.connections.removeAll { $0 === conn }
+        counters.block(conn.endpoint.id).set(Slot.idle, UInt64(list.connections.count))
     }
 
     var idleCount: Int { idle.reduce(0) { $0 + ($1?.connections.count ?? 0) } }
 
     /// Open and idle connections per endpoint id, and how many were opened, reused and closed;
-    /// taken on the loop.
+    /// from any thread, without entering the loop.
     func connectionCounts() -> [Int: UpstreamConnectionCounts] {
-        loop.queue.sync {
-            var out: [Int: UpstreamConnectionCounts] = [:]
-            for (id, n) in openCount { out[id, default: UpstreamConnectionCounts()].open = n }
-            for (id, list) in idle.enumerated() {
-                guard let list, !list.connections.isEmpty else { continue }
-                out[id, default: UpstreamConnectionCounts()].idle = list.connections.filter { !$0.isClosed }.count
-            }
-            for (id, c) in churn.enumerated() where c != UpstreamChurn() {
-                out[id, default: UpstreamConnectionCounts()].churn = c
-            }
-            return out
+        var out: [Int: UpstreamConnectionCounts] = [:]
+        for (id, b) in counters.blocks() {
+            var c = UpstreamConnectionCounts()
+            c.open = Int(Int64(bitPattern: b.load(Slot.open)))
+            c.idle = Int(b.load(Slot.idle))
+            c.churn.opened = b.load(Slot.opened)
+            c.churn.reused = b.load(Slot.reused)
+            for r in UpstreamCloseReason.allCases { c.churn.closed[r.rawValue] = b.load(Slot.closed + r.rawValue) }
+            if c.open != 0 || c.idle != 0 || c.churn != UpstreamChurn() { out[id] = c }
         }
+        return out
     }
 
     private func isHealthy(_ endpoint: UpstreamEndpoint) -> Bool {
@@ -135,6 +135,7 @@ final class UpstreamPool: @unchecked Sendable {
     /// Closes expired idle connections and those to endpoints that are no longer healthy.
     func tick(now: UInt64) {
         for case let list? in idle where !list.connections.isEmpty {
+            let id = list.connections[0].endpoint.id
             let healthy = list.connections.first.map { isHealthy($0.endpoint) } ?? true
             let draining = context.isDraining
             var keep: [UpstreamConnection] = []
@@ -151,11 +152,17 @@ final class UpstreamPool: @unchecked Sendable {
                 }
             }
             list.connections = keep
+            counters.block(id).set(Slot.idle, UInt64(keep.count))
         }
     }
 
     func closeAllIdle() {
-        for case let list? in idle { for c in list.connections { c.close(.shutdown) } }
+        for case let list? in idle {
+            for c in list.connections {
+                c.close(.shutdown)
+                counters.block(c.endpoint.id).set(Slot.idle, 0)
+            }
+        }
         idle = []
     }
 }
