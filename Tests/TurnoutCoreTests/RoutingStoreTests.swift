@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Testing
 @testable import TurnoutCore
 
@@ -79,5 +81,144 @@ import Testing
         #expect(store.version == v0 + 2)
         #expect(!store.table.isHealthy(endpointID: a.id))
         #expect(!store.table.isHealthy(endpointID: -1) && !store.table.isHealthy(endpointID: 1_000))
+    }
+}
+
+/// Group commit: changes made while the disk is busy share the next write; the store's lock is
+/// free meanwhile; a state is published only once durable; a failed write fails its own caller.
+@Suite struct GroupCommitTests {
+    typealias Refused = RoutingStoreTests.Refused
+
+    /// A state file whose first write blocks until the test lets it go (and may fail).
+    final class Disk: @unchecked Sendable {
+        private let lock = NSLock()
+        private var states: [RoutingState] = []
+        private var blockFirst = true
+        let failFirst: Bool
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+
+        init(failFirst: Bool = false) { self.failFirst = failFirst }
+
+        var writes: [RoutingState] { lock.withLock { states } }
+
+        func write(_ s: RoutingState) throws(Refused) {
+            let first = lock.withLock { () -> Bool in
+                states.append(s)
+                defer { blockFirst = false }
+                return blockFirst
+            }
+            if first {
+                entered.signal()
+                release.wait()
+                if failFirst { throw Refused(reason: "disk full") }
+            }
+        }
+    }
+
+    /// Values that threads hand back.
+    final class Collected<T: Sendable>: @unchecked Sendable {
+        private let lock = NSLock()
+        private var items: [T] = []
+        func append(_ x: T) { lock.withLock { items.append(x) } }
+        var all: [T] { lock.withLock { items } }
+    }
+
+    /// Runs `body` on a thread of its own (these block: a shared pool would be starved).
+    static func thread(_ group: DispatchGroup, _ body: @escaping @Sendable () -> Void) {
+        group.enter()
+        Thread { body(); group.leave() }.start()
+    }
+
+    static func store() throws -> RoutingStore {
+        let config = try RoutingStoreTests.config([("blue", ["127.0.0.1:9001"]), ("green", ["127.0.0.1:9002"])],
+                                                  weights: ["blue": 100])
+        return RoutingStore(config: config, state: .initial(from: config))
+    }
+
+    /// Starts `n` changes that each add one to the generation, on threads of their own; `queued`
+    /// is signalled as each computes its change.
+    static func followers(_ n: Int, store: RoutingStore, disk: Disk, queued: DispatchSemaphore,
+                          results: Collected<UInt64>, group: DispatchGroup) {
+        for _ in 0..<n {
+            Self.thread(group) {
+                let s = try? store.mutate({ (st: RoutingState, _) throws(Refused) in
+                    queued.signal()
+                    var next = st
+                    next.generation += 1
+                    return next
+                }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+                if let s { results.append(s.generation) }
+            }
+        }
+    }
+
+    @Test func changesMadeDuringAWriteShareTheNextWriteAndNothingWaitsOnTheDisk() throws {
+        let store = try Self.store()
+        let disk = Disk()
+        let start = store.state.generation
+        let group = DispatchGroup()
+        let results = Collected<UInt64>()
+        Self.thread(group) {
+            let s = try? store.mutate({ (st: RoutingState, _) throws(Refused) in
+                var next = st
+                next.live = "green"
+                next.weights = ["blue": 0, "green": 10000]
+                next.generation += 1
+                return next
+            }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+            if let s { results.append(s.generation) }
+        }
+        disk.entered.wait()
+        // The write is under way: the change is not published yet, and the store's lock is free.
+        #expect(store.state.generation == start && store.state.live == "blue")
+        let version = store.version
+        store.setHealth(endpointID: store.endpoints[0].endpoints[0].id, .healthy)
+        #expect(store.version == version + 1)
+        let queued = DispatchSemaphore(value: 0)
+        Self.followers(5, store: store, disk: disk, queued: queued, results: results, group: group)
+        for _ in 0..<5 { queued.wait() }
+        disk.release.signal()
+        group.wait()
+        // One write for the first change, one for the five queued behind it.
+        #expect(disk.writes.count == 2)
+        #expect(disk.writes.last?.generation == start + 6)
+        #expect(store.state.generation == start + 6 && store.state.live == "green")
+        #expect(results.all.sorted() == Array((start + 1)...(start + 6)))
+        #expect(store.table.pools[store.table.live].name == "green")
+    }
+
+    @Test func aFailedWriteFailsItsOwnCallerAndTheChangesQueuedBehindItAreComputedAgain() throws {
+        let store = try Self.store()
+        let disk = Disk(failFirst: true)
+        let start = store.state.generation
+        let group = DispatchGroup()
+        let results = Collected<UInt64>()
+        let leader = Collected<Refused>()
+        Self.thread(group) {
+            do {
+                try store.mutate({ (st: RoutingState, _) throws(Refused) in
+                    var next = st
+                    next.live = "green"
+                    next.weights = ["blue": 0, "green": 10000]
+                    next.generation += 1
+                    return next
+                }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+            } catch {
+                leader.append(error as! Refused)
+            }
+        }
+        disk.entered.wait()
+        let queued = DispatchSemaphore(value: 0)
+        Self.followers(3, store: store, disk: disk, queued: queued, results: results, group: group)
+        for _ in 0..<3 { queued.wait() }
+        disk.release.signal()
+        group.wait()
+        #expect(leader.all.map(\.reason) == ["disk full"])
+        // The switch never happened; the three others did, on the state from before it.
+        #expect(store.state.live == "blue" && store.state.generation == start + 3)
+        #expect(results.all.sorted() == Array((start + 1)...(start + 3)))
+        #expect(disk.writes.last?.live == "blue" && disk.writes.last?.generation == start + 3)
+        #expect(store.table.pools[store.table.live].name == "blue")
     }
 }

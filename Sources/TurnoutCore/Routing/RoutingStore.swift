@@ -1,4 +1,5 @@
 import Atomics
+import Foundation
 import Synchronization
 
 /// The single owner of routing state. Writers (the admin API, the health prober, discovery, the
@@ -22,7 +23,30 @@ public final class RoutingStore: Sendable {
         var discovered: [String: [DiscoveredAddress]] = [:]
         /// Endpoint ids ejected by outlier detection.
         var ejected: Set<Int> = []
+        var commit = Commit()
     }
+
+    /// Changes on their way to disk (group commit): each change is computed on the newest state,
+    /// durable or pending, and queued; one writer at a time writes the newest pending state,
+    /// which covers every change queued before it, with one fsync. The store's lock is not held
+    /// while the disk works, so health updates and the data path never wait on it.
+    struct Commit {
+        /// The newest state not yet durable, and the number of the last change in it.
+        var pending: (state: RoutingState, seq: UInt64, durable: Bool)?
+        var lastSeq: UInt64 = 0
+        /// Changes up to this number are durable and published.
+        var doneSeq: UInt64 = 0
+        /// Changes in a write that failed (and those computed on top of them): their callers
+        /// compute again. Later numbers may be done since; these never are.
+        var failed: Range<UInt64> = 0..<0
+        var writing = false
+    }
+
+    enum Queued { case unchanged(RoutingState), queued(RoutingState, UInt64) }
+    enum CommitStep { case done, recompute, wait, apply(RoutingState, UInt64), write(RoutingState, UInt64) }
+
+    /// Wakes callers waiting for their change to be written. Taken before `inner`, never after.
+    private let commitSignal = NSCondition()
 
     public init(config: TurnoutConfig, state: RoutingState) {
         var inner = Inner(state: state, health: [:], nextEndpointID: 0, config: config.pools)
@@ -152,7 +176,7 @@ public final class RoutingStore: Sendable {
     /// removed) is persisted first.
     public func reconfigure<E: Error>(_ config: TurnoutConfig, persist: (RoutingState) throws(E) -> Void,
                                       refuse: (String) -> E) throws(E) -> Reconfiguration {
-        try inner.withLock { (inner: inout Inner) throws(E) -> Reconfiguration in
+        try whenQuiet { (inner: inout Inner) throws(E) -> Reconfiguration in
             let current = topology.load(ordering: .acquiring)
             let oldNames = current.pools.map(\.pool.name)
             let newNames = Set(config.pools.map(\.name))
@@ -290,26 +314,105 @@ public final class RoutingStore: Sendable {
         return (out, diff)
     }
 
-    /// Runs `change` on a copy of the state under the store's lock. When it returns a new state, that
-    /// state is first handed to `persist` (still under the lock, so writers are serialised), and only
-    /// if persisting succeeds is it published. A thrown error leaves everything as it was.
+    /// Runs `change` on the newest state (under the store's lock). When it returns a new state,
+    /// that state is made durable with `persist`, then published, then returned: a caller that
+    /// gets the new state back knows it survives a crash. A thrown error leaves everything as it
+    /// was. `persist` nil: nothing to write (the cluster's state, durable in etcd).
+    ///
+    /// The disk is not written under the store's lock. Changes made while a write is under way
+    /// are queued, and the next write covers all of them (group commit: one fsync for many
+    /// changes); whichever caller is first to find the disk free writes for the batch, so every
+    /// caller must pass the same persistence (the proxy's state file). When a write fails, the
+    /// caller whose write it was gets its error, and the others' changes are computed again on
+    /// the state before the batch.
     @discardableResult
     public func mutate<E: Error>(
         _ change: (RoutingState, _ health: [Int: HealthStatus]) throws(E) -> RoutingState,
-        persist: (RoutingState) throws(E) -> Void
+        persist: ((RoutingState) throws(E) -> Void)?
     ) throws(E) -> RoutingState {
-        try inner.withLock { (inner: inout Inner) throws(E) -> RoutingState in
-            let next = try change(inner.state, inner.health)
-            guard next != inner.state else { return next }
-            try persist(next)
-            let endpointsChanged = next.endpoints != inner.state.endpoints
-            inner.state = next
-            if endpointsChanged {
-                rebuild(&inner, routing: topology.load(ordering: .acquiring).routing)
-            } else {
-                publish(Self.build(inner, topology.load(ordering: .acquiring)))
+        commitSignal.lock()
+        defer { commitSignal.unlock() }
+        compute: while true {
+            let queued = try inner.withLock { (inner: inout Inner) throws(E) -> Queued in
+                let base = inner.commit.pending?.state ?? inner.state
+                let next = try change(base, inner.health)
+                guard next != base else { return .unchanged(next) }
+                inner.commit.lastSeq += 1
+                let durable = persist != nil || inner.commit.pending?.durable == true
+                inner.commit.pending = (next, inner.commit.lastSeq, durable)
+                return .queued(next, inner.commit.lastSeq)
             }
-            return next
+            guard case .queued(let next, let seq) = queued else {
+                if case .unchanged(let same) = queued { return same }
+                return inner.withLock { $0.state }
+            }
+            while true {
+                let step = inner.withLock { (inner: inout Inner) -> CommitStep in
+                    if inner.commit.failed.contains(seq) { return .recompute }
+                    if inner.commit.doneSeq >= seq { return .done }
+                    guard !inner.commit.writing, let p = inner.commit.pending else { return .wait }
+                    if !p.durable { return .apply(p.state, p.seq) }
+                    // A batch that must be written is written by a caller that can write it.
+                    guard persist != nil else { return .wait }
+                    inner.commit.writing = true
+                    return .write(p.state, p.seq)
+                }
+                switch step {
+                case .done:
+                    return next
+                case .recompute:
+                    continue compute
+                case .wait:
+                    commitSignal.wait()
+                case .apply(let state, let upTo):
+                    inner.withLock { committed(&$0, state, upTo: upTo) }
+                    commitSignal.broadcast()
+                case .write(let state, let upTo):
+                    commitSignal.unlock()
+                    var failure: E?
+                    do throws(E) { try persist?(state) } catch { failure = error }
+                    commitSignal.lock()
+                    inner.withLock { (inner: inout Inner) in
+                        inner.commit.writing = false
+                        if failure == nil {
+                            committed(&inner, state, upTo: upTo)
+                        } else {
+                            inner.commit.failed = (inner.commit.doneSeq + 1)..<(inner.commit.lastSeq + 1)
+                            inner.commit.pending = nil
+                        }
+                    }
+                    commitSignal.broadcast()
+                    if let failure { throw failure }
+                }
+            }
+        }
+    }
+
+    /// A batch is durable (or needs no write): it becomes the state, and routing follows it.
+    private func committed(_ inner: inout Inner, _ next: RoutingState, upTo seq: UInt64) {
+        inner.commit.doneSeq = seq
+        if inner.commit.pending?.seq == seq { inner.commit.pending = nil }
+        let endpointsChanged = next.endpoints != inner.state.endpoints
+        inner.state = next
+        if endpointsChanged {
+            rebuild(&inner, routing: topology.load(ordering: .acquiring).routing)
+        } else {
+            publish(Self.build(inner, topology.load(ordering: .acquiring)))
+        }
+    }
+
+    /// Runs `body` once no change is queued or being written, holding the store's lock (a reload
+    /// changes the state outside the queue).
+    private func whenQuiet<T, E: Error>(_ body: (inout Inner) throws(E) -> T) throws(E) -> T {
+        commitSignal.lock()
+        defer { commitSignal.unlock() }
+        while true {
+            let result = try inner.withLock { (inner: inout Inner) throws(E) -> T? in
+                guard inner.commit.pending == nil, !inner.commit.writing else { return nil }
+                return try body(&inner)
+            }
+            if let result { return result }
+            commitSignal.wait()
         }
     }
 

@@ -292,7 +292,7 @@ final class ClusterAgent: @unchecked Sendable {
         }
         // etcd holds the truth durably: the replica routes by it at once, and the state file (the
         // boot cache for a restart while etcd is away) is written after, off this path.
-        store.mutate({ (_: RoutingState, _: [Int: HealthStatus]) in state }, persist: { (_: RoutingState) in })
+        store.mutate({ (_: RoutingState, _: [Int: HealthStatus]) in state }, persist: nil)
         writeCache(state)
         let now = Int64(Date().timeIntervalSince1970 * 1_000_000)
         shared.withLock {
