@@ -8,6 +8,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <string.h>
+#include <stdint.h>
 
 /* Macros and callbacks Swift cannot import or write directly. */
 
@@ -25,23 +26,30 @@ static inline void turnout_ctx_set_server_options(SSL_CTX *ctx) {
 
 static inline size_t turnout_bio_pending(BIO *b) { return (size_t)BIO_ctrl_pending(b); }
 
-/* ALPN: the server's preference, h2 first when offered. */
+/* ALPN: the server's preference, h2 first when offered. `arg` says what the listener serves:
+   0 both, 1 HTTP/2 only, 2 HTTP/1.1 only. */
 static const unsigned char turnout_alpn_h2_h1[] = { 2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1' };
+static const unsigned char turnout_alpn_h2[] = { 2, 'h', '2' };
+static const unsigned char turnout_alpn_h1[] = { 8, 'h', 't', 't', 'p', '/', '1', '.', '1' };
 
 static inline int turnout_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                                       const unsigned char *in, unsigned int inlen, void *arg) {
-    (void)ssl; (void)arg;
+    (void)ssl;
+    long mode = (long)(intptr_t)arg;
+    const unsigned char *ours = mode == 1 ? turnout_alpn_h2 : mode == 2 ? turnout_alpn_h1 : turnout_alpn_h2_h1;
+    unsigned int ourlen = mode == 1 ? sizeof(turnout_alpn_h2) : mode == 2 ? sizeof(turnout_alpn_h1) : sizeof(turnout_alpn_h2_h1);
     unsigned char *selected = NULL;
-    if (SSL_select_next_proto(&selected, outlen, turnout_alpn_h2_h1, sizeof(turnout_alpn_h2_h1), in, inlen)
-        != OPENSSL_NPN_NEGOTIATED) {
-        return SSL_TLSEXT_ERR_NOACK;  /* no common protocol: carry on without ALPN (HTTP/1.1) */
+    if (SSL_select_next_proto(&selected, outlen, ours, ourlen, in, inlen) != OPENSSL_NPN_NEGOTIATED) {
+        /* No common protocol: an HTTP/2-only listener refuses the handshake; otherwise carry on
+           without ALPN (HTTP/1.1). */
+        return mode == 1 ? SSL_TLSEXT_ERR_ALERT_FATAL : SSL_TLSEXT_ERR_NOACK;
     }
     *out = selected;
     return SSL_TLSEXT_ERR_OK;
 }
 
-static inline void turnout_ctx_enable_alpn(SSL_CTX *ctx) {
-    SSL_CTX_set_alpn_select_cb(ctx, turnout_alpn_select, NULL);
+static inline void turnout_ctx_enable_alpn(SSL_CTX *ctx, int mode) {
+    SSL_CTX_set_alpn_select_cb(ctx, turnout_alpn_select, (void *)(intptr_t)mode);
 }
 
 /* SNI: arg points to a NULL-terminated array of contexts; the first is the default. The first other

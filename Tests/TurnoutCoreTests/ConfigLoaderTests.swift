@@ -129,6 +129,29 @@ import Testing
         }
     }
 
+    @Test func listenerProtocolsAreReadAndCheckedAgainstTLS() throws {
+        func parse(_ listeners: String) throws(ConfigErrors) -> TurnoutConfig {
+            try ConfigLoader.parse(yaml: "listeners:\n\(listeners)\npools: { blue: { endpoints: [\"127.0.0.1:9001\"] } }\n")
+        }
+        let c = try parse("  - { address: \"127.0.0.1:0\", protocols: [h2c] }\n  - { address: \"127.0.0.1:0\", protocols: [http1] }\n  - { address: \"127.0.0.1:0\" }")
+        #expect(c.listeners.map { [$0.http1, $0.http2] } == [[false, true], [true, false], [true, true]])
+        var problems: [String] = []
+        do {
+            _ = try parse("""
+                  - { address: "127.0.0.1:0", protocols: [h2] }
+                  - { address: "127.0.0.1:0", protocols: [] }
+                  - { address: "127.0.0.1:0", protocols: [http1, spdy] }
+                  - { address: "127.0.0.1:0", protocols: h2c }
+                """)
+        } catch {
+            problems = error.problems.map(\.description)
+        }
+        for e in ["listeners[0].protocols: h2 is HTTP/2 over TLS", "listeners[1].protocols: expected a list of http1 and h2c",
+                  "listeners[2].protocols: unknown protocol \"spdy\"", "listeners[3].protocols: expected a list"] {
+            #expect(problems.contains { $0.hasPrefix(e) }, "missing \(e) in \(problems)")
+        }
+    }
+
     @Test func weightsMustSumToOneHundred() {
         #expect(throws: ConfigErrors.self) {
             try ConfigLoader.parse(yaml: """

@@ -87,11 +87,12 @@ class Turnout:
 
     def __init__(self, pools, weights=None, extra="", health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1 }",
                  timeouts="", workers=2, args=(), admin_extra="", state_file=True, tls=None, limits="", pool_extra="",
-                 root_extra="", pool_text=None):
+                 root_extra="", pool_text=None, listener=""):
         """`tls`: a `tls:` block (YAML flow text) for a second listener; its port is `tls_port`.
         `pool_extra`: more keys for every pool's flow mapping, e.g. "max_idle_connections: 2".
         `root_extra`: more top-level YAML, e.g. a `cluster:` block.
-        `pool_text`: {pool: flow mapping} written as is, e.g. {"blue": "{ endpoints: [], discovery: {...} }"}."""
+        `pool_text`: {pool: flow mapping} written as is, e.g. {"blue": "{ endpoints: [], discovery: {...} }"}.
+        `listener`: more keys for the first listener, e.g. "protocols: [h2c]"."""
         self.dir = tempfile.mkdtemp(prefix="turnout-test-")
         self.tls = tls
         self.config_path = os.path.join(self.dir, "turnout.yaml")
@@ -110,6 +111,7 @@ class Turnout:
             + (f"io: {io}\n" if io else "")
             +
             "listeners:\n  - address: 127.0.0.1:0\n"
+            + (f"    {listener}\n" if listener else "")
             + (f"  - address: 127.0.0.1:0\n    tls: {tls}\n" if tls else "")
             + (f"limits: {limits}\n" if limits else "")
             +

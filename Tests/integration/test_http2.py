@@ -436,3 +436,118 @@ def test_websocket_over_http2_extended_connect(blue_green):
     wait_for(lambda: in_flight(t) == 0, what="the tunnel to be counted closed")
     wait_for(lambda: "protocol=h2" in t.read_log(), what="the tunnel's access log line")
     c.close()
+
+
+# Raw frames, for what an HTTP/2 library will not send: the h2spec cases http2/5.1.1/2 and
+# http2/3.5/2, reproduced.
+
+def raw_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+def read_frames(sock, stop, timeout=10):
+    """Frames from `sock` (type, flags, stream, payload) until `stop(frames)` or the connection
+    closes; returns them and whether the connection closed."""
+    sock.settimeout(timeout)
+    buf, frames = b"", []
+    while True:
+        while len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
+            n = int.from_bytes(buf[:3], "big")
+            frames.append((buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7fffffff, buf[9:9 + n]))
+            buf = buf[9 + n:]
+        if stop(frames):
+            return frames, False
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return frames, True
+        if not chunk:
+            return frames, True
+        buf += chunk
+
+
+def goaway_code(frames):
+    codes = [int.from_bytes(p[4:8], "big") for t, _, _, p in frames if t == 0x7]
+    return codes[0] if codes else None
+
+
+def request_block(encoder, port, method="GET", path="/"):
+    return encoder.encode([(":method", method), (":path", path), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")])
+
+
+def test_headers_on_a_lower_stream_id_never_opened_is_a_protocol_error(blue_green):
+    """h2spec http2/5.1.1/2: HEADERS on stream 5, then on stream 3 (skipped, so closed)."""
+    t, _, _ = blue_green()
+    s = socket.create_connection(("127.0.0.1", t.port))
+    e = hpack.Encoder()
+    s.sendall(HTTP2_PREFACE + raw_frame(0x4, 0, 0)
+              + raw_frame(0x1, END_STREAM | END_HEADERS, 5, request_block(e, t.port))
+              + raw_frame(0x1, END_STREAM | END_HEADERS, 3, request_block(e, t.port)))
+    frames, closed = read_frames(s, lambda f: False)
+    s.close()
+    assert goaway_code(frames) == 1, frames  # PROTOCOL_ERROR
+    assert closed
+    assert "HEADERS on stream 3, below stream 5" in t.read_log()
+
+
+def test_trailers_on_an_open_lower_stream_are_still_fine(blue_green):
+    """The check above must not catch HEADERS that end a stream still open below the newest one."""
+    t, _, _ = blue_green()
+    s = socket.create_connection(("127.0.0.1", t.port))
+    e = hpack.Encoder()
+    s.sendall(HTTP2_PREFACE + raw_frame(0x4, 0, 0)
+              + raw_frame(0x1, END_HEADERS, 1, request_block(e, t.port, "POST", "/"))
+              + raw_frame(0x1, END_STREAM | END_HEADERS, 3, request_block(e, t.port))
+              + raw_frame(0x0, 0, 1, b"abc")
+              + raw_frame(0x1, END_STREAM | END_HEADERS, 1, e.encode([("x-trailer", "1")])))
+
+    def both_ended(frames):
+        return {st for ty, fl, st, _ in frames if ty in (0x0, 0x1) and fl & END_STREAM} >= {1, 3}
+    frames, closed = read_frames(s, both_ended)
+    s.close()
+    assert not closed and goaway_code(frames) is None, frames
+    assert {st for ty, _, st, _ in frames if ty == 0x1} >= {1, 3}
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def test_an_h2c_only_listener_refuses_an_invalid_preface_as_http2(blue_green):
+    """h2spec http2/3.5/2. On a listener serving HTTP/1.1 too, the same bytes are an HTTP/1.1
+    request (answered 400); with protocols: [h2c] they are a broken HTTP/2 connection."""
+    t, _, _ = blue_green(listener="protocols: [h2c]")
+    s = socket.create_connection(("127.0.0.1", t.port))
+    s.sendall(b"INVALID CONNECTION PREFACE\r\n\r\n")
+    s.settimeout(10)
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    assert not data.startswith(b"HTTP/1.1"), data
+    # The listener serves HTTP/2 with prior knowledge, and HTTP/1.1 is not read as such.
+    assert curl("--http2-prior-knowledge", f"{t.url}/").stdout == b"blue\n"
+    r = curl("--http1.1", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{t.url}/")
+    assert r.stdout == b"000"
+
+    mixed, _, _ = blue_green()
+    s = socket.create_connection(("127.0.0.1", mixed.port))
+    s.sendall(b"INVALID CONNECTION PREFACE\r\n\r\n")
+    s.settimeout(10)
+    assert s.recv(65536).startswith(b"HTTP/1.1 400")
+    s.close()
+
+
+def test_an_http1_only_listener_does_not_take_the_h2_preface(blue_green):
+    t, _, _ = blue_green(listener="protocols: [http1]")
+    assert curl("--http1.1", f"{t.url}/").stdout == b"blue\n"
+    r = curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"{t.url}/")
+    assert r.stdout != b"200"

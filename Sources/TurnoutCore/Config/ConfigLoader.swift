@@ -225,20 +225,54 @@ private struct Reader {
         var out: [ListenerConfig] = []
         for (i, item) in seq.enumerated() {
             let path = "listeners[\(i)]"
-            guard let fields = entries(item, path, allowed: ["address", "tls"]) else { continue }
+            guard let fields = entries(item, path, allowed: ["address", "tls", "protocols"]) else { continue }
             var address: HostPort?
             var tls: TLSConfig?
+            var protocols: Node?
             for (key, value) in fields {
                 switch key {
                 case "address": address = hostPort(value, "\(path).address", allowPortZero: true)
                 case "tls": tls = readTLS(value, "\(path).tls")
+                case "protocols": protocols = value
                 default: break
                 }
             }
             if !fields.contains(where: { $0.0 == "address" }) { fail("\(path).address", "required") }
-            if let address { out.append(ListenerConfig(address: address, tls: tls)) }
+            var (http1, http2) = (true, true)
+            if let protocols {
+                let secure = fields.contains { $0.0 == "tls" }
+                (http1, http2) = listenerProtocols(protocols, "\(path).protocols", tls: secure)
+            }
+            tls?.http1 = http1
+            tls?.http2 = http2
+            if let address { out.append(ListenerConfig(address: address, tls: tls, http1: http1, http2: http2)) }
         }
         return out
+    }
+
+    /// `[http1, h2c]` (plain) or `[http1, h2]` (TLS), or one of them: which protocols a listener serves.
+    mutating func listenerProtocols(_ node: Node, _ path: String, tls: Bool) -> (http1: Bool, http2: Bool) {
+        let http2Name = tls ? "h2" : "h2c"
+        let expected = "a list of http1 and \(http2Name)"
+        guard case .sequence(let items) = node, !items.isEmpty else {
+            fail(path, "expected \(expected)")
+            return (true, true)
+        }
+        var http1 = false, http2 = false
+        for item in items {
+            guard case .scalar(let s) = item else {
+                fail(path, "expected \(expected)")
+                continue
+            }
+            switch s.string {
+            case "http1": http1 = true
+            case http2Name: http2 = true
+            case "h2" where !tls: fail(path, "h2 is HTTP/2 over TLS; this listener has no tls (h2c is HTTP/2 in the clear)")
+            case "h2c" where tls: fail(path, "h2c is HTTP/2 in the clear; this listener has tls (h2 is HTTP/2 over TLS)")
+            default: fail(path, "unknown protocol \"\(s.string)\"; expected \(expected)")
+            }
+        }
+        return (http1, http2)
     }
 
     /// `{ certificate, private_key }` or `{ certificates: [{ certificate, private_key }, ...] }`.

@@ -108,9 +108,15 @@ public struct HostPort: Sendable, Hashable, CustomStringConvertible {
 public struct ListenerConfig: Sendable, Equatable {
     public var address: HostPort
     public var tls: TLSConfig?
-    public init(address: HostPort, tls: TLSConfig? = nil) {
+    /// HTTP/1.1 served (`http1`).
+    public var http1: Bool
+    /// HTTP/2 served (`h2c` on a plain listener, with prior knowledge; `h2` by ALPN with TLS).
+    public var http2: Bool
+    public init(address: HostPort, tls: TLSConfig? = nil, http1: Bool = true, http2: Bool = true) {
         self.address = address
         self.tls = tls
+        self.http1 = http1
+        self.http2 = http2
     }
 }
 
@@ -129,6 +135,9 @@ public struct TLSConfig: Sendable, Equatable {
     /// The first is the default; another one is chosen when the client's SNI names a host its
     /// certificate covers.
     public var certificates: [TLSCertificate]
+    /// What ALPN offers: HTTP/2 and HTTP/1.1 by default (the listener's `protocols`).
+    public var http1 = true
+    public var http2 = true
     public init(certificates: [TLSCertificate]) { self.certificates = certificates }
 }
 

@@ -13,6 +13,8 @@ import TurnoutCore
 /// Loop-confined.
 final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHolder, @unchecked Sendable {
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+    /// The rule on stream identifiers that libnghttp2 leaves to us.
+    private var streamOrder = HTTP2StreamOrder(prefaceLength: preface.count)
 
     /// What the server announces and enforces (README "HTTP/2").
     enum Limits {
@@ -122,9 +124,20 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     private func receive(_ bytes: UnsafeRawBufferPointer) {
         guard let session, !closed else { return }
+        // A HEADERS frame on a stream the client skipped: what comes before it is processed,
+        // then the connection ends with PROTOCOL_ERROR (RFC 9113 5.1.1).
+        let violation = streamOrder.scan(bytes)
+        let feed = violation.map { UnsafeRawBufferPointer(rebasing: bytes[..<$0.offset]) } ?? bytes
         inSession = true
-        let n = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        let n = nghttp2_session_mem_recv(session, feed.baseAddress?.assumingMemoryBound(to: UInt8.self), feed.count)
         inSession = false
+        if let violation, n >= 0 {
+            context.logger.info("HTTP/2 session with \(clientIP) ended: HEADERS on stream \(violation.stream), below stream \(streamOrder.highestOpened) and never opened")
+            nghttp2_session_terminate_session(session, UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue))
+            flush()
+            closeGracefully()
+            return
+        }
         if n < 0 {
             context.logger.info("HTTP/2 session with \(clientIP) ended: \(String(cString: nghttp2_strerror(Int32(n))))")
             // nghttp2 queued a GOAWAY for protocol errors; send it, then close.

@@ -211,16 +211,27 @@ final class Listener: @unchecked Sendable {
         let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats, clientIP: peer,
                                     scheme: tls == nil ? "http" : "https", onClose: onClose)
         guard let tls else {
-            let conn = HTTP1Connection(transport: channel, env: env, acceptsPriorKnowledgeH2: true)
-            conn.start()
-            if context.isDraining { conn.beginDrain() }
+            let session: ClientSession
+            if !config.http1 {
+                // An h2c-only listener: the connection preface is required, and anything else is
+                // refused as HTTP/2 (GOAWAY), not read as HTTP/1.1.
+                let h2 = HTTP2Connection(transport: channel, env: env)
+                h2.start(initial: [], transportStarted: false)
+                session = h2
+            } else {
+                let h1 = HTTP1Connection(transport: channel, env: env, acceptsPriorKnowledgeH2: config.http2)
+                h1.start()
+                session = h1
+            }
+            if context.isDraining { session.beginDrain() }
             return
         }
+        let servesHTTP1 = config.http1
         let transport = TLSTransport(channel: channel, loop: loop, tls: tls.current,
                                      handshakeTimeoutMs: context.timeouts.clientHeaderMs,
                                      onHandshake: { transport, alpn in
             let session: ClientSession
-            if alpn == "h2" {
+            if alpn == "h2" || (alpn == nil && !servesHTTP1) {
                 let h2 = HTTP2Connection(transport: transport, env: env)
                 h2.start(initial: [], transportStarted: true)
                 session = h2

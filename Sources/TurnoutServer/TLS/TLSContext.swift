@@ -20,7 +20,7 @@ final class TLSContext: @unchecked Sendable {
         // deinit on a half-built table.
         var contexts: [OpaquePointer] = []
         do {
-            for cert in config.certificates { contexts.append(try Self.makeContext(cert)) }
+            for cert in config.certificates { contexts.append(try Self.makeContext(cert, http1: config.http1, http2: config.http2)) }
         } catch {
             for c in contexts { SSL_CTX_free(c) }
             throw error
@@ -42,7 +42,7 @@ final class TLSContext: @unchecked Sendable {
     /// The default context (SNI may switch a connection to another one).
     var defaultContext: OpaquePointer { table[0]! }
 
-    private static func makeContext(_ cert: TLSCertificate) throws(TLSError) -> OpaquePointer {
+    private static func makeContext(_ cert: TLSCertificate, http1: Bool, http2: Bool) throws(TLSError) -> OpaquePointer {
         ERR_clear_error()
         guard let ctx = SSL_CTX_new(TLS_server_method()) else { throw TLSError("cannot create a TLS context: \(opensslError())") }
         var ok = false
@@ -64,7 +64,7 @@ final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSError("private key \(cert.privateKey) does not match certificate \(cert.certificate): \(opensslError())")
         }
-        turnout_ctx_enable_alpn(ctx)
+        turnout_ctx_enable_alpn(ctx, http2 ? (http1 ? 0 : 1) : 2)
         ok = true
         return ctx
     }
