@@ -1,6 +1,6 @@
 import CNghttp2
 import Testing
-import TurnoutCore
+@testable import TurnoutCore
 @testable import TurnoutServer
 
 private func response(_ text: String) -> HTTPResponseHead {

@@ -22,7 +22,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     /// Close the connection once the current exchange is over.
     private var closeAfter = false
     private var requestsSeen = 0
-    private var deadlineKind = ClientDeadline.idle
+    private(set) var deadlineKind = ClientDeadline.idle
     private var deadline: UInt64 = 0
     private var closed = false
     private var clientEOF = false
@@ -229,26 +229,22 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     }
 
     private func route(_ head: HTTPRequestHead) {
-        switch RequestRouter.route(head, table: view.table) {
+        switch RequestPlan.make(head, table: view.table, clientIP: clientIP, scheme: scheme,
+                                upgrade: HeaderRewriter.requestedUpgrade(head)) {
         case .unavailable(let poolName):
             respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
                                    extra: [("Retry-After", "\(context.retryAfterSeconds)")], pool: poolName)
-        case .forward(let poolName, let endpoint, let reason, let setCookie):
+        case .forward(let plan):
             // A body whose bad bytes came with the head is refused before anything goes upstream.
             if let error = BodyReader.firstError(head.framing, in: input, from: inputStart, to: input.count) {
-                RequestRouter.recordUnforwarded(head, status: 400, pool: poolName, bytes: 0, clientIP: clientIP,
+                RequestRouter.recordUnforwarded(head, status: 400, pool: plan.poolName, bytes: 0, clientIP: clientIP,
                                                 context: context, stats: stats)
                 sendErrorAndClose(status: 400, message: error.message)
                 return
             }
             chunkToClient = false
             closeAfter = false
-            let upgrade = HeaderRewriter.requestedUpgrade(head)
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
-                                                              fallbackHost: endpoint.description, upgrade: upgrade)
-            let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
-                                      reason: reason, setCookie: setCookie, clientIP: clientIP, loop: loop,
-                                      context: context, pool: pool, stats: stats, sink: self, upgrade: upgrade != nil)
+            let ex = RequestRouter.exchange(head, plan, env: env, sink: self)
             exchange = ex
             setDeadline(ex.requestComplete ? .none : .body)
             ex.start()

@@ -126,19 +126,15 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
-        switch RequestRouter.route(head, table: c.view.table) {
+        switch RequestPlan.make(head, table: c.view.table, clientIP: c.clientIP, scheme: c.scheme,
+                                upgrade: websocket ? "websocket" : nil) {
         case .unavailable(let poolName):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
                                             context: c.context, stats: c.stats)
             answer(status: 503, message: "no healthy endpoint in pool \(poolName)",
                    extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
-        case .forward(let poolName, let endpoint, let reason, let setCookie):
-            let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: c.clientIP, scheme: c.scheme,
-                                                              fallbackHost: endpoint.description,
-                                                              upgrade: websocket ? "websocket" : nil)
-            let ex = UpstreamExchange(head: head, upstreamHead: upstreamHead, poolName: poolName, endpoint: endpoint,
-                                      reason: reason, setCookie: setCookie, clientIP: c.clientIP, loop: c.loop,
-                                      context: c.context, pool: c.pool, stats: c.stats, sink: self, upgrade: websocket)
+        case .forward(let plan):
+            let ex = RequestRouter.exchange(head, plan, env: c.env, sink: self)
             exchange = ex
             ex.start()
         }

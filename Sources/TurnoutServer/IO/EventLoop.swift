@@ -75,7 +75,18 @@ public final class EventLoop: @unchecked Sendable {
     @inline(__always)
     var coarseNow: UInt64 {
         let t = roundStart
-        return t != 0 ? t : Self.now()
+        return t != 0 ? t : (testClock ?? Self.now())
+    }
+
+    /// A clock a test moves (`advanceTestClock`): while set, deadlines are set and checked by it,
+    /// so a test drives every timeout without waiting for one. Loop-confined; for a loop in the
+    /// `dispatch` mode (a poller's rounds read the real clock).
+    var testClock: UInt64?
+
+    /// Moves the test clock to `now` and runs the tick at that time. On the loop.
+    func advanceTestClock(to now: UInt64) {
+        testClock = now
+        tick()
     }
 
     /// Lends the loop's scratch array, empty and with its capacity kept; a nested borrower gets a
@@ -98,7 +109,7 @@ public final class EventLoop: @unchecked Sendable {
     func forEachRegistered(_ body: (LoopTimed) -> Void) { for o in Array(timed.values) { body(o) } }
 
     private func tick() {
-        let now = Self.now()
+        let now = testClock ?? Self.now()
         for object in Array(timed.values) { object.checkTimeouts(now: now) }
         for hook in tickHooks { hook(now) }
     }

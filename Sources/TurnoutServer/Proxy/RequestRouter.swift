@@ -1,44 +1,15 @@
 import TurnoutCore
 
-/// Routes one request on the current routing snapshot (SPEC "Routing semantics"), the same way for
-/// HTTP/1.1 connections and HTTP/2 streams: sticky cohort from cookie or header (a new client gets
-/// a cohort cookie), preview pinning, weighted split, failover.
+/// What both client protocols do with a request's plan (`RequestPlan`, in TurnoutCore): start the
+/// exchange it names, or count and log the answer given without an upstream.
 enum RequestRouter {
-    enum Outcome {
-        /// Forward to this endpoint.
-        case forward(poolName: String, endpoint: UpstreamEndpoint, reason: RouteDecision.Reason, setCookie: String?)
-        /// No pool has a healthy endpoint: answer 503.
-        case unavailable(poolName: String)
-    }
-
-    static func route(_ head: HTTPRequestHead, table: RoutingTable) -> Outcome {
-        var stickyKey: String?
-        var newCookie: String?
-        switch table.sticky {
-        case .cookie(let name):
-            if let v = HeaderRewriter.cookie(name, in: head.headers) {
-                stickyKey = v
-            } else {
-                let key = randomCohortKey()
-                stickyKey = key
-                newCookie = "\(name)=\(key); Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
-            }
-        case .header(let name):
-            if let v = head.headers.first(name), !v.isEmpty { stickyKey = v }
-        case nil:
-            break
-        }
-        let preview = table.previewHeader.flatMap { head.headers.first($0) }
-        let decision = table.route(stickyKey: stickyKey, previewPool: preview)
-        let poolName = table.pools[decision.pool].name
-        guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
-        return .forward(poolName: poolName, endpoint: endpoint, reason: decision.reason, setCookie: newCookie)
-    }
-
-    static func randomCohortKey() -> String {
-        var g = SystemRandomNumberGenerator()
-        let a = g.next() as UInt64
-        return String(a, radix: 16).leftPadded(to: 16)
+    /// The exchange of a planned request; `sink` is the client connection or stream. The caller
+    /// holds it as its exchange, then calls `start` (which may call the sink back at once).
+    static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, env: ClientEnvironment,
+                         sink: ExchangeSink) -> UpstreamExchange {
+        UpstreamExchange(head: head, upstreamHead: plan.upstreamHead, poolName: plan.poolName, endpoint: plan.endpoint,
+                         reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
+                         context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
     }
 
     /// Counts and logs an answer Turnout gave without reaching an upstream (a 503).

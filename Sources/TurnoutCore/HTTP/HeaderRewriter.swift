@@ -5,11 +5,11 @@ import TurnoutCore
 /// see from the data path").
 public enum HeaderRewriter {
     /// The field names Turnout handles itself, recognised without allocating (ASCII, any case).
-    enum FieldKind {
+    public enum FieldKind {
         case hopByHop, contentLength, forwardedFor, forwardedProto, forwardedHost, via, host, other
     }
 
-    static func kind(_ name: UnsafeBufferPointer<UInt8>) -> FieldKind {
+    public static func kind(_ name: UnsafeBufferPointer<UInt8>) -> FieldKind {
         switch name.count {
         case 2: return name.equalsIgnoringASCIICase("te") ? .hopByHop : .other
         case 3: return name.equalsIgnoringASCIICase("via") ? .via : .other
@@ -30,7 +30,7 @@ public enum HeaderRewriter {
 
     /// Field names the message's Connection header lists (hop-by-hop too), lowercased; empty
     /// (and without allocating) when there is none but the usual close/keep-alive.
-    static func namedByConnection(_ headers: HTTPHeaders) -> [String] {
+    public static func namedByConnection(_ headers: HTTPHeaders) -> [String] {
         guard !headers.allListElements("connection", satisfy: isCloseOrKeepAlive) else { return [] }
         return headers.tokens("connection").filter { $0 != "close" && $0 != "keep-alive" }
     }
@@ -40,7 +40,7 @@ public enum HeaderRewriter {
     }
 
     @inline(__always)
-    static func isNamed(_ name: UnsafeBufferPointer<UInt8>, in named: [String]) -> Bool {
+    public static func isNamed(_ name: UnsafeBufferPointer<UInt8>, in named: [String]) -> Bool {
         !named.isEmpty && named.contains { n in
             var n = n
             return n.withUTF8 { name.equalsIgnoringASCIICase($0) }
@@ -122,7 +122,8 @@ public enum HeaderRewriter {
     }
 
     /// Appends `n` (not negative) in decimal, without building a String.
-    static func appendDecimal<T: BinaryInteger>(_ out: inout [UInt8], _ n: T) {
+    @inlinable
+    public static func appendDecimal<T: BinaryInteger>(_ out: inout [UInt8], _ n: T) {
         var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
                      UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
             (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -154,8 +155,8 @@ public enum HeaderRewriter {
     /// those its Connection field names are dropped, Content-Length only kept with `keepLength`,
     /// and `Via` fields left out with `skipVia` (the caller writes them with its own entry).
     /// Returns whether there were `Via` fields.
-    @discardableResult
-    static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, skipVia: Bool,
+    @discardableResult @inlinable
+    public static func forEachEndToEndField(_ headers: HTTPHeaders, keepLength: Bool, skipVia: Bool,
                                      _ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Void) -> Bool {
         let named = namedByConnection(headers)
         var sawVia = false
@@ -215,7 +216,7 @@ public enum HeaderRewriter {
 
     /// The `101 Switching Protocols` head for the client: the upstream's fields, its `Upgrade`,
     /// and `Connection: Upgrade`.
-    static func switchingProtocols(_ head: HTTPResponseHead) -> [UInt8] {
+    public static func switchingProtocols(_ head: HTTPResponseHead) -> [UInt8] {
         var out = Array("HTTP/1.1 101 \(head.reason)\r\n".utf8)
         let hasVia = forEachEndToEndField(head.headers, keepLength: true, skipVia: true) { appendField(&out, $0, $1) }
         appendVia(&out, hasVia ? head.headers : nil, version: head.version)
@@ -227,7 +228,7 @@ public enum HeaderRewriter {
     /// The protocol an HTTP/1.1 request asks to switch to (`Upgrade` named in `Connection`), when
     /// Turnout tunnels it: not `h2c` (HTTP/2 is spoken with prior knowledge instead), and only for
     /// requests without a body.
-    static func requestedUpgrade(_ head: HTTPRequestHead) -> String? {
+    public static func requestedUpgrade(_ head: HTTPRequestHead) -> String? {
         guard head.version == .http11, !head.hasBody, head.headers.hasToken("connection", "upgrade"),
               let value = head.headers.first("upgrade"), !value.isEmpty else { return nil }
         if head.headers.tokens("upgrade").contains("h2c") { return nil }
@@ -235,7 +236,7 @@ public enum HeaderRewriter {
     }
 
     /// An interim (1xx) response for an HTTP/1.1 client.
-    static func informational(_ head: HTTPResponseHead) -> [UInt8] {
+    public static func informational(_ head: HTTPResponseHead) -> [UInt8] {
         var out = Array("HTTP/1.1 \(head.status) \(head.reason)\r\n".utf8)
         forEachEndToEndField(head.headers, keepLength: true, skipVia: false) { appendField(&out, $0, $1) }
         out.append(literal: "\r\n")
@@ -243,7 +244,7 @@ public enum HeaderRewriter {
     }
 
     /// A response Turnout makes itself (errors): small plain-text body.
-    static func errorResponse(status: Int, message: String, close: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
+    public static func errorResponse(status: Int, message: String, close: Bool, extraHeaders: [(String, String)] = []) -> [UInt8] {
         let body = errorText(status: status, message: message)
         var out = "HTTP/1.1 \(status) \(reasonPhrase(status))\r\n"
         out += "Content-Type: text/plain; charset=utf-8\r\n"
@@ -257,13 +258,13 @@ public enum HeaderRewriter {
     }
 
     /// The plain-text body of Turnout's own error answers.
-    static func errorText(status: Int, message: String) -> String {
+    public static func errorText(status: Int, message: String) -> String {
         "\(status) \(reasonPhrase(status)): \(message)\n"
     }
 
-    static func errorBody(status: Int, message: String) -> [UInt8] { Array(errorText(status: status, message: message).utf8) }
+    public static func errorBody(status: Int, message: String) -> [UInt8] { Array(errorText(status: status, message: message).utf8) }
 
-    static func reasonPhrase(_ status: Int) -> String {
+    public static func reasonPhrase(_ status: Int) -> String {
         switch status {
         case 100: return "Continue"
         case 200: return "OK"
@@ -290,7 +291,7 @@ public enum HeaderRewriter {
 
     /// The value of cookie `name` in the request's Cookie headers: the first pair with that name
     /// (case-sensitive), nil when it is absent or empty.
-    static func cookie(_ name: String, in headers: HTTPHeaders) -> String? {
+    public static func cookie(_ name: String, in headers: HTTPHeaders) -> String? {
         var name = name
         var found: String?
         _ = name.withUTF8 { want in

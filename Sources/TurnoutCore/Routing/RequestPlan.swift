@@ -1,0 +1,59 @@
+/// Where one request goes and what goes upstream: the one route-to-plan entry point of both
+/// client protocols (an HTTP/1.1 request and an HTTP/2 stream take the same path). It routes on
+/// the routing snapshot (SPEC "Routing semantics": sticky cohort from cookie or header, a new
+/// client gets a cohort cookie; preview pinning; weighted split; failover), picks the endpoint and
+/// writes the request head the upstream gets.
+public enum RequestPlan {
+    /// Forward to an endpoint.
+    case forward(Forward)
+    /// No pool has a healthy endpoint: answer 503.
+    case unavailable(poolName: String)
+
+    public struct Forward {
+        public let poolName: String
+        public let endpoint: UpstreamEndpoint
+        public let reason: RouteDecision.Reason
+        /// The cohort cookie to give a new client.
+        public let setCookie: String?
+        /// The request head exactly as it goes upstream.
+        public let upstreamHead: [UInt8]
+        /// The request asks for a protocol switch (a 101 opens a tunnel).
+        public let upgrade: Bool
+    }
+
+    /// `upgrade`: the protocol the request switches to (HTTP/1.1 `Upgrade`, or `websocket` for an
+    /// HTTP/2 extended CONNECT), nil for none.
+    public static func make(_ head: HTTPRequestHead, table: RoutingTable, clientIP: String, scheme: String,
+                            upgrade: String?) -> RequestPlan {
+        var stickyKey: String?
+        var newCookie: String?
+        switch table.sticky {
+        case .cookie(let name):
+            if let v = HeaderRewriter.cookie(name, in: head.headers) {
+                stickyKey = v
+            } else {
+                let key = randomCohortKey()
+                stickyKey = key
+                newCookie = "\(name)=\(key); Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax"
+            }
+        case .header(let name):
+            if let v = head.headers.first(name), !v.isEmpty { stickyKey = v }
+        case nil:
+            break
+        }
+        let preview = table.previewHeader.flatMap { head.headers.first($0) }
+        let decision = table.route(stickyKey: stickyKey, previewPool: preview)
+        let poolName = table.pools[decision.pool].name
+        guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
+        let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
+                                                          fallbackHost: endpoint.description, upgrade: upgrade)
+        return .forward(Forward(poolName: poolName, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
+                                upstreamHead: upstreamHead, upgrade: upgrade != nil))
+    }
+
+    static func randomCohortKey() -> String {
+        var g = SystemRandomNumberGenerator()
+        let hex = String(g.next() as UInt64, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+}
