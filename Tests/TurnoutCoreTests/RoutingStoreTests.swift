@@ -136,6 +136,18 @@ import Testing
         return RoutingStore(config: config, state: .initial(from: config))
     }
 
+    /// Switches all traffic to green, written to `disk`.
+    @discardableResult
+    static func switchToGreen(_ store: RoutingStore, _ disk: Disk) throws(Refused) -> RoutingState {
+        try store.mutate({ (st: RoutingState, _) throws(Refused) in
+            var next = st
+            next.live = "green"
+            next.weights = ["blue": 0, "green": 10000]
+            next.generation += 1
+            return next
+        }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+    }
+
     /// Starts `n` changes that each add one to the generation, on threads of their own; `queued`
     /// is signalled as each computes its change.
     static func followers(_ n: Int, store: RoutingStore, disk: Disk, queued: DispatchSemaphore,
@@ -160,13 +172,7 @@ import Testing
         let group = DispatchGroup()
         let results = Collected<UInt64>()
         Self.thread(group) {
-            let s = try? store.mutate({ (st: RoutingState, _) throws(Refused) in
-                var next = st
-                next.live = "green"
-                next.weights = ["blue": 0, "green": 10000]
-                next.generation += 1
-                return next
-            }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+            let s = try? Self.switchToGreen(store, disk)
             if let s { results.append(s.generation) }
         }
         disk.entered.wait()
@@ -197,13 +203,7 @@ import Testing
         let leader = Collected<Refused>()
         Self.thread(group) {
             do {
-                try store.mutate({ (st: RoutingState, _) throws(Refused) in
-                    var next = st
-                    next.live = "green"
-                    next.weights = ["blue": 0, "green": 10000]
-                    next.generation += 1
-                    return next
-                }, persist: { (st: RoutingState) throws(Refused) in try disk.write(st) })
+                try Self.switchToGreen(store, disk)
             } catch {
                 leader.append(error as! Refused)
             }
