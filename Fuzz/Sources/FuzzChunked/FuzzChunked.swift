@@ -31,6 +31,8 @@ public func fuzzChunked(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             case .data(let r):
                 precondition(!r.isEmpty && r.upperBound <= buffer.count, "bad data range")
                 out += buffer[r]
+            case .chunkStart, .chunkEnd:
+                continue
             case .end:
                 return .complete(out)
             case .needMore:
