@@ -237,14 +237,7 @@ public struct ExchangeMachine: Sendable {
         default: return false
         }
     }
-    /// The final response head went to the client (or Turnout's own answer did).
-    public var responseStarted: Bool {
-        switch state {
-        case .responding: return true
-        case .ended(let e): return e != .cancelled
-        default: return false
-        }
-    }
+    /// The attempt under way (nil before the start and once over).
     public var attempt: Attempt? {
         switch state {
         case .connecting(let a), .awaitingResponse(let a), .readingHead(let a), .responding(let a, _, _): return a
@@ -263,8 +256,6 @@ public struct ExchangeMachine: Sendable {
         default: return false
         }
     }
-    /// The request declares a length and this much is still due.
-    public var requestBodyRemaining: Int64? { if case .length(let n) = requestLeft { return n } else { return nil } }
 
     // MARK: connecting
 

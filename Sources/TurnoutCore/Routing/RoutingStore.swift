@@ -342,9 +342,10 @@ public final class RoutingStore: Sendable {
                 inner.commit.pending = (next, inner.commit.lastSeq, durable)
                 return .queued(next, inner.commit.lastSeq)
             }
-            guard case .queued(let next, let seq) = queued else {
-                if case .unchanged(let same) = queued { return same }
-                return inner.withLock { $0.state }
+            let next: RoutingState, seq: UInt64
+            switch queued {
+            case .unchanged(let same): return same
+            case .queued(let n, let s): (next, seq) = (n, s)
             }
             while true {
                 let step = inner.withLock { (inner: inout Inner) -> CommitStep in
