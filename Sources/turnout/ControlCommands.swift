@@ -180,6 +180,7 @@ struct Status: ParsableCommand {
         let state = try callAdmin(options, "GET", "/v1/state")
         if !options.json {
             print(StateTable.render(state))
+            if let mirror = state["mirror"] as? [String: Any], mirror["mirror"] is [String: Any] { print(MirrorText.render(mirror)) }
             if let ramp = state["ramp"] as? [String: Any] { print(RampText.render(ramp)) }
         }
     }
@@ -402,5 +403,95 @@ enum EventText {
         }
         if let reason = e["reason"] as? String, !reason.isEmpty { parts.append("(\(reason))") }
         return parts.joined(separator: " ")
+    }
+}
+
+struct Mirror: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Copy a share of live requests to a pool (fire and forget), or stop: `turnout mirror green 10`, `turnout mirror off`.",
+        discussion: """
+            Copies PERCENT of the requests other pools serve (GET and HEAD unless --methods) to
+            POOL; the copies' answers are thrown away and counted apart (turnout mirror shows them).
+            Clients never wait for a copy. Without arguments: show the mirror and what it observed.
+            The setting is persisted like the weights and survives restarts.
+            """
+    )
+    @Argument(help: ArgumentHelp("POOL PERCENT, or off; nothing to show the mirror.", valueName: "POOL PCT | off"))
+    var words: [String] = []
+    @Option(help: ArgumentHelp("Methods to copy, comma-separated (default GET,HEAD).", valueName: "METHODS"))
+    var methods: String?
+    @Option(help: ArgumentHelp("Copy request bodies up to this many bytes (default 65536); longer ones are not mirrored.", valueName: "BYTES"))
+    var maxBodyBytes: Int?
+    @Option(help: ArgumentHelp("Copies in flight at once per worker (default 256); beyond, requests are not mirrored.", valueName: "N"))
+    var maxInFlight: Int?
+    @Option(help: ArgumentHelp("Only apply if the state is still at this generation (else exit 1, 412).", valueName: "GENERATION"))
+    var ifMatch: UInt64?
+    @OptionGroup var waitOption: WaitOption
+    @OptionGroup var options: AdminOptions
+
+    func validate() throws {
+        switch words.count {
+        case 0:
+            if methods != nil || maxBodyBytes != nil || maxInFlight != nil || ifMatch != nil {
+                throw ValidationError("options set the mirror: give POOL PERCENT too")
+            }
+        case 1:
+            guard words[0] == "off" else { throw ValidationError("expected POOL PERCENT or off, got \"\(words[0])\"") }
+            if methods != nil || maxBodyBytes != nil || maxInFlight != nil {
+                throw ValidationError("mirror off takes no --methods, --max-body-bytes or --max-in-flight")
+            }
+        case 2:
+            guard case .success(let bp) = Percent.parseBasisPoints(words[1]), bp > 0 else {
+                throw ValidationError("\"\(words[1])\" is not a percentage above 0 and at most 100 with at most two decimals")
+            }
+        default:
+            throw ValidationError("expected POOL PERCENT or off")
+        }
+    }
+
+    func run() throws {
+        let answer: [String: Any]
+        switch words.count {
+        case 0:
+            answer = try callAdmin(options, "GET", "/v1/mirror")
+        case 1:
+            answer = try callAdmin(options, "DELETE", "/v1/mirror", ifMatch: ifMatch, wait: waitOption)
+        default:
+            var body = "{\"pool\":\(JSONWriter.quote(words[0])),\"percent\":\(words[1])"
+            if let methods {
+                let list = methods.split(separator: ",").map { JSONWriter.quote($0.trimmingCharacters(in: .whitespaces).uppercased()) }
+                body += ",\"methods\":[\(list.joined(separator: ","))]"
+            }
+            if let maxBodyBytes { body += ",\"max_body_bytes\":\(maxBodyBytes)" }
+            if let maxInFlight { body += ",\"max_in_flight\":\(maxInFlight)" }
+            answer = try callAdmin(options, "PUT", "/v1/mirror", json: body + "}", ifMatch: ifMatch, wait: waitOption)
+        }
+        if !options.json { print(MirrorText.render(answer)) }
+    }
+}
+
+/// Renders `GET /v1/mirror` (and the `mirror` member of `GET /v1/state`).
+enum MirrorText {
+    static func render(_ m: [String: Any]) -> String {
+        var lines: [String] = []
+        if let spec = m["mirror"] as? [String: Any] {
+            let methods = (spec["methods"] as? [String] ?? []).joined(separator: ",")
+            lines.append("mirror: \(spec["pool"] ?? "?") \(StateTable.percent(spec["percent"])) of \(methods)"
+                         + "   (bodies up to \(spec["max_body_bytes"] ?? "?") bytes, \(spec["max_in_flight"] ?? "?") in flight per worker)")
+        } else {
+            lines.append("mirror: off")
+        }
+        let observed = m["observed"] as? [String: Any] ?? [:]
+        for pool in observed.keys.sorted() {
+            guard let o = observed[pool] as? [String: Any] else { continue }
+            let r = o["responses"] as? [String: Any] ?? [:]
+            let d = o["dropped"] as? [String: Any] ?? [:]
+            let dropped = d.keys.sorted().compactMap { k in ((d[k] as? NSNumber)?.intValue ?? 0) > 0 ? "\(k)=\(d[k]!)" : nil }
+            func ms(_ v: Any?) -> String { (v as? NSNumber).map { String(format: "%.1fms", $0.doubleValue) } ?? "-" }
+            lines.append("  \(pool): \(o["requests"] ?? 0) copies   2xx \(r["2xx"] ?? 0)  3xx \(r["3xx"] ?? 0)  4xx \(r["4xx"] ?? 0)  5xx \(r["5xx"] ?? 0)"
+                         + "   no answer \(o["errors"] ?? 0)   p50 \(ms(o["p50_ms"]))  p99 \(ms(o["p99_ms"]))"
+                         + "   not copied: \(dropped.isEmpty ? "0" : dropped.joined(separator: " "))")
+        }
+        return lines.joined(separator: "\n")
     }
 }

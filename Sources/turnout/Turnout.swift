@@ -14,7 +14,7 @@ struct Turnout: ParsableCommand {
             See README.md for the config file reference.
             """,
         version: TurnoutVersion.text,
-        subcommands: [Serve.self, Demo.self, CheckConfig.self, Status.self, Switch.self, Weights.self, Rollback.self, Reload.self, Ramp.self, Events.self, Endpoints.self, WaitDrained.self]
+        subcommands: [Serve.self, Demo.self, CheckConfig.self, Status.self, Switch.self, Weights.self, Rollback.self, Mirror.self, Reload.self, Ramp.self, Events.self, Endpoints.self, WaitDrained.self]
     )
 
     /// Exit status: 0 success, 1 refused or failed, 2 bad usage (ArgumentParser's 64 becomes 2).

@@ -94,7 +94,8 @@ import TurnoutCore
             var fds: [Int32] = [0, 0]
             precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
             _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
-            let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats, clientIP: "127.0.0.1",
+            let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats,
+                                        mirrors: MirrorRunner(loop: loop, context: context, pool: pool, stats: stats), clientIP: "127.0.0.1",
                                         scheme: "http", onClose: {})
             let conn = HTTP1Connection(transport: SocketChannel(fd: fds[0], loop: loop), env: env, acceptsPriorKnowledgeH2: true)
             loop.queue.sync { conn.start() }

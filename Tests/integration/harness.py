@@ -81,6 +81,12 @@ class Upstream:
         with urllib.request.urlopen(f"http://{self.address}/stats", timeout=5) as r:
             return json.loads(r.read())
 
+    def recorded(self):
+        """The requests this upstream served: method, path, mirror mark, body length and sha256."""
+        import urllib.request
+        with urllib.request.urlopen(f"http://{self.address}/recorded", timeout=5) as r:
+            return json.loads(r.read())
+
 
 class Turnout:
     """A `turnout serve` process with a generated config. Listens on a port picked by the kernel."""

@@ -21,6 +21,8 @@ Paths:
   /                   with --drop-keepalive F: after a fraction F of answers the connection is
                       closed a moment later, like an upstream's idle timeout racing a new request
   /stats              JSON: data connections accepted and requests served (probes and /stats excluded)
+  /recorded           JSON: the last 10,000 requests served (probes, /stats and /recorded excluded):
+                      method, path, X-Turnout-Mirror header, body length and sha256
   anything else       200 with the server's name as body and X-Served-By header
 """
 import argparse
@@ -52,6 +54,7 @@ class Stats:
     lock = threading.Lock()
     connections = 0
     requests = 0
+    recorded = []
 
 
 def ws_frame(opcode, payload, mask=None):
@@ -135,6 +138,13 @@ class Handler(BaseHTTPRequestHandler):
             n = self.consume(int(self.headers.get("Content-Length", "0") or 0), h)
         return n, h.hexdigest()
 
+    def record(self, n, digest):
+        entry = {"method": self.command, "path": self.path, "mirror": self.headers.get("X-Turnout-Mirror"),
+                 "body_length": n, "body_sha256": digest}
+        with Stats.lock:
+            Stats.recorded.append(entry)
+            del Stats.recorded[:-10000]
+
     def consume(self, left, h):
         """Reads exactly `left` body bytes into hash `h`; returns how many."""
         total = left
@@ -189,7 +199,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         # Probes and the test's own /stats calls are not counted: they did not come through the proxy.
-        counted = url.path not in ("/healthz", "/stats")
+        counted = url.path not in ("/healthz", "/stats", "/recorded")
         if counted and not self.counted:
             self.counted = True
             with Stats.lock:
@@ -204,8 +214,15 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self.send_plain(200, b"ok\n")
             return
+        if url.path == "/recorded":
+            self.read_body()
+            with Stats.lock:
+                body = json.dumps(Stats.recorded).encode()
+            self.send_plain(200, body, [("Content-Type", "application/json")])
+            return
         if url.path == "/echo":
             n, digest = self.read_body()
+            self.record(n, digest)
             body = json.dumps({
                 "name": self.name, "method": self.command, "path": self.path,
                 "version": self.request_version, "headers": [[k, v] for k, v in self.headers.items()],
@@ -213,7 +230,8 @@ class Handler(BaseHTTPRequestHandler):
             }).encode()
             self.send_plain(200, body, [("Content-Type", "application/json")])
             return
-        n, _ = self.read_body()
+        n, digest = self.read_body()
+        self.record(n, digest)
         if self.delay_file and url.path == "/" and os.path.exists(self.delay_file):
             time.sleep(float(open(self.delay_file).read().strip() or "0") / 1000)
         if self.fail_file and url.path == "/" and os.path.exists(self.fail_file):

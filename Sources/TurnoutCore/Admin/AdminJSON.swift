@@ -56,22 +56,57 @@ public enum AdminJSON {
         }
         var out: [String: Int] = [:]
         for (pool, raw) in dict.sorted(by: { $0.key < $1.key }) {
-            guard !isBool(raw), let n = raw as? NSNumber else {
-                throw .badRequest("weight of \(pool) must be a number", code: "wrong_type")
-            }
-            let d = n.doubleValue
-            guard d.isFinite, d >= 0, d <= 100 else {
-                throw .badRequest("weight of \(pool) must be between 0 and 100", code: "invalid_weights")
-            }
-            // The shortest decimal that round-trips is what the client wrote, give or take trailing zeros.
-            let text = d == d.rounded() ? String(Int(d)) : "\(d)"
-            switch Percent.parseBasisPoints(text) {
-            case .success(let bp): out[pool] = bp
-            case .failure:
-                throw .badRequest("weight of \(pool) has more than two decimals (0.01% resolution)", code: "invalid_weights")
-            }
+            out[pool] = try percent(raw, name: "weight of \(pool)", code: "invalid_weights")
         }
         return out
+    }
+
+    /// A percentage (a JSON number from 0 to 100, at most two decimals) into basis points; `name`
+    /// starts the error message, `code` is the error code of a number out of range.
+    public static func percent(_ raw: Any, name: String, code: String) throws(AdminError) -> Int {
+        guard !isBool(raw), let n = raw as? NSNumber else {
+            throw .badRequest("\(name) must be a number", code: "wrong_type")
+        }
+        let d = n.doubleValue
+        guard d.isFinite, d >= 0, d <= 100 else {
+            throw .badRequest("\(name) must be between 0 and 100", code: code)
+        }
+        // The shortest decimal that round-trips is what the client wrote, give or take trailing zeros.
+        let text = d == d.rounded() ? String(Int(d)) : "\(d)"
+        switch Percent.parseBasisPoints(text) {
+        case .success(let bp): return bp
+        case .failure: throw .badRequest("\(name) has more than two decimals (0.01% resolution)", code: code)
+        }
+    }
+
+    /// A whole number from `min` to `max`.
+    public static func int(_ obj: [String: Any], _ key: String, min: Int, max: Int) throws(AdminError) -> Int? {
+        guard let v = obj[key], !(v is NSNull) else { return nil }
+        guard !isBool(v), let n = v as? NSNumber, n.doubleValue == n.doubleValue.rounded(),
+              n.doubleValue >= Double(min), n.doubleValue <= Double(max)
+        else {
+            throw .badRequest("field \"\(key)\" must be a whole number from \(min) to \(max)", code: "wrong_type")
+        }
+        return n.intValue
+    }
+
+    /// The body of `PUT /v1/mirror`: `{"pool","percent","methods","max_body_bytes","max_in_flight"}`,
+    /// or `null` (mirroring off). The spec is checked against the pools by `RoutingCommands.setMirror`.
+    public static func mirror(_ body: [UInt8]) throws(AdminError) -> MirrorSpec? {
+        if String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) == "null" { return nil }
+        let obj = try object(body, allowed: ["pool", "percent", "methods", "max_body_bytes", "max_in_flight"])
+        let pool = try string(obj, "pool", required: true)!
+        guard let rawPercent = obj["percent"] else { throw .badRequest("missing field \"percent\"", code: "missing_field") }
+        var spec = MirrorSpec(pool: pool, percentBP: try percent(rawPercent, name: "percent", code: "invalid_mirror"))
+        if let v = obj["methods"], !(v is NSNull) {
+            guard let list = v as? [Any], list.allSatisfy({ $0 is String && !isBool($0) }) else {
+                throw .badRequest("methods must be a list of method names, e.g. [\"GET\", \"HEAD\"]", code: "wrong_type")
+            }
+            spec.methods = list.map { ($0 as! String).uppercased() }
+        }
+        if let n = try int(obj, "max_body_bytes", min: 0, max: MirrorSpec.maxMaxBodyBytes) { spec.maxBodyBytes = n }
+        if let n = try int(obj, "max_in_flight", min: 1, max: MirrorSpec.maxMaxInFlight) { spec.maxInFlight = n }
+        return spec
     }
 }
 
@@ -96,6 +131,33 @@ public enum JSONWriter {
             }
         }
         return out + "\""
+    }
+
+    /// The mirror as the admin API shows it: the spec in force (null when off) and what each pool
+    /// that received copies observed since start.
+    public static func mirror(_ spec: MirrorSpec?, traffic: TrafficStats) -> String {
+        var out = "{\"mirror\":" + mirrorSpec(spec)
+        var pools = Set(traffic.mirror.keys).union(traffic.mirrorDropped.keys)
+        if let s = spec { pools.insert(s.pool) }
+        out += ",\"observed\":{" + pools.sorted().map { name in
+            let s = traffic.mirror[name] ?? EndpointStats()
+            let d = traffic.mirrorDropped[name] ?? []
+            func ms(_ q: Double) -> String { s.latency.quantile(q).map { String(format: "%.3f", Double($0) / 1000) } ?? "null" }
+            return "\(quote(name)):{\"requests\":\(s.requests),\"responses\":{"
+                + (1...5).map { "\"\($0)xx\":\(s.byClass[$0])" }.joined(separator: ",")
+                + "},\"errors\":\(s.proxyErrors),\"p50_ms\":\(ms(0.5)),\"p99_ms\":\(ms(0.99)),\"dropped\":{"
+                + MirrorDrop.allCases.map { "\"\($0.label)\":\(d.indices.contains($0.rawValue) ? d[$0.rawValue] : 0)" }.joined(separator: ",")
+                + "}}"
+        }.joined(separator: ",") + "}}"
+        return out
+    }
+
+    /// `{"pool","percent","methods","max_body_bytes","max_in_flight"}`, or `null` when off.
+    public static func mirrorSpec(_ spec: MirrorSpec?) -> String {
+        guard let s = spec else { return "null" }
+        return "{\"pool\":\(quote(s.pool)),\"percent\":\(Percent.format(basisPoints: s.percentBP))"
+            + ",\"methods\":[\(s.methods.map(quote).joined(separator: ","))]"
+            + ",\"max_body_bytes\":\(s.maxBodyBytes),\"max_in_flight\":\(s.maxInFlight)}"
     }
 
     public static func weights(_ w: [String: Int], order: [String]) -> String {

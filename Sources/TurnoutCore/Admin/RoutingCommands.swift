@@ -103,7 +103,23 @@ public enum RoutingCommands {
         let previous = previous ?? state.settled
         return RoutingState(generation: state.generation + 1, live: live, weights: weights,
                             previousWeights: previous.weights, previousLive: previous.live, ramp: state.ramp,
-                            endpoints: state.endpoints)
+                            endpoints: state.endpoints, mirror: state.mirror)
+    }
+
+    // MARK: mirroring
+
+    /// Turns mirroring on (or changes it) with `spec`, or off with nil. A new generation; the
+    /// weights and any ramp are untouched. Setting what is already in force changes nothing.
+    public static func setMirror(_ spec: MirrorSpec?, state: RoutingState, pools: PoolView) throws(AdminError) -> RoutingState {
+        if let spec, let problem = spec.problem(pools: pools.names) {
+            if !pools.names.contains(spec.pool) { throw AdminError(404, "unknown_pool", problem) }
+            throw .badRequest(problem, code: "invalid_mirror")
+        }
+        if spec == state.mirror { return state }
+        var next = state
+        next.mirror = spec
+        next.generation += 1
+        return next
     }
 
     // MARK: ramps
@@ -175,7 +191,8 @@ public enum RoutingCommands {
         for n in pools.names { weights[n] = ramp.preRampWeights[n] ?? 0 }
         let live = pools.names.contains(ramp.preRampLive) ? ramp.preRampLive : state.live
         return RoutingState(generation: state.generation + 1, live: RoutingState.liveAfter(weights: weights, currentLive: live, order: pools.names),
-                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp, endpoints: state.endpoints)
+                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp, endpoints: state.endpoints,
+                            mirror: state.mirror)
     }
 
     public static func abortRamp(state: RoutingState, pools: PoolView, reason: String = "aborted by the operator") throws(AdminError) -> RoutingState {

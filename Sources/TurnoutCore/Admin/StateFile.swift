@@ -21,6 +21,9 @@ public enum StateFile {
         var change: RoutingChange?
         /// Run-time endpoint changes, by pool and address (absent when there are none).
         var endpoints: [String: [String: EndpointOverride]]?
+        /// Traffic mirroring: "off" or the spec. Absent in documents written before mirroring
+        /// existed; those take the config's `routing.mirror`.
+        var mirror: MirrorSetting?
     }
 
     public struct LoadError: Error, CustomStringConvertible, Sendable {
@@ -107,9 +110,16 @@ public enum StateFile {
         // Files written before live was kept on a pool with weight could name a pool at 0%.
         let order = config.pools.map(\.name)
         let live = RoutingState.liveAfter(weights: weights, currentLive: doc.live, order: order)
+        var mirror = config.routing.mirror
+        if let setting = doc.mirror {
+            mirror = setting.spec
+            if let spec = mirror, let problem = spec.problem(pools: config.pools.map(\.name)) {
+                throw Invalid("holds a mirror that cannot be used: \(problem) (edit the config, or start with --reset-state)")
+            }
+        }
         return RoutingState(generation: generation, live: live, weights: weights,
                             previousWeights: previous, previousLive: doc.previous_live.flatMap { names.contains($0) ? $0 : nil },
-                            ramp: doc.ramp, endpoints: endpoints)
+                            ramp: doc.ramp, endpoints: endpoints, mirror: mirror)
     }
 
     public struct WriteError: Error, CustomStringConvertible, Sendable {
@@ -131,7 +141,7 @@ public enum StateFile {
         let doc = Document(format: format, generation: state.generation, live: state.live, weights_bp: state.weights,
                            previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
                            updated_at: Timestamp.iso8601(), ramp: state.ramp,
-                           endpoints: state.endpoints.isEmpty ? nil : state.endpoints)
+                           endpoints: state.endpoints.isEmpty ? nil : state.endpoints, mirror: MirrorSetting(state.mirror))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted]
         do { return try encoder.encode(doc) + [UInt8(ascii: "\n")] } catch { throw WriteError(path: path, reason: "\(error)") }

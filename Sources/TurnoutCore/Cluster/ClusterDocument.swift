@@ -34,7 +34,8 @@ public enum ClusterDocument {
         let doc = StateFile.Document(format: StateFile.format, generation: nil, live: state.live, weights_bp: state.weights,
                                      previous_weights_bp: state.previousWeights, previous_live: state.previousLive,
                                      updated_at: change?.at ?? Timestamp.iso8601(), ramp: state.ramp, change: change,
-                                     endpoints: state.endpoints.isEmpty ? nil : state.endpoints)
+                                     endpoints: state.endpoints.isEmpty ? nil : state.endpoints,
+                                     mirror: MirrorSetting(state.mirror))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         // Encoding these plain values cannot fail.

@@ -513,7 +513,8 @@ private struct Reader {
         var preview: String?
         var failover = true
         var sawWeights = false
-        if let node, let fields = entries(node, "routing", allowed: ["weights", "sticky", "preview_header", "failover"]) {
+        var mirror: MirrorSpec?
+        if let node, let fields = entries(node, "routing", allowed: ["weights", "sticky", "preview_header", "failover", "mirror"]) {
             for (k, v) in fields {
                 switch k {
                 case "weights":
@@ -559,6 +560,7 @@ private struct Reader {
                         }
                     }
                 case "failover": failover = bool(v, "routing.failover") ?? true
+                case "mirror": mirror = readMirror(v, pools: pools)
                 default: break
                 }
             }
@@ -567,7 +569,63 @@ private struct Reader {
             weights[first.name] = 10_000
         }
         for p in pools where weights[p.name] == nil { weights[p.name] = 0 }
-        return RoutingConfig(weights: weights, sticky: sticky, previewHeader: preview, failover: failover)
+        return RoutingConfig(weights: weights, sticky: sticky, previewHeader: preview, failover: failover, mirror: mirror)
+    }
+
+    /// `routing.mirror: { pool, percent, methods, max_body_bytes, max_in_flight }`, or `off`.
+    mutating func readMirror(_ node: Node, pools: [PoolConfig]) -> MirrorSpec? {
+        if case .scalar(let s) = node, s.string == "off" || s.string == "false" { return nil }
+        guard let fields = entries(node, "routing.mirror", allowed: ["pool", "percent", "methods", "max_body_bytes", "max_in_flight"]) else {
+            return nil
+        }
+        var pool: String?
+        var percent: Int?
+        var spec = MirrorSpec(pool: "", percentBP: 0)
+        var ok = true
+        for (k, v) in fields {
+            let path = "routing.mirror.\(k)"
+            switch k {
+            case "pool":
+                pool = nonEmptyString(v, path)
+                if let p = pool, !pools.contains(where: { $0.name == p }) {
+                    fail(path, "no pool named \"\(p)\" (pools: \(pools.map(\.name).joined(separator: ", ")))")
+                    ok = false
+                }
+            case "percent":
+                guard case .scalar(let s) = v else { fail(path, "expected a percentage"); ok = false; continue }
+                switch Percent.parseBasisPoints(s.string) {
+                case .success(let bp) where bp > 0: percent = bp
+                case .success: fail(path, "must be above 0 (to mirror nothing, leave routing.mirror out)"); ok = false
+                case .failure(let p): fail(path, p.message); ok = false
+                }
+            case "methods":
+                guard case .sequence(let items) = v else { fail(path, "expected a list of methods such as [GET, HEAD]"); ok = false; continue }
+                var methods: [String] = []
+                for item in items {
+                    guard let m = nonEmptyString(item, path) else { ok = false; continue }
+                    methods.append(m.uppercased())
+                }
+                spec.methods = methods
+            case "max_body_bytes":
+                if let n = int(v, path, min: 0, max: MirrorSpec.maxMaxBodyBytes) { spec.maxBodyBytes = n } else { ok = false }
+            case "max_in_flight":
+                if let n = int(v, path, min: 1, max: MirrorSpec.maxMaxInFlight) { spec.maxInFlight = n } else { ok = false }
+            default: break
+            }
+        }
+        if pool == nil { fail("routing.mirror.pool", "required: the pool that receives the copies"); ok = false }
+        if percent == nil && fields.allSatisfy({ $0.0 != "percent" }) {
+            fail("routing.mirror.percent", "required: the share of requests copied, e.g. 10")
+            ok = false
+        }
+        guard ok, let pool, let percent else { return nil }
+        spec.pool = pool
+        spec.percentBP = percent
+        if let problem = spec.problem(pools: pools.map(\.name)) {
+            fail("routing.mirror", problem)
+            return nil
+        }
+        return spec
     }
 
     mutating func readHealth(_ node: Node) -> HealthConfig {

@@ -241,7 +241,11 @@ public struct RoutingConfig: Sendable, Equatable {
     public var sticky: StickyKey?
     public var previewHeader: String?
     public var failover: Bool
-    public init(weights: [String: Int], sticky: StickyKey? = nil, previewHeader: String? = nil, failover: Bool = true) {
+    /// Traffic mirroring at start-up (when no state file says otherwise).
+    public var mirror: MirrorSpec?
+    public init(weights: [String: Int], sticky: StickyKey? = nil, previewHeader: String? = nil, failover: Bool = true,
+                mirror: MirrorSpec? = nil) {
+        self.mirror = mirror
         self.weights = weights
         self.sticky = sticky
         self.previewHeader = previewHeader

@@ -40,18 +40,34 @@ public struct EndpointStats: Sendable, Equatable {
 public struct TrafficStats: Sendable, Equatable {
     public var endpoints: [Int: EndpointStats] = [:]
     public var poolOnly: [String: EndpointStats] = [:]
+    /// Mirror copies by mirror pool: their answers, Turnout's own failures and latency. Never part
+    /// of the pools' own figures (a ramp judges a pool on live traffic only).
+    public var mirror: [String: EndpointStats] = [:]
+    /// Copies not made, by mirror pool, indexed by `MirrorDrop.rawValue`.
+    public var mirrorDropped: [String: [UInt64]] = [:]
 
     public init() {}
 
     public mutating func add(_ o: TrafficStats) {
         for (k, v) in o.endpoints { endpoints[k, default: EndpointStats()].add(v) }
         for (k, v) in o.poolOnly { poolOnly[k, default: EndpointStats()].add(v) }
+        for (k, v) in o.mirror { mirror[k, default: EndpointStats()].add(v) }
+        for (k, v) in o.mirrorDropped {
+            var sum = mirrorDropped[k] ?? [UInt64](repeating: 0, count: MirrorDrop.allCases.count)
+            for i in v.indices where i < sum.count { sum[i] &+= v[i] }
+            mirrorDropped[k] = sum
+        }
     }
 
     public func since(_ e: TrafficStats) -> TrafficStats {
         var out = TrafficStats()
         for (k, v) in endpoints { out.endpoints[k] = v.since(e.endpoints[k] ?? EndpointStats()) }
         for (k, v) in poolOnly { out.poolOnly[k] = v.since(e.poolOnly[k] ?? EndpointStats()) }
+        for (k, v) in mirror { out.mirror[k] = v.since(e.mirror[k] ?? EndpointStats()) }
+        for (k, v) in mirrorDropped {
+            let before = e.mirrorDropped[k] ?? []
+            out.mirrorDropped[k] = v.indices.map { v[$0] &- (before.indices.contains($0) ? before[$0] : 0) }
+        }
         return out
     }
 
@@ -60,5 +76,27 @@ public struct TrafficStats: Sendable, Equatable {
         var s = poolOnly[name] ?? EndpointStats()
         for id in endpointIDs { if let e = endpoints[id] { s.add(e) } }
         return s
+    }
+}
+
+/// Why a request was not copied to the mirror pool.
+public enum MirrorDrop: Int, Sendable, CaseIterable {
+    /// `max_in_flight` copies were already under way on the loop.
+    case busy
+    /// The mirror pool had no endpoint taking traffic.
+    case unavailable
+    /// The request body was longer than `max_body_bytes`.
+    case bodyTooLarge
+    /// The request never became whole (the client went away, or it was refused).
+    case incomplete
+
+    /// The label in metrics and status.
+    public var label: String {
+        switch self {
+        case .busy: "busy"
+        case .unavailable: "unavailable"
+        case .bodyTooLarge: "body_too_large"
+        case .incomplete: "incomplete"
+        }
     }
 }

@@ -11,6 +11,8 @@ public enum RequestPlan {
 
     public struct Forward {
         public let poolName: String
+        /// The pool's index in the routing table the plan was made on.
+        public let poolIndex: Int
         public let endpoint: UpstreamEndpoint
         public let reason: RouteDecision.Reason
         /// The cohort cookie to give a new client.
@@ -47,7 +49,7 @@ public enum RequestPlan {
         guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
         let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
                                                           fallbackHost: endpoint.description, upgrade: upgrade)
-        return .forward(Forward(poolName: poolName, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
+        return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
                                 upstreamHead: upstreamHead, upgrade: upgrade != nil))
     }
 

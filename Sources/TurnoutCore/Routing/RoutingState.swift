@@ -13,10 +13,12 @@ public struct RoutingState: Sendable, Equatable, Codable {
     /// Run-time endpoint changes (added, removed, drained, in maintenance, weighted), by pool and
     /// address. Only non-neutral overrides are kept.
     public var endpoints: [String: [String: EndpointOverride]]
+    /// Traffic mirroring, nil when off. Not touched by switches, weights, rollbacks or ramps.
+    public var mirror: MirrorSpec?
 
     public init(generation: UInt64, live: String, weights: [String: Int],
                 previousWeights: [String: Int]? = nil, previousLive: String? = nil, ramp: RampState? = nil,
-                endpoints: [String: [String: EndpointOverride]] = [:]) {
+                endpoints: [String: [String: EndpointOverride]] = [:], mirror: MirrorSpec? = nil) {
         self.generation = generation
         self.live = live
         self.weights = weights
@@ -24,6 +26,7 @@ public struct RoutingState: Sendable, Equatable, Codable {
         self.previousLive = previousLive
         self.ramp = ramp
         self.endpoints = endpoints
+        self.mirror = mirror
     }
 
     /// The override of one endpoint, neutral when none is set.
@@ -53,7 +56,7 @@ public struct RoutingState: Sendable, Equatable, Codable {
             let w = weights[p.name] ?? 0
             if w > best { best = w; live = p.name }
         }
-        return RoutingState(generation: 1, live: live, weights: weights)
+        return RoutingState(generation: 1, live: live, weights: weights, mirror: config.routing.mirror)
     }
 
     /// The live pool after weights change: a pool at 100% becomes live; otherwise live stays while

@@ -172,7 +172,7 @@ public final class RoutingStore: Sendable {
     /// (same pool, same address) keeps its identity, health and counters; a new one starts unknown
     /// (it takes traffic once probed healthy). Runtime weights, the live pool and run-time endpoint
     /// changes are kept; a new pool gets weight 0. Refused, changing nothing, when a pool that is
-    /// live, has weight, or is being ramped would disappear. A changed state (pools added or
+    /// live, has weight, is being ramped or receives mirrored traffic would disappear. A changed state (pools added or
     /// removed) is persisted first.
     public func reconfigure<E: Error>(_ config: TurnoutConfig, persist: (RoutingState) throws(E) -> Void,
                                       refuse: (String) -> E) throws(E) -> Reconfiguration {
@@ -188,6 +188,9 @@ public final class RoutingStore: Sendable {
                 }
                 if let ramp = inner.state.ramp, ramp.isActive, ramp.plan.pool == name || ramp.preRampLive == name {
                     throw refuse("pool \(name) is part of a running ramp")
+                }
+                if inner.state.mirror?.pool == name {
+                    throw refuse("pool \(name) receives mirrored traffic; turn mirroring off (turnout mirror off) before removing it")
                 }
                 removedPools.append(name)
             }
@@ -433,8 +436,13 @@ public final class RoutingStore: Sendable {
             if entry.pool.name == inner.state.live { live = i }
         }
         let routing = topology.routing
+        var mirror: MirrorRoute?
+        if let spec = inner.state.mirror, let index = pools.firstIndex(where: { $0.name == spec.pool }) {
+            mirror = MirrorRoute(pool: index, spec: spec)
+        }
         return RoutingTable(generation: inner.state.generation, live: live, pools: pools, weights: weights,
-                            sticky: routing.sticky, previewHeader: routing.previewHeader, failover: routing.failover)
+                            sticky: routing.sticky, previewHeader: routing.previewHeader, failover: routing.failover,
+                            mirror: mirror)
     }
 }
 
@@ -476,7 +484,7 @@ extension RoutingStore {
     /// The document `GET /v1/state` returns: generation, live pool, weights, previous weights, and
     /// every endpoint with its health, state and load.
     /// `poolFields`: more JSON members for a pool's object, by pool (each starts with a comma).
-    public func stateJSON(ramp: String = "null", cluster: String = "null", nowNanos: UInt64, poolFields: [String: String] = [:]) -> String {
+    public func stateJSON(ramp: String = "null", mirror: String = "null", cluster: String = "null", nowNanos: UInt64, poolFields: [String: String] = [:]) -> String {
         let (state, health, ejected) = inner.withLock { ($0.state, $0.health, $0.ejected) }
         let order = poolNames
         var out = "{\"generation\":\(state.generation),\"live\":\(JSONWriter.quote(state.live))"
@@ -487,7 +495,7 @@ extension RoutingStore {
             let eps = entry.members.map { Self.endpointJSON($0, health: health, ejected: ejected, nowNanos: nowNanos) }
             return "\(JSONWriter.quote(entry.pool.name)):{\"endpoints\":[\(eps.joined(separator: ","))]\(poolFields[entry.pool.name] ?? "")}"
         }.joined(separator: ",")
-        out += "},\"ramp\":\(ramp),\"cluster\":\(cluster)}"
+        out += "},\"ramp\":\(ramp),\"mirror\":\(mirror),\"cluster\":\(cluster)}"
         return out
     }
 

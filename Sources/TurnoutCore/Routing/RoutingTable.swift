@@ -15,6 +15,8 @@ public final class RoutingTable: AtomicReference, Sendable {
     public let sticky: StickyKey?
     public let previewHeader: String?
     public let failover: Bool
+    /// Traffic mirroring, when on.
+    public let mirror: MirrorRoute?
 
     /// One period of the smooth weighted round-robin order, as pool indices.
     let sequence: [Int]
@@ -25,7 +27,7 @@ public final class RoutingTable: AtomicReference, Sendable {
     private let healthyByID: [Bool]
 
     public init(generation: UInt64, live: Int, pools: [PoolRoute], weights: [Int],
-                sticky: StickyKey?, previewHeader: String?, failover: Bool) {
+                sticky: StickyKey?, previewHeader: String?, failover: Bool, mirror: MirrorRoute? = nil) {
         precondition(pools.count == weights.count && pools.indices.contains(live))
         self.generation = generation
         self.live = live
@@ -34,6 +36,7 @@ public final class RoutingTable: AtomicReference, Sendable {
         self.sticky = sticky
         self.previewHeader = previewHeader
         self.failover = failover
+        self.mirror = mirror
         self.sequence = Self.smoothWeightedOrder(weights)
         var buckets: [(upper: Int, pool: Int)] = []
         var upper = 0

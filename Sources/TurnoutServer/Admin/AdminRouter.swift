@@ -45,6 +45,8 @@ final class AdminRouter: @unchecked Sendable {
     var metrics: () -> String = { "" }
     /// `GET /v1/stats`: the dashboard's traffic history (set by the server).
     var stats: () -> String = { "{}" }
+    /// Traffic counters summed over the loops (set by the server, which owns them).
+    var traffic: () -> TrafficStats = { TrafficStats() }
     /// Extra members of each pool's object in `/v1/state` (discovery status; set by the server).
     var poolFields: () -> [String: String] = { [:] }
     /// Cluster mode: routing changes go through etcd (set by the server before the admin API serves).
@@ -69,7 +71,7 @@ final class AdminRouter: @unchecked Sendable {
             "/v1/state": ["GET"], "/v1/switch": ["POST"], "/v1/weights": ["PUT"], "/v1/rollback": ["POST"],
             "/healthz": ["GET"], "/v1/ramp": ["GET", "POST", "DELETE"], "/v1/ramp/pause": ["POST"],
             "/v1/ramp/resume": ["POST"], "/v1/events": ["GET"], "/metrics": ["GET"], "/v1/reload": ["POST"],
-            "/v1/drain": ["GET"], "/v1/stats": ["GET"],
+            "/v1/drain": ["GET"], "/v1/stats": ["GET"], "/v1/mirror": ["GET", "PUT", "DELETE"],
         ]
         guard let methods = routes[path] else {
             return .error(AdminError(404, "not_found", "no admin endpoint \(path)"))
@@ -118,6 +120,15 @@ final class AdminRouter: @unchecked Sendable {
             case "/v1/ramp/resume":
                 return try mutate(req, action: "ramp resumed", kind: "ramp_resumed", respond: { $0.rampResponse(status: 200) }) { state, _ throws(AdminError) in
                     try RoutingCommands.resumeRamp(state: state, now: Date())
+                }
+            case "/v1/mirror":
+                if method == "GET" { return mirrorResponse() }
+                let spec = method == "DELETE" ? nil : try AdminJSON.mirror(req.body)
+                if method == "DELETE" && !req.body.isEmpty { _ = try AdminJSON.object(req.body, allowed: []) }
+                let action = spec.map { "mirror \($0.summary)" } ?? "mirror off"
+                return try mutate(req, action: action, kind: "mirror", fields: [("mirror", JSONWriter.mirrorSpec(spec))],
+                                  respond: { $0.mirrorResponse() }) { state, view throws(AdminError) in
+                    try RoutingCommands.setMirror(spec, state: state, pools: view)
                 }
             case "/v1/switch":
                 let obj = try AdminJSON.object(req.body, allowed: ["pool", "force"])
@@ -259,9 +270,16 @@ final class AdminRouter: @unchecked Sendable {
         return respond(self)
     }
 
+    func mirrorResponse() -> AdminResponse {
+        let state = store.state
+        return AdminResponse(status: 200, body: JSONWriter.mirror(state.mirror, traffic: traffic()),
+                             headers: [("ETag", "\"\(state.generation)\"")])
+    }
+
     func stateResponse(status: Int) -> AdminResponse {
         let state = store.state
-        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), cluster: cluster?.stateJSON() ?? "null", nowNanos: EventLoop.now(), poolFields: poolFields()),
+        return AdminResponse(status: status, body: store.stateJSON(ramp: rampJSON(state), mirror: JSONWriter.mirror(state.mirror, traffic: traffic()),
+                                                                   cluster: cluster?.stateJSON() ?? "null", nowNanos: EventLoop.now(), poolFields: poolFields()),
                              headers: [("ETag", "\"\(state.generation)\"")])
     }
 

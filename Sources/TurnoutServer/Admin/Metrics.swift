@@ -201,6 +201,8 @@ struct MetricsRenderer {
         family("turnout_pool_live", "gauge", "1 for the live pool.")
         for name in store.poolNames { sample("turnout_pool_live", [("pool", name)], name == state.live ? "1" : "0") }
 
+        renderMirror(state.mirror)
+
         family("turnout_generation", "gauge", "Generation of the routing state (bumped by every change).")
         sample("turnout_generation", [], "\(state.generation)")
 
@@ -229,5 +231,40 @@ struct MetricsRenderer {
             sample("turnout_cluster_write_conflicts_total", [], "\(c.writeConflicts)")
         }
         return out
+    }
+
+    /// The mirror's own figures, for every pool that has been or is the mirror pool.
+    private mutating func renderMirror(_ mirror: MirrorSpec?) {
+        let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        family("turnout_mirror_percent", "gauge", "Share of eligible requests copied to the mirror pool, in percent (0: mirroring off).")
+        for name in store.poolNames {
+            sample("turnout_mirror_percent", [("pool", name)], mirror?.pool == name ? Percent.format(basisPoints: mirror!.percentBP) : "0")
+        }
+        var pools = Set(traffic.mirror.keys).union(traffic.mirrorDropped.keys)
+        if let m = mirror { pools.insert(m.pool) }
+        let names = pools.sorted()
+        family("turnout_mirror_requests_total", "counter", "Mirror copies answered, by mirror pool and status class (Turnout's own 502/503/504 for a copy that failed included).")
+        for name in names {
+            let s = traffic.mirror[name] ?? EndpointStats()
+            for (i, c) in classes.enumerated() { sample("turnout_mirror_requests_total", [("pool", name), ("class", c)], "\(s.byClass[i + 1])") }
+        }
+        family("turnout_mirror_errors_total", "counter", "Mirror copies that got no answer from the mirror pool (connect failure, reset, timeout).")
+        for name in names { sample("turnout_mirror_errors_total", [("pool", name)], "\(traffic.mirror[name]?.proxyErrors ?? 0)") }
+        family("turnout_mirror_request_duration_seconds", "summary", "Latency quantiles of mirror copies since start.")
+        for name in names {
+            let h = traffic.mirror[name]?.latency ?? LatencyHistogram()
+            for q in [0.5, 0.9, 0.99] {
+                sample("turnout_mirror_request_duration_seconds", [("pool", name), ("quantile", String(q))], h.quantile(q).map(Self.seconds) ?? "NaN")
+            }
+            sample("turnout_mirror_request_duration_seconds_sum", [("pool", name)], Self.seconds(h.sumMicros))
+            sample("turnout_mirror_request_duration_seconds_count", [("pool", name)], "\(h.total)")
+        }
+        family("turnout_mirror_dropped_total", "counter", "Requests selected for mirroring but not copied, by reason: busy, unavailable, body_too_large, incomplete.")
+        for name in names {
+            let d = traffic.mirrorDropped[name] ?? []
+            for r in MirrorDrop.allCases {
+                sample("turnout_mirror_dropped_total", [("pool", name), ("reason", r.label)], "\(d.indices.contains(r.rawValue) ? d[r.rawValue] : 0)")
+            }
+        }
     }
 }

@@ -25,6 +25,8 @@ public final class ProxyServer: @unchecked Sendable {
     let group: EventLoopGroup
     let pools: [UpstreamPool]
     let loopStats: [LoopStats]
+    /// Per loop: the mirror copies in flight.
+    let mirrors: [MirrorRunner]
     let prober: HealthProber
     let drainWatcher: DrainWatcher
     let discovery: DiscoveryService
@@ -72,7 +74,12 @@ public final class ProxyServer: @unchecked Sendable {
             pools.append(pool)
         }
         self.pools = pools
-        self.loopStats = group.loops.map { LoopStats(loop: $0) }
+        let loopStats = group.loops.map { LoopStats(loop: $0) }
+        self.loopStats = loopStats
+        let loops = group.loops
+        self.mirrors = loops.indices.map {
+            MirrorRunner(loop: loops[$0], context: context, pool: pools[$0], stats: loopStats[$0])
+        }
         self.prober = HealthProber(context: context)
         self.drainWatcher = DrainWatcher(context: context)
         self.discovery = DiscoveryService(context: context)
@@ -152,6 +159,7 @@ public final class ProxyServer: @unchecked Sendable {
         router.poolFields = { [unowned self] in discovery.stateFields() }
         let dashboardStats = DashboardStats(loop: admin.loop, store: store, collect: { [unowned self] in trafficStats() })
         router.stats = { [unowned self] in dashboardStats.json(probes: prober.lastProbes()) }
+        router.traffic = { [unowned self] in trafficStats() }
         self.dashboardStats = dashboardStats
         router.metrics = { [unowned self] in
             var r = MetricsRenderer(store: store, traffic: trafficStats(), probes: prober.probeCounts(),
@@ -234,7 +242,7 @@ public final class ProxyServer: @unchecked Sendable {
     }
 
     func makeListener(_ l: ListenerConfig) throws -> Listener {
-        try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, registry: registry)
+        try Listener(config: l, group: group, context: context, pools: pools, stats: loopStats, mirrors: mirrors, registry: registry)
     }
 
     /// The listeners now accepting.

@@ -229,7 +229,8 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
     }
 
     private func route(_ head: HTTPRequestHead) {
-        switch RequestPlan.make(head, table: view.table, clientIP: clientIP, scheme: scheme,
+        let table = view.table
+        switch RequestPlan.make(head, table: table, clientIP: clientIP, scheme: scheme,
                                 upgrade: HeaderRewriter.requestedUpgrade(head)) {
         case .unavailable(let poolName):
             respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
@@ -244,7 +245,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
             }
             chunkToClient = false
             closeAfter = false
-            let ex = RequestRouter.exchange(head, plan, env: env, sink: self)
+            let ex = RequestRouter.exchange(head, plan, table: table, env: env, sink: self)
             exchange = ex
             setDeadline(ex.requestComplete ? .none : .body)
             ex.start()

@@ -126,7 +126,8 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
-        switch RequestPlan.make(head, table: c.view.table, clientIP: c.clientIP, scheme: c.scheme,
+        let table = c.view.table
+        switch RequestPlan.make(head, table: table, clientIP: c.clientIP, scheme: c.scheme,
                                 upgrade: websocket ? "websocket" : nil) {
         case .unavailable(let poolName):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
@@ -134,7 +135,7 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 503, message: "no healthy endpoint in pool \(poolName)",
                    extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
         case .forward(let plan):
-            let ex = RequestRouter.exchange(head, plan, env: c.env, sink: self)
+            let ex = RequestRouter.exchange(head, plan, table: table, env: c.env, sink: self)
             exchange = ex
             ex.start()
         }

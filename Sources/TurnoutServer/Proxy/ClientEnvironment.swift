@@ -7,6 +7,8 @@ struct ClientEnvironment {
     let context: ProxyContext
     let pool: UpstreamPool
     let stats: LoopStats
+    /// The loop's mirror copies.
+    let mirrors: MirrorRunner
     let clientIP: String
     /// "https" on TLS listeners.
     let scheme: String

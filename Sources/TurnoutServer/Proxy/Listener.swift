@@ -26,6 +26,7 @@ final class Listener: @unchecked Sendable {
     private let context: ProxyContext
     private let pools: [UpstreamPool]
     private let stats: [LoopStats]
+    private let mirrors: [MirrorRunner]
     private let registry: ConnectionRegistry
     /// The listener's TLS configuration (nil: plain HTTP); certificates can be swapped at run time.
     let tls: TLSCertificates?
@@ -39,7 +40,7 @@ final class Listener: @unchecked Sendable {
     private let closedFD = DispatchSemaphore(value: 0)
 
     init(config: ListenerConfig, group: EventLoopGroup, context: ProxyContext, pools: [UpstreamPool],
-         stats: [LoopStats], registry: ConnectionRegistry) throws {
+         stats: [LoopStats], mirrors: [MirrorRunner], registry: ConnectionRegistry) throws {
         self.config = config
         let addresses = try SocketAddress.resolve(config.address.host, port: config.address.port)
         self.fd = try Sockets.listen(on: addresses[0])
@@ -48,6 +49,7 @@ final class Listener: @unchecked Sendable {
         self.group = group
         self.context = context
         self.pools = pools
+        self.mirrors = mirrors
         self.stats = stats
         self.registry = registry
         do {
@@ -208,7 +210,7 @@ final class Listener: @unchecked Sendable {
             context.openClientConnections.wrappingDecrement(ordering: .relaxed)
             registry.connectionClosed()
         }
-        let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats, clientIP: peer,
+        let env = ClientEnvironment(loop: loop, context: context, pool: pool, stats: stats, mirrors: mirrors[loop.index], clientIP: peer,
                                     scheme: tls == nil ? "http" : "https", onClose: onClose)
         guard let tls else {
             let session: ClientSession

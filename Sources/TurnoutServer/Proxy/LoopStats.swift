@@ -18,17 +18,34 @@ final class LoopStats: @unchecked Sendable {
     private let endpoints = EndpointCounterTable(slots: Slot.count)
     /// Per pool, for requests that found no endpoint.
     private let poolOnly = CounterTable<String>(slots: Slot.count)
+    /// Per mirror pool: the mirror copies' outcomes, and the copies not made by reason.
+    private let mirror = CounterTable<String>(slots: Slot.count)
+    private let mirrorDrops = CounterTable<String>(slots: MirrorDrop.allCases.count)
 
     init(loop: EventLoop) { self.loop = loop }
 
     @inline(__always)
     func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
+        Self.count(endpoint.map { endpoints.block($0.id) } ?? poolOnly.block(pool), status: status, startedAt: startedAt,
+                   proxyGenerated: proxyGenerated)
+    }
+
+    @inline(__always)
+    private static func count(_ block: CounterBlock, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
         let micros = (EventLoop.now() &- startedAt) / 1000
-        let block = endpoint.map { endpoints.block($0.id) } ?? poolOnly.block(pool)
         block.add(min(max(status / 100, 1), 5))
         if proxyGenerated { block.add(Slot.proxyErrors) }
         block.add(Slot.sumMicros, micros)
         block.add(Slot.buckets + LatencyHistogram.index(micros: micros))
+    }
+
+    /// A mirror copy ended (answered, or failed with Turnout's own `status`).
+    func recordMirror(pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
+        Self.count(mirror.block(pool), status: status, startedAt: startedAt, proxyGenerated: proxyGenerated)
+    }
+
+    func mirrorDropped(pool: String, _ reason: MirrorDrop) {
+        mirrorDrops.block(pool).add(reason.rawValue)
     }
 
     /// The counters so far, from any thread.
@@ -36,6 +53,8 @@ final class LoopStats: @unchecked Sendable {
         var out = TrafficStats()
         for (id, b) in endpoints.blocks() { out.endpoints[id] = Self.read(b) }
         for (pool, b) in poolOnly.blocks() { out.poolOnly[pool] = Self.read(b) }
+        for (pool, b) in mirror.blocks() { out.mirror[pool] = Self.read(b) }
+        for (pool, b) in mirrorDrops.blocks() { out.mirrorDropped[pool] = MirrorDrop.allCases.map { b.load($0.rawValue) } }
         return out
     }
 

@@ -5,11 +5,17 @@ import TurnoutCore
 enum RequestRouter {
     /// The exchange of a planned request; `sink` is the client connection or stream. The caller
     /// holds it as its exchange, then calls `start` (which may call the sink back at once).
-    static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, env: ClientEnvironment,
+    /// `table` is the routing table the plan was made on; its mirror decides whether the request
+    /// is also copied to the mirror pool.
+    static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
                          sink: ExchangeSink) -> UpstreamExchange {
-        UpstreamExchange(head: head, upstreamHead: plan.upstreamHead, poolName: plan.poolName, endpoint: plan.endpoint,
-                         reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
-                         context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
+        let ex = UpstreamExchange(head: head, upstreamHead: plan.upstreamHead, poolName: plan.poolName, endpoint: plan.endpoint,
+                                  reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
+                                  context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
+        if table.mirror != nil, let tee = env.mirrors.tee(for: head, plan: plan, table: table, clientIP: env.clientIP) {
+            ex.mirror(tee, runner: env.mirrors)
+        }
+        return ex
     }
 
     /// Counts and logs an answer Turnout gave without reaching an upstream (a 503).

@@ -43,6 +43,11 @@ extension ExchangeSink {
 /// only carries them out on sockets. Loop-confined; used by both the HTTP/1.1 and the HTTP/2
 /// client side.
 final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
+    /// A request for a client, or a copy of one for the mirror pool (counted apart, never logged
+    /// as an access, its answer thrown away).
+    enum Role { case live, mirror }
+
+    let role: Role
     let head: HTTPRequestHead
     /// The request head exactly as sent upstream (kept to replay on a retry).
     let upstreamHead: [UInt8]
@@ -70,6 +75,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private(set) var attempts = 1
     /// Bytes the sink sent to the client for this exchange (it adds them).
     var bytesToClient: Int64 = 0
+    /// The copy of this request for the mirror pool, collecting the body as it goes upstream.
+    private var tee: MirrorTee?
+    private var mirrors: MirrorRunner?
 
     /// Largest response head accepted from an upstream.
     static let maxResponseHead = 64 * 1024
@@ -80,7 +88,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     init(head: HTTPRequestHead, upstreamHead: [UInt8], poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
-         context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false) {
+         context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
+         role: Role = .live) {
+        self.role = role
         self.head = head
         self.upstreamHead = upstreamHead
         self.poolName = poolName
@@ -95,16 +105,51 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         self.sink = sink
         self.startTime = EventLoop.now()
         let t = pool.view.timeouts
-        machine = ExchangeMachine(ExchangeMachine.Request(head, upgrade: upgrade),
-                                  timeouts: .init(connectNanos: UInt64(t.connectMs) * 1_000_000,
-                                                  responseNanos: UInt64(t.upstreamResponseMs) * 1_000_000))
+        // A mirror copy is fed its body as bytes already taken from the client (never framed
+        // by a client, never waiting for 100 Continue).
+        let request = role == .live
+            ? ExchangeMachine.Request(head, upgrade: upgrade)
+            : ExchangeMachine.Request(method: head.method, framing: head.framing, framedByClient: false,
+                                      idempotent: head.isIdempotent)
+        machine = ExchangeMachine(request, timeouts: .init(connectNanos: UInt64(t.connectMs) * 1_000_000,
+                                                           responseNanos: UInt64(t.upstreamResponseMs) * 1_000_000))
+    }
+
+    /// Copies this request to the mirror pool: the body is collected as it goes upstream, and the
+    /// copy leaves once the request is whole. Before `start`.
+    func mirror(_ tee: MirrorTee, runner: MirrorRunner) {
+        self.tee = tee
+        self.mirrors = runner
     }
 
     /// Sends the request on its way.
     func start() {
         endpoint.requestStarted(at: startTime)
         machine.start()
+        teeCompleted()
         connect(fresh: false)
+    }
+
+    // MARK: the mirror copy
+
+    private func teeBody(_ bytes: UnsafeRawBufferPointer) {
+        guard let t = tee, !t.append(bytes) else { return }
+        tee = nil
+        mirrors?.giveUp(t, .bodyTooLarge)
+    }
+
+    /// Once the request is whole, its copy goes to the mirror pool.
+    private func teeCompleted() {
+        guard let t = tee, machine.requestComplete else { return }
+        tee = nil
+        mirrors?.launch(t)
+    }
+
+    /// The request will not be whole (refused, or the client went away): no copy.
+    private func teeAbandoned() {
+        guard let t = tee else { return }
+        tee = nil
+        mirrors?.giveUp(t, .incomplete)
     }
 
     // MARK: request body
@@ -129,6 +174,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 switch machine.clientBody(raw, index: &index, end: end, now: now) {
                 case .forward(let r):
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[r])
+                    teeBody(bytes)
                     if framing.isEmpty {
                         u.channel.write(bytes)
                     } else {
@@ -141,6 +187,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                     framing.append(contentsOf: ChunkedEncoder.chunkTrailer)
                 case .end(let lastChunk):
                     if lastChunk { framing.append(contentsOf: ChunkedEncoder.lastChunk) }
+                    teeCompleted()
                     return nil
                 case .needMore:
                     return nil
@@ -158,8 +205,10 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard let u = upstream, !bytes.isEmpty else { return nil }
         switch machine.requestData(count: bytes.count, now: loop.coarseNow) {
         case .forward:
+            teeBody(bytes)
             u.channel.write(bytes)
         case .forwardChunk:
+            teeBody(bytes)
             var framed = ChunkedEncoder.chunkHeader(size: bytes.count)
             framed.append(contentsOf: bytes)
             framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
@@ -176,6 +225,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         switch machine.requestDataEnded(now: loop.coarseNow) {
         case .end(let lastChunk):
             if lastChunk { upstream?.channel.write(ChunkedEncoder.lastChunk) }
+            teeCompleted()
             return nil
         case .invalid(let message):
             return message
@@ -479,16 +529,23 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     /// Stats and the access log, once, when the machine has ended.
     private func ended(note: String?) {
+        teeAbandoned()
         endpoint.requestEnded()
         if machine.recordsOutcome {
-            stats.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
-                         proxyGenerated: machine.proxyGenerated || machine.recordedStatus != machine.status)
+            let proxyGenerated = machine.proxyGenerated || machine.recordedStatus != machine.status
+            switch role {
+            case .live:
+                stats.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
+                             proxyGenerated: proxyGenerated)
+            case .mirror:
+                stats.recordMirror(pool: poolName, status: machine.recordedStatus, startedAt: startTime, proxyGenerated: proxyGenerated)
+            }
         }
         logAccess(note: note)
     }
 
     private func logAccess(note: String?) {
-        guard let access = context.accessLogger else { return }
+        guard role == .live, let access = context.accessLogger else { return }
         let record = AccessRecord(clientIP: clientIP,
                                   kind: .request(method: head.method, target: head.target, version: head.version.text,
                                                  status: status, bytes: bytesToClient),
