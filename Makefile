@@ -9,7 +9,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client chromium chromium-driver
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-mirror bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -31,6 +31,8 @@ test-deps: deps
 	  || { DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-selenium; }
 	@$(PYTHON) -c 'import dnslib' 2>/dev/null || $(PYTHON) -m pip install -q dnslib 2>/dev/null \
 	  || $(PYTHON) -m pip install -q --break-system-packages dnslib
+	@$(PYTHON) -c 'import grpc, grpc_health.v1' 2>/dev/null || $(PYTHON) -m pip install -q grpcio grpcio-health-checking 2>/dev/null \
+	  || $(PYTHON) -m pip install -q --break-system-packages grpcio grpcio-health-checking
 
 # Installs the Debian packages in PACKAGES that are missing.
 apt-install:
@@ -137,6 +139,11 @@ bench-cluster: build test-deps
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 3 --switches 100
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 10 --switches 100
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 30 --switches 100
+
+# What mirroring costs the live path with a slow and a dead mirror pool, against mirroring off in
+# the same run: see README "Mirroring".
+bench-mirror: build bench-deps
+	$(PYTHON) Benchmarks/mirror_overhead.py
 
 # Time from a ramp gate breach becoming measurable to the rollback being in force.
 bench-rollback: build test-deps

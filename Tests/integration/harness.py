@@ -39,9 +39,12 @@ def wait_for(predicate, timeout=10.0, what="condition"):
 
 
 class Upstream:
-    """An upstream.py process."""
+    """An upstream.py process, or another script of this directory that takes --port, --name and
+    --host and prints "ready": h2upstream.py (HTTP/2 only), grpc_upstream.py (a gRPC server)."""
 
-    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None, extra_args=(), host="127.0.0.1"):
+    def __init__(self, name, port=None, unhealthy_file=None, fail_file=None, delay_file=None, extra_args=(), host="127.0.0.1",
+                 script="upstream.py"):
+        self.script = script
         self.host = host
         self.delay_file = delay_file
         self.extra_args = list(extra_args)
@@ -53,7 +56,7 @@ class Upstream:
         self.start()
 
     def start(self):
-        args = [sys.executable, os.path.join(HERE, "upstream.py"), "--port", str(self.port), "--name", self.name,
+        args = [sys.executable, os.path.join(HERE, self.script), "--port", str(self.port), "--name", self.name,
                 "--host", self.host]
         if self.unhealthy_file:
             args += ["--unhealthy-file", self.unhealthy_file]

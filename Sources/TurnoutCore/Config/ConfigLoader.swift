@@ -464,7 +464,12 @@ private struct Reader {
                 fail(path, "pool names use letters, digits, '-' and '_' (at most 64 characters)")
                 continue
             }
-            guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections", "discovery", "outlier_detection"]) else { continue }
+            guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections", "discovery", "outlier_detection",
+                                                              "protocol", "max_connections", "max_streams_per_connection", "health"]) else { continue }
+            var grpcService: String?
+            var proto = UpstreamProtocol.http1
+            var maxConnections: Int?
+            var maxStreams: Int?
             var endpoints: [HostPort] = []
             var balance = BalanceMode.roundRobin
             var maxIdle: Int? = nil
@@ -495,14 +500,37 @@ private struct Reader {
                     maxIdle = int(v, "\(path).max_idle_connections", min: 0, max: 1_000_000) ?? maxIdle
                 case "discovery": discovery = readDiscovery(v, "\(path).discovery")
                 case "outlier_detection": outliers = readOutliers(v, "\(path).outlier_detection")
+                case "protocol": proto = choice(v, "\(path).protocol") ?? proto
+                case "max_connections": maxConnections = int(v, "\(path).max_connections", min: 1, max: 10_000)
+                case "max_streams_per_connection": maxStreams = int(v, "\(path).max_streams_per_connection", min: 1, max: 100_000)
+                case "health":
+                    guard let hf = entries(v, "\(path).health", allowed: ["grpc_service"]) else { continue }
+                    for (hk, hv) in hf where hk == "grpc_service" {
+                        if let s = string(hv, "\(path).health.grpc_service") { grpcService = s }
+                    }
                 default: break
                 }
+            }
+            if proto == .http1 {
+                for key in ["max_connections", "max_streams_per_connection"] where fields.contains(where: { $0.0 == key }) {
+                    fail("\(path).\(key)", "applies to HTTP/2 upstreams only (protocol: h2c)")
+                }
+                if grpcService != nil {
+                    fail("\(path).health.grpc_service", "gRPC health checks need an HTTP/2 pool (protocol: h2c)")
+                }
+            } else if maxIdle != nil {
+                fail("\(path).max_idle_connections", "applies to HTTP/1.1 upstreams only; for HTTP/2 see max_connections")
             }
             if !sawEndpoints && !fields.contains(where: { $0.0 == "discovery" }) {
                 fail("\(path).endpoints", "required (or discovery: { dns: NAME, type: A, port: N })")
             }
-            out.append(PoolConfig(name: name, endpoints: endpoints, balance: balance, maxIdleConnections: maxIdle,
-                                  discovery: discovery, outlierDetection: outliers))
+            var pool = PoolConfig(name: name, endpoints: endpoints, balance: balance, maxIdleConnections: maxIdle,
+                                  discovery: discovery, outlierDetection: outliers)
+            pool.upstreamProtocol = proto
+            if let maxConnections { pool.maxConnections = maxConnections }
+            if let maxStreams { pool.maxStreamsPerConnection = maxStreams }
+            pool.grpcHealthService = grpcService
+            out.append(pool)
         }
         return out
     }
@@ -630,7 +658,7 @@ private struct Reader {
 
     mutating func readHealth(_ node: Node) -> HealthConfig {
         var h = HealthConfig()
-        guard let fields = entries(node, "health", allowed: ["path", "interval", "timeout", "rise", "fall"]) else { return h }
+        guard let fields = entries(node, "health", allowed: ["path", "interval", "timeout", "rise", "fall", "grpc"]) else { return h }
         for (k, v) in fields {
             switch k {
             case "path":
@@ -643,6 +671,7 @@ private struct Reader {
             case "timeout": h.timeoutMs = duration(v, "health.timeout") ?? h.timeoutMs
             case "rise": h.rise = int(v, "health.rise", min: 1, max: 100) ?? h.rise
             case "fall": h.fall = int(v, "health.fall", min: 1, max: 100) ?? h.fall
+            case "grpc": h.grpc = bool(v, "health.grpc") ?? h.grpc
             default: break
             }
         }

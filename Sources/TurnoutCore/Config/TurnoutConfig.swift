@@ -179,6 +179,17 @@ public struct PoolConfig: Sendable, Equatable {
     public var discovery: DiscoveryConfig?
     /// Passive ejection of endpoints that fail requests.
     public var outlierDetection: OutlierConfig
+    /// What the pool's endpoints speak.
+    public var upstreamProtocol: UpstreamProtocol = .http1
+    /// HTTP/2: connections per endpoint per event loop; past them, streams queue on the
+    /// connections there are.
+    public var maxConnections = PoolConfig.defaultMaxConnections
+    /// HTTP/2: streams per connection at most (the upstream's own SETTINGS may say fewer).
+    public var maxStreamsPerConnection = PoolConfig.defaultMaxStreamsPerConnection
+    /// `health: { grpc_service: NAME }`: probe with the gRPC health check for this service.
+    public var grpcHealthService: String?
+    public static let defaultMaxConnections = 4
+    public static let defaultMaxStreamsPerConnection = 100
     public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int? = nil,
                 discovery: DiscoveryConfig? = nil, outlierDetection: OutlierConfig = OutlierConfig()) {
         self.name = name
@@ -188,6 +199,14 @@ public struct PoolConfig: Sendable, Equatable {
         self.discovery = discovery
         self.outlierDetection = outlierDetection
     }
+}
+
+/// What a pool's endpoints speak (`pools.NAME.protocol`).
+public enum UpstreamProtocol: String, Sendable, Equatable, CaseIterable {
+    /// HTTP/1.1, a connection per request in flight, kept alive.
+    case http1
+    /// HTTP/2 with prior knowledge over plain TCP, many streams per connection.
+    case h2c
 }
 
 /// The DNS record type a pool's discovery name is asked for.
@@ -259,6 +278,8 @@ public struct HealthConfig: Sendable, Equatable {
     public var timeoutMs: Int64 = 1000
     public var rise: Int = 2
     public var fall: Int = 3
+    /// HTTP/2 pools are probed with the gRPC health check (service "") instead of `GET path`.
+    public var grpc = false
     public init() {}
 }
 

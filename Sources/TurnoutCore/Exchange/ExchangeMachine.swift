@@ -126,6 +126,9 @@ public struct ExchangeMachine: Sendable {
         case connectTimedOut
         /// The connection closed (`error`: with an error rather than a clean FIN).
         case closed(error: Bool)
+        /// An HTTP/2 upstream refused the stream (REFUSED_STREAM, or a GOAWAY below it): it did not
+        /// process the request, whatever its method (RFC 9113 8.7).
+        case refused
     }
 
     public enum HeadAction: Sendable, Equatable {
@@ -306,16 +309,19 @@ public struct ExchangeMachine: Sendable {
             return (.abort(reason: "upstream closed mid-response"), true)
         }
         let connectFailure = failure == .connectFailed || failure == .connectTimedOut
+        let refused = failure == .refused
         // A pooled connection the upstream closed just before it was reused is the keep-alive
-        // race, not the endpoint failing.
-        let counts = connectFailure || !a.pooled || heardAnything
-        // Retry only when nothing of the request reached the upstream (it never connected), or
-        // for an idempotent request without a body that got no byte of answer.
-        let replayable = connectFailure || (!heardAnything && bodyBytesSent == 0 && !hasBody && request.idempotent)
+        // race, not the endpoint failing; a refused stream is an upstream going away in order.
+        let counts = !refused && (connectFailure || !a.pooled || heardAnything)
+        // Retry only when nothing of the request reached the upstream (it never connected, or it
+        // refused the stream before any body went), or for an idempotent request without a body
+        // that got no byte of answer.
+        let replayable = connectFailure || (refused && bodyBytesSent == 0)
+            || (!heardAnything && bodyBytesSent == 0 && !hasBody && request.idempotent)
         if replayable && a.number < maxAttempts {
             state = .connecting(Attempt(number: a.number + 1, pooled: false))
             deadline = 0
-            return (.retry(sameEndpoint: a.pooled && !connectFailure), counts)
+            return (.retry(sameEndpoint: refused || (a.pooled && !connectFailure)), counts)
         }
         let status = failure == .connectTimedOut ? 504 : 502
         answer(status)

@@ -72,6 +72,14 @@ struct HTTP2HeaderBlock {
         reset(status: status)
     }
 
+    /// A trailer block: the fields as they are (names lowercased), no pseudo-header.
+    init(trailers: HTTPHeaders) {
+        trailers.forEach { name, value in append(name: name, value: value) }
+    }
+
+    /// Whether the block holds no field (a trailer block may be empty; nghttp2 needs one).
+    var isEmpty: Bool { spans.isEmpty }
+
     /// Empties the block for another response, keeping its capacity (see
     /// `HTTP2Connection.headerBlock`).
     mutating func reset(status: Int) {
@@ -126,11 +134,11 @@ struct HTTP2HeaderBlock {
     }
 
     /// Calls `body` with the nghttp2_nv array (valid only during the call; nghttp2 copies names
-    /// and values, and does not write to them). The storage is never empty (`:status` comes
-    /// first), so it has a base address.
+    /// and values, and does not write to them). Not for an empty block.
     func withNV(_ body: (UnsafePointer<nghttp2_nv>, Int) -> Void) {
         storage.withUnsafeBufferPointer { buf in
-            let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
+            guard let start = buf.baseAddress else { return }
+            let base = UnsafeMutablePointer(mutating: start)
             withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: spans.count) { nva in
                 for (i, s) in spans.enumerated() {
                     nva.initializeElement(at: i, to: nghttp2_nv(name: base + s.name, value: base + s.value, namelen: s.nameLength,

@@ -337,6 +337,14 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         scheduleFlush()
     }
 
+    /// Submits a stream's trailers (from its data source's last read: nghttp2 allows it there).
+    func submitTrailers(_ streamID: Int32, _ block: HTTP2HeaderBlock) {
+        guard let session else { return }
+        block.withNV { nva, count in
+            _ = nghttp2_submit_trailer(session, streamID, nva, count)
+        }
+    }
+
     func resumeData(_ streamID: Int32) {
         guard let session else { return }
         nghttp2_session_resume_data(session, streamID)

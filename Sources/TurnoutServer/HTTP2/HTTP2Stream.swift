@@ -21,6 +21,8 @@ final class HTTP2Stream: ExchangeSink {
     private var headerBytes = 0
     private var headerProblem: (status: Int, message: String)?
     private(set) var requestEnded = false
+    /// The request is a gRPC call: Turnout's own answers are gRPC statuses.
+    private var isGRPC = false
 
     private(set) var exchange: UpstreamExchange?
     /// After an extended CONNECT was accepted: the WebSocket bridged to its upstream.
@@ -36,6 +38,8 @@ final class HTTP2Stream: ExchangeSink {
     private var outStart = 0
     private var responseEnded = false
     private var dataDeferred = false
+    /// Trailers of the upstream's response, sent after the last DATA.
+    private var trailers: HTTP2HeaderBlock?
 
     init(id: Int32, connection: HTTP2Connection) {
         self.id = id
@@ -97,6 +101,7 @@ final class HTTP2Stream: ExchangeSink {
         // both arrays of the fields.
         var headers = fields
         fields = HTTPHeaders()
+        isGRPC = GRPCStatus.isGRPC(contentType: headers.first("content-type"))
         var host = authority
         if let h = headers.first("host") {
             if host == nil { host = h }
@@ -240,6 +245,11 @@ final class HTTP2Stream: ExchangeSink {
         wakeDataSource()
     }
 
+    func exchangeTrailers(_ ex: UpstreamExchange, _ fields: HTTPHeaders) {
+        let block = HTTP2HeaderBlock(trailers: fields)
+        if !block.isEmpty { trailers = block }
+    }
+
     func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {
         let body = HeaderRewriter.errorBody(status: status, message: message)
         ex.bytesToClient += Int64(body.count)
@@ -313,6 +323,21 @@ final class HTTP2Stream: ExchangeSink {
     }
 
     private func respondWithError(status: Int, body: [UInt8], extra: [(String, String)]) {
+        if isGRPC {
+            // A gRPC client reads a status, not a page: a trailers-only answer (RFC-less, per the
+            // gRPC HTTP/2 protocol) with the HTTP status mapped to its gRPC code.
+            var block = connection.headerBlock(status: 200)
+            block.append("content-type", "application/grpc")
+            block.append("grpc-status", String(GRPCStatus.code(forHTTP: status)))
+            let text = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            block.append("grpc-message", GRPCStatus.encodeMessage(text))
+            for (name, value) in extra { block.append(name, value) }
+            responseEnded = true
+            out = []
+            outStart = 0
+            connection.submitResponse(id, block, endStream: true)
+            return
+        }
         out = body
         outStart = 0
         var block = connection.headerBlock(status: status)
@@ -352,6 +377,12 @@ final class HTTP2Stream: ExchangeSink {
             outStart = 0
             if responseEnded {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
+                if let t = trailers {
+                    // The stream ends with the trailers' HEADERS frame instead of this DATA.
+                    trailers = nil
+                    flags.pointee |= NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+                    connection.submitTrailers(id, t)
+                }
                 return n
             }
             if n == 0 {

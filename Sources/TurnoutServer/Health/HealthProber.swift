@@ -130,8 +130,8 @@ final class HealthProber: @unchecked Sendable {
             return
         }
         let started = EventLoop.now()
-        let probe = ProbeConnection(loop: loop, address: address, host: endpoint.address.description,
-                                    path: context.config.health.path, timeoutMs: context.config.health.timeoutMs) { [self] passed, detail in
+        let health = context.config.health
+        let done: (Bool, String) -> Void = { [self] passed, detail in
             if trackers[endpoint.id] != nil {
                 last[endpoint.id] = LastProbe(passed: passed, detail: detail, latencyMs: Double(EventLoop.now() - started) / 1_000_000,
                                               atUnixMs: Int64(Date().timeIntervalSince1970 * 1000))
@@ -139,7 +139,34 @@ final class HealthProber: @unchecked Sendable {
             record(endpoint, passed: passed, detail: detail)
             next()
         }
-        probe.start()
+        if context.settings.upstreamProtocol(ofEndpoint: endpoint.id) == .http1 {
+            ProbeConnection(loop: loop, address: address, host: endpoint.address.description, path: health.path,
+                            timeoutMs: health.timeoutMs, completion: done).start()
+            return
+        }
+        // An HTTP/2 endpoint is probed over HTTP/2 (prior knowledge): GET path, or the gRPC health
+        // check of the pool's service (health.grpc: the server as a whole).
+        let service = context.config.pools.first { $0.name == endpoint.pool }?.grpcHealthService ?? (health.grpc ? "" : nil)
+        var request = H2ProbeConnection.Request(path: health.path, authority: endpoint.address.description)
+        if let service {
+            request.method = "POST"
+            request.path = GRPCHealth.path
+            request.fields = [("content-type", "application/grpc"), ("te", "trailers")]
+            request.body = GRPCHealth.requestBody(service: service)
+        }
+        H2ProbeConnection(loop: loop, address: address, request: request, timeoutMs: health.timeoutMs) { result in
+            switch result {
+            case .success(let r) where service != nil:
+                let all = r.trailers + r.fields
+                let verdict = GRPCHealth.verdict(httpStatus: r.status, grpcStatus: all.first { $0.0 == "grpc-status" }?.1,
+                                                 grpcMessage: all.first { $0.0 == "grpc-message" }?.1, body: r.body)
+                done(verdict.passed, "gRPC health \(verdict.detail)")
+            case .success(let r):
+                done((200..<300).contains(r.status), "status \(r.status)")
+            case .failure(let f):
+                done(false, f.description)
+            }
+        }.start()
     }
 
     private func record(_ endpoint: UpstreamEndpoint, passed: Bool, detail: String) {

@@ -12,6 +12,9 @@ final class ProxyContext: Sendable {
         let config: TurnoutConfig
         /// Per endpoint id (small and dense): its pool's `max_idle_connections`.
         private let maxIdleOfEndpoint: [Int]
+        /// Per endpoint id: what its pool speaks, and for HTTP/2 its caps.
+        private let protocolOfEndpoint: [UpstreamProtocol]
+        private let h2CapsOfEndpoint: [(connections: Int, streams: Int)]
         /// Seconds a client should wait before retrying after a 503.
         let retryAfterSeconds: Int
         /// `limits.max_client_connections`, with `auto` worked out from the open-files limit.
@@ -20,11 +23,21 @@ final class ProxyContext: Sendable {
         init(config: TurnoutConfig, store: RoutingStore) {
             self.config = config
             let endpoints = store.endpoints
-            var map = [Int](repeating: 0, count: endpoints.lazy.flatMap(\.endpoints).idTableSize)
+            let size = endpoints.lazy.flatMap(\.endpoints).idTableSize
+            var map = [Int](repeating: 0, count: size)
+            var protocols = [UpstreamProtocol](repeating: .http1, count: size)
+            var caps = [(connections: Int, streams: Int)](repeating: (PoolConfig.defaultMaxConnections, PoolConfig.defaultMaxStreamsPerConnection),
+                                                          count: size)
             for entry in endpoints {
-                for e in entry.endpoints { map[e.id] = entry.pool.maxIdleConnections ?? Int.max }
+                for e in entry.endpoints {
+                    map[e.id] = entry.pool.maxIdleConnections ?? Int.max
+                    protocols[e.id] = entry.pool.upstreamProtocol
+                    caps[e.id] = (entry.pool.maxConnections, entry.pool.maxStreamsPerConnection)
+                }
             }
             self.maxIdleOfEndpoint = map
+            self.protocolOfEndpoint = protocols
+            self.h2CapsOfEndpoint = caps
             self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
             self.maxClientConnections = config.limits.maxClientConnections ?? FileLimit.automaticMaxClientConnections
         }
@@ -34,6 +47,17 @@ final class ProxyContext: Sendable {
         @inline(__always)
         func maxIdleConnections(ofEndpoint id: Int) -> Int {
             id >= 0 && id < maxIdleOfEndpoint.count ? maxIdleOfEndpoint[id] : 0
+        }
+
+        /// What the endpoint speaks (HTTP/1.1 for one no longer configured).
+        @inline(__always)
+        func upstreamProtocol(ofEndpoint id: Int) -> UpstreamProtocol {
+            id >= 0 && id < protocolOfEndpoint.count ? protocolOfEndpoint[id] : .http1
+        }
+
+        /// HTTP/2: connections per endpoint per loop, and streams per connection.
+        func h2Caps(ofEndpoint id: Int) -> (connections: Int, streams: Int) {
+            id >= 0 && id < h2CapsOfEndpoint.count ? h2CapsOfEndpoint[id] : (PoolConfig.defaultMaxConnections, PoolConfig.defaultMaxStreamsPerConnection)
         }
     }
 

@@ -30,10 +30,14 @@ protocol ExchangeSink: AnyObject {
     /// One read from the upstream has been delivered: what the sink held back to write together
     /// (a response head waiting for its first body bytes) must go out now.
     func exchangeReadDone(_ ex: UpstreamExchange)
+    /// Trailer fields that ended the response (an HTTP/2 upstream's; gRPC sends its status in
+    /// them). Before `exchangeFinished`.
+    func exchangeTrailers(_ ex: UpstreamExchange, _ trailers: HTTPHeaders)
 }
 
 extension ExchangeSink {
     func exchangeReadDone(_ ex: UpstreamExchange) {}
+    func exchangeTrailers(_ ex: UpstreamExchange, _ trailers: HTTPHeaders) {}
 }
 
 /// One request forwarded to one upstream: the driver of an `ExchangeMachine`. It connects (or
@@ -69,7 +73,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     /// The request's life: what happened so far and what is allowed next.
     private(set) var machine: ExchangeMachine
-    private var upstream: UpstreamConnection?
+    /// The connection (HTTP/1.1) or stream (HTTP/2) the request goes on.
+    private var upstream: UpstreamLink?
     /// The start of a response head that has not fully arrived.
     private var headBuffer: [UInt8] = []
     private(set) var attempts = 1
@@ -157,7 +162,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// The upstream is connected and not backed up: request body now goes straight to its socket.
     var canSendBody: Bool {
         guard !machine.requestComplete, machine.isConnected, let u = upstream, !u.isClosed else { return false }
-        return u.channel.pendingBytes <= SocketChannel.highWatermark
+        return u.pendingRequestBytes <= SocketChannel.highWatermark
     }
 
     /// Moves the client's framed body (HTTP/1.1) from `buffer[index..<end]` upstream while the
@@ -168,7 +173,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         let now = loop.coarseNow
         // Size lines and CRLFs wait here to go out with the data behind them.
         var framing: [UInt8] = []
-        defer { if !framing.isEmpty { u.channel.write(framing) } }
+        defer { if !framing.isEmpty { u.sendFraming(framing) } }
         return buffer.withUnsafeBytes { raw -> String? in
             while canSendBody {
                 switch machine.clientBody(raw, index: &index, end: end, now: now) {
@@ -176,9 +181,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[r])
                     teeBody(bytes)
                     if framing.isEmpty {
-                        u.channel.write(bytes)
+                        u.sendBody(bytes)
                     } else {
-                        u.channel.write(framing, then: bytes)
+                        u.sendBody(framing: framing, then: bytes)
                         framing.removeAll(keepingCapacity: true)
                     }
                 case .chunkHeader(let n):
@@ -186,7 +191,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 case .chunkEnd:
                     framing.append(contentsOf: ChunkedEncoder.chunkTrailer)
                 case .end(let lastChunk):
-                    if lastChunk { framing.append(contentsOf: ChunkedEncoder.lastChunk) }
+                    u.endBody(framing: framing, lastChunk: lastChunk)
+                    framing.removeAll()
                     teeCompleted()
                     return nil
                 case .needMore:
@@ -206,13 +212,10 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         switch machine.requestData(count: bytes.count, now: loop.coarseNow) {
         case .forward:
             teeBody(bytes)
-            u.channel.write(bytes)
+            u.sendBody(bytes)
         case .forwardChunk:
             teeBody(bytes)
-            var framed = ChunkedEncoder.chunkHeader(size: bytes.count)
-            framed.append(contentsOf: bytes)
-            framed.append(contentsOf: ChunkedEncoder.chunkTrailer)
-            u.channel.write(framed)
+            u.sendChunk(bytes)
         case .invalid(let message):
             return message
         }
@@ -224,7 +227,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     func endData() -> String? {
         switch machine.requestDataEnded(now: loop.coarseNow) {
         case .end(let lastChunk):
-            if lastChunk { upstream?.channel.write(ChunkedEncoder.lastChunk) }
+            upstream?.endBody(framing: [], lastChunk: lastChunk)
             teeCompleted()
             return nil
         case .invalid(let message):
@@ -237,7 +240,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// The client's send queue went below the watermark: read the upstream again.
     func clientDrained() {
         guard !isOver else { return }
-        upstream?.channel.resumeReading()
+        upstream?.resumeResponse()
     }
 
     // MARK: timeouts
@@ -260,6 +263,20 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     // MARK: connecting
 
     private func connect(fresh: Bool) {
+        if pool.view.settings.upstreamProtocol(ofEndpoint: endpoint.id) != .http1 {
+            do {
+                let s = try pool.h2Stream(endpoint, owner: self)
+                upstream = s
+                if s.isReady {
+                    connected(pooled: s.sessionWasOpen)
+                } else {
+                    machine.connecting(now: loop.coarseNow)
+                }
+            } catch {
+                failed(.connectFailed, error: error)
+            }
+            return
+        }
         if !fresh, let u = pool.acquire(endpoint) {
             u.owner = self
             upstream = u
@@ -283,7 +300,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard let u = upstream else { return }
         switch machine.connected(pooled: pooled, now: loop.coarseNow) {
         case .sendHead(let wantBody):
-            u.channel.write(upstreamHead)
+            u.sendHead(upstreamHead, request: head, endStream: !wantBody)
             if wantBody { sink?.exchangeWantsBody(self) }
         case .none:
             break
@@ -304,7 +321,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     func upstreamRead(_ upstream: UpstreamConnection, _ bytes: UnsafeRawBufferPointer) {
         guard !isOver, self.upstream === upstream, let sink else {
-            upstream.close()
+            upstream.abandon()
             return
         }
         defer { sink.exchangeReadDone(self) }
@@ -357,24 +374,39 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 return nil
             }
             start = headEnd
-            switch machine.responseHead(parsed, now: loop.coarseNow) {
-            case .interim:
-                sink.exchangeInformational(self, parsed)
-            case .dropInterim, .none:
-                break
-            case .respond(let framing):
-                context.outliers.responded(endpoint, status: parsed.status)
-                sink.exchangeResponseHead(self, parsed, framing: framing)
-                return isOver ? nil : start
+            switch takeHead(parsed, sink: sink) {
+            case .interim: continue
+            case .body: return start
+            case .ended: return nil
             case .switchProtocols:
                 switchProtocols(parsed, leftover: ArraySlice(UnsafeRawBufferPointer(rebasing: bytes[start...])))
-                return nil
-            case .fail(let status, let message):
-                respond(status: status, message: message)
                 return nil
             }
         }
         return nil
+    }
+
+    private enum HeadOutcome { case interim, body, ended, switchProtocols }
+
+    /// One response head, whatever the upstream speaks: interim ones go to the sink, the final one
+    /// starts the response.
+    private func takeHead(_ parsed: HTTPResponseHead, sink: ExchangeSink) -> HeadOutcome {
+        switch machine.responseHead(parsed, now: loop.coarseNow) {
+        case .interim:
+            sink.exchangeInformational(self, parsed)
+            return .interim
+        case .dropInterim, .none:
+            return .interim
+        case .respond(let framing):
+            context.outliers.responded(endpoint, status: parsed.status)
+            sink.exchangeResponseHead(self, parsed, framing: framing)
+            return isOver ? .ended : .body
+        case .switchProtocols:
+            return .switchProtocols
+        case .fail(let status, let message):
+            respond(status: status, message: message)
+            return .ended
+        }
     }
 
     /// Response body in `bytes[from...]`: to the client as the machine reads it, then the
@@ -388,9 +420,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 sink.exchangeResponseBody(self, UnsafeRawBufferPointer(rebasing: bytes[r]))
             case .needMore:
                 if sink.sinkPendingBytes > SocketChannel.highWatermark {
-                    upstream?.channel.pauseReading()
+                    upstream?.pauseResponse()
                 } else {
-                    upstream?.channel.resumeReading()
+                    upstream?.resumeResponse()
                 }
                 return
             case .complete(let reusable):
@@ -462,7 +494,10 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// Hands the upstream connection to the sink for a tunnel. The endpoint keeps counting it in
     /// flight until the tunnel ends.
     private func switchProtocols(_ parsed: HTTPResponseHead, leftover: ArraySlice<UInt8>) {
-        guard let u = upstream, let sink else { return }
+        guard let u = upstream as? UpstreamConnection, let sink else {
+            // An HTTP/2 upstream cannot switch protocols on a stream.
+            return respond(status: 502, message: "the upstream answered 101 on an HTTP/2 stream")
+        }
         upstream = nil
         u.owner = nil
         stats.record(endpoint: endpoint, pool: poolName, status: 101, startedAt: startTime, proxyGenerated: false)
@@ -477,7 +512,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func finish(reusable: Bool) {
         if let u = upstream {
             upstream = nil
-            if reusable && !u.isClosed { pool.release(u) } else { u.owner = nil; u.close() }
+            u.finished(reusable: reusable)
         }
         ended(note: nil)
         let sink = self.sink
@@ -523,8 +558,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func dropUpstream() {
         guard let u = upstream else { return }
         upstream = nil
-        u.owner = nil
-        u.close()
+        u.abandon()
     }
 
     /// Stats and the access log, once, when the machine has ended.
@@ -552,5 +586,62 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                                   pool: poolName, endpoint: "\(endpoint.address)", durationNanos: EventLoop.now() - startTime,
                                   attempts: attempts, route: routeReason == .weighted ? nil : routeReason.rawValue, error: note)
         access.info("\(record.text)")
+    }
+}
+
+/// The events of an HTTP/2 upstream stream (`protocol: h2c | h2`): the same life as over an
+/// HTTP/1.1 connection, told in frames rather than bytes.
+extension UpstreamExchange: H2StreamOwner {
+    func h2Ready(_ s: H2UpstreamStream) {
+        guard !isOver, upstream === s else { return }
+        connected(pooled: s.sessionWasOpen)
+    }
+
+    func h2Drained(_ s: H2UpstreamStream) {
+        guard !isOver, upstream === s, !machine.requestComplete else { return }
+        sink?.exchangeWantsBody(self)
+    }
+
+    func h2Head(_ s: H2UpstreamStream, _ parsed: HTTPResponseHead) {
+        guard !isOver, upstream === s, let sink else { return }
+        defer { sink.exchangeReadDone(self) }
+        machine.heardFromUpstream(now: loop.coarseNow)
+        switch takeHead(parsed, sink: sink) {
+        case .switchProtocols:
+            switchProtocols(parsed, leftover: [])
+        case .body:
+            // No bytes yet: a body of length 0 is complete now (as over HTTP/1.1, where the bytes
+            // after a head are delivered at once, none or some).
+            deliverBody(UnsafeRawBufferPointer(start: nil, count: 0), from: 0, to: sink)
+        case .interim, .ended:
+            break
+        }
+    }
+
+    func h2Data(_ s: H2UpstreamStream, _ bytes: UnsafeRawBufferPointer) {
+        guard !isOver, upstream === s, let sink, case .responding = machine.state else { return }
+        defer { sink.exchangeReadDone(self) }
+        deliverBody(bytes, from: 0, to: sink)
+    }
+
+    /// END_STREAM: a body delimited by the stream is complete; one that declared a length and
+    /// fell short was cut.
+    func h2Ended(_ s: H2UpstreamStream, trailers: HTTPHeaders?) {
+        guard !isOver, upstream === s else { return }
+        if let trailers, case .responding = machine.state { sink?.exchangeTrailers(self, trailers) }
+        failed(.closed(error: false), error: nil)
+    }
+
+    /// The stream was reset or its connection failed. `refused`: the upstream did not process it
+    /// (REFUSED_STREAM, or above a GOAWAY's last stream), so it may be sent again.
+    func h2Failed(_ s: H2UpstreamStream, error: SystemError?, refused: Bool) {
+        guard !isOver, upstream === s else { return }
+        if refused {
+            failed(.refused, error: error)
+        } else if case .connecting = machine.state {
+            failed(.connectFailed, error: error)
+        } else {
+            failed(.closed(error: true), error: error)
+        }
     }
 }

@@ -72,6 +72,77 @@ final class UpstreamPool: @unchecked Sendable {
         return conn
     }
 
+    // MARK: HTTP/2 upstreams
+
+    /// HTTP/2 connections per endpoint id (pools with `protocol: h2c`).
+    private var h2Sessions: [Int: [H2UpstreamSession]] = [:]
+
+    /// A stream for a request to an HTTP/2 endpoint: on a connection with room (the fullest, so
+    /// that few connections carry the load), on a new one while the endpoint has fewer than
+    /// `max_connections`, else queued on the least busy (nghttp2 holds it until a stream ends).
+    func h2Stream(_ endpoint: UpstreamEndpoint, owner: H2StreamOwner) throws(SystemError) -> H2UpstreamStream {
+        let caps = view.settings.h2Caps(ofEndpoint: endpoint.id)
+        let sessions = h2Sessions[endpoint.id] ?? []
+        var best: H2UpstreamSession?
+        for s in sessions where s.hasRoom(cap: caps.streams) {
+            if best == nil || s.active > best!.active { best = s }
+        }
+        if let best {
+            if best.isOpen { counters.block(endpoint.id).add(Slot.reused) }
+            return best.join(owner: owner)
+        }
+        let usable = sessions.filter { !$0.goingAway && !$0.closed }
+        if usable.count >= caps.connections, let least = usable.min(by: { $0.active < $1.active }) {
+            return least.join(owner: owner)
+        }
+        let addresses = context.addresses.addresses(endpoint.id)
+        guard !addresses.isEmpty else { throw SystemError("resolve \(endpoint.address.host)", errno: EHOSTUNREACH_) }
+        let k = connectRotation[endpoint.id, default: 0]
+        connectRotation[endpoint.id] = k &+ 1
+        let (fd, inProgress) = try Sockets.connect(to: addresses[k % addresses.count])
+        let channel = SocketChannel(fd: fd, loop: loop, connecting: inProgress)
+        let session = H2UpstreamSession(endpoint: endpoint, pool: self, transport: channel, connected: !inProgress)
+        channel.delegate = session
+        channel.start()
+        h2Sessions[endpoint.id, default: []].append(session)
+        let block = counters.block(endpoint.id)
+        block.add(Slot.open)
+        block.add(Slot.opened)
+        let stream = session.join(owner: owner)
+        if !inProgress { session.flush() }
+        return stream
+    }
+
+    func h2SessionClosed(_ session: H2UpstreamSession, _ reason: UpstreamCloseReason) {
+        let id = session.endpoint.id
+        h2Sessions[id]?.removeAll { $0 === session }
+        if h2Sessions[id]?.isEmpty == true { h2Sessions[id] = nil }
+        let block = counters.block(id)
+        block.set(Slot.open, block.load(Slot.open) &- 1)
+        block.add(Slot.closed + reason.rawValue)
+    }
+
+    /// Closes HTTP/2 connections with no stream for `upstream_idle`, and idle ones to endpoints
+    /// no longer healthy or while draining.
+    private func h2Tick(now: UInt64) {
+        guard !h2Sessions.isEmpty else { return }
+        let idleNanos = UInt64(view.timeouts.upstreamIdleMs) * 1_000_000
+        let connectNanos = UInt64(view.timeouts.connectMs) * 1_000_000
+        let draining = context.isDraining
+        for sessions in Array(h2Sessions.values) {
+            for s in sessions where !s.isOpen && !s.closed && now >= s.startedAt + connectNanos { s.connectTimedOut() }
+            for s in sessions where s.active == 0 && !s.closed {
+                if draining {
+                    s.close(.shutdown)
+                } else if !isHealthy(s.endpoint) {
+                    s.close(.unhealthy)
+                } else if s.idleSince != 0 && now >= s.idleSince + idleNanos {
+                    s.close(.idleTimeout)
+                }
+            }
+        }
+    }
+
     /// Takes back a connection whose exchange ended cleanly.
     func release(_ conn: UpstreamConnection) {
         conn.owner = nil
@@ -134,6 +205,7 @@ final class UpstreamPool: @unchecked Sendable {
 
     /// Closes expired idle connections and those to endpoints that are no longer healthy.
     func tick(now: UInt64) {
+        h2Tick(now: now)
         for case let list? in idle where !list.connections.isEmpty {
             let id = list.connections[0].endpoint.id
             let healthy = list.connections.first.map { isHealthy($0.endpoint) } ?? true
@@ -157,6 +229,9 @@ final class UpstreamPool: @unchecked Sendable {
     }
 
     func closeAllIdle() {
+        for sessions in Array(h2Sessions.values) {
+            for s in sessions where s.active == 0 { s.close(.shutdown) }
+        }
         for case let list? in idle {
             for c in list.connections {
                 c.close(.shutdown)

@@ -1,0 +1,391 @@
+import CNghttp2
+import Glibc
+import Logging
+import TurnoutCore
+
+/// One HTTP/2 connection to an upstream endpoint (`protocol: h2c`), shared by many streams: a
+/// libnghttp2 client session fed from memory over a non-blocking socket, owned by its loop's
+/// `UpstreamPool`. Streams join while it has room (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS);
+/// after a GOAWAY it takes none and closes once its streams are over. Response DATA is
+/// acknowledged (WINDOW_UPDATE) as the client takes it, so a slow client holds back its own stream
+/// only. Loop-confined.
+final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
+    let endpoint: UpstreamEndpoint
+    unowned let pool: UpstreamPool
+    let transport: SocketChannel
+    private var session: OpaquePointer?
+    /// The TCP connection is up.
+    private(set) var isOpen = false
+    /// The upstream sent GOAWAY (or the connection failed): no new streams.
+    private(set) var goingAway = false
+    private(set) var closed = false
+    /// Submitted streams by id.
+    private var streams: [Int32: H2UpstreamStream] = [:]
+    /// Streams that joined before the connection was up.
+    private var waiting: [H2UpstreamStream] = []
+    /// Streams joined and not over.
+    private(set) var active = 0
+    /// Streams this connection carried.
+    private(set) var served = 0
+    /// When the last stream ended (for the idle timeout); 0 while streams are active.
+    var idleSince: UInt64 = 0
+    /// When the connection was started (for the connect timeout).
+    let startedAt: UInt64
+    private var inSession = false
+    private var flushScheduled = false
+    /// Streams that took request body during the last send: told after it.
+    private var tookBody: [H2UpstreamStream] = []
+
+    /// What Turnout announces to its HTTP/2 upstreams.
+    enum Limits {
+        /// Per-stream receive window: response bytes an upstream may send ahead of the client.
+        static let streamWindow: UInt32 = 256 * 1024
+        static let connectionWindow: Int32 = 4 << 20
+        /// Streams per connection when the upstream announces no limit.
+        static let defaultStreams = 100
+        /// Largest response header block accepted (as for HTTP/1.1 upstreams).
+        static let maxHeaderBytes = 64 * 1024
+    }
+
+    init(endpoint: UpstreamEndpoint, pool: UpstreamPool, transport: SocketChannel, connected: Bool) {
+        self.endpoint = endpoint
+        self.pool = pool
+        self.transport = transport
+        self.isOpen = connected
+        self.startedAt = pool.loop.coarseNow
+        var option: OpaquePointer?
+        nghttp2_option_new(&option)
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_peer_max_concurrent_streams(option, UInt32(Limits.defaultStreams))
+        let rc = nghttp2_session_client_new2(&session, H2UpstreamCallbacks.shared, Unmanaged.passUnretained(self).toOpaque(), option)
+        nghttp2_option_del(option)
+        if rc == 0, let session {
+            var settings = [
+                nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+                nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Limits.streamWindow),
+                nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(Limits.maxHeaderBytes)),
+            ]
+            nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+            nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)
+        } else {
+            session = nil
+            goingAway = true
+        }
+    }
+
+    deinit {
+        if let session { nghttp2_session_del(session) }
+    }
+
+    /// Streams it takes at once: the upstream's limit (100 until it says), at most `cap`.
+    func capacity(cap: Int) -> Int {
+        guard let session else { return 0 }
+        let remote = Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+        return min(cap, max(1, remote))
+    }
+
+    func hasRoom(cap: Int) -> Bool { !goingAway && !closed && active < capacity(cap: cap) }
+
+    /// A new stream joins. Returns it; it is ready at once when the connection is up.
+    func join(owner: H2StreamOwner) -> H2UpstreamStream {
+        let s = H2UpstreamStream(endpoint: endpoint, session: self, owner: owner, sessionWasOpen: isOpen && served > 0)
+        active += 1
+        idleSince = 0
+        if !isOpen { waiting.append(s) }
+        return s
+    }
+
+    // MARK: requests
+
+    /// Submits a stream's request: the head (as `HeaderRewriter` wrote it for HTTP/1.1) as HTTP/2
+    /// fields, and the body from the stream's queue unless `endStream`.
+    func submit(_ s: H2UpstreamStream, head: [UInt8], teTrailers: Bool, endStream: Bool) {
+        guard let session, !closed else { return fail(s, error: nil, refused: false) }
+        let converted = head.withUnsafeBytes { raw in
+            Result { () throws(HTTP2RequestFields.Invalid) in try HTTP2RequestFields(head: raw, scheme: "http", teTrailers: teTrailers) }
+        }
+        let fields: HTTP2RequestFields
+        switch converted {
+        case .success(let f): fields = f
+        case .failure(let error):
+            pool.context.logger.error("cannot send a request to \(endpoint.address) over HTTP/2: \(error.reason)")
+            return fail(s, error: nil, refused: false)
+        }
+        let id: Int32 = fields.storage.withUnsafeBufferPointer { buf in
+            let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
+            return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.spans.count) { nva in
+                for (i, f) in fields.spans.enumerated() {
+                    nva.initializeElement(at: i, to: nghttp2_nv(name: base + f.name, value: base + f.value, namelen: f.nameLength,
+                                                                valuelen: f.valueLength, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                }
+                if endStream {
+                    return nghttp2_submit_request(session, nil, nva.baseAddress, fields.spans.count, nil, nil)
+                }
+                var provider = nghttp2_data_provider()
+                provider.read_callback = H2UpstreamCallbacks.readCallback
+                return nghttp2_submit_request(session, nil, nva.baseAddress, fields.spans.count, &provider, nil)
+            }
+        }
+        guard id > 0 else {
+            // Stream ids ran out: this connection takes no more, the request goes on another.
+            goingAway = true
+            return fail(s, error: nil, refused: true)
+        }
+        s.id = id
+        streams[id] = s
+        scheduleFlush()
+    }
+
+    /// The exchange let go of a stream that is still open: reset it (CANCEL), or forget it when it
+    /// was never submitted.
+    func cancel(_ s: H2UpstreamStream) {
+        if s.id > 0, let session, streams[s.id] != nil {
+            nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, NGHTTP2_CANCEL.rawValue)
+            scheduleFlush()
+        } else if s.id <= 0 {
+            waiting.removeAll { $0 === s }
+            streamOver()
+        }
+    }
+
+    func resumeData(_ id: Int32) {
+        guard let session else { return }
+        nghttp2_session_resume_data(session, id)
+        scheduleFlush()
+    }
+
+    /// Acknowledges response bytes a stream's client took.
+    func consume(_ id: Int32, _ n: Int) {
+        guard let session, n > 0 else { return }
+        nghttp2_session_consume(session, id, n)
+        scheduleFlush()
+    }
+
+    private func fail(_ s: H2UpstreamStream, error: SystemError?, refused: Bool) {
+        let owner = s.owner
+        s.sessionEnded()
+        if s.id > 0 { streams.removeValue(forKey: s.id) }
+        streamOver()
+        owner?.h2Failed(s, error: error, refused: refused)
+    }
+
+    private func streamOver() {
+        active -= 1
+        served += 1
+        if active == 0 { idleSince = pool.loop.coarseNow }
+        if active == 0 && goingAway { close(.upstreamClosed) }
+    }
+
+    // MARK: the socket
+
+    func channelConnected(_ channel: SocketChannel) {
+        isOpen = true
+        let ready = waiting
+        waiting.removeAll()
+        for s in ready where !s.isClosed { s.owner?.h2Ready(s) }
+        flush()
+    }
+
+    func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
+        guard let session, !closed else { return }
+        inSession = true
+        let n = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        inSession = false
+        if n < 0 {
+            pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
+            return failAll(error: nil, reason: .upstreamClosed)
+        }
+        flush()
+    }
+
+    func channelEOF(_ channel: SocketChannel) { failAll(error: nil, reason: .upstreamClosed) }
+
+    func channelError(_ channel: SocketChannel, _ error: SystemError) { failAll(error: error, reason: .upstreamClosed) }
+
+    func channelDrained(_ channel: SocketChannel) { flush() }
+
+    func scheduleFlush() {
+        guard !flushScheduled, !closed else { return }
+        flushScheduled = true
+        pool.loop.queue.async { [self] in
+            flushScheduled = false
+            flush()
+        }
+    }
+
+    /// Writes what nghttp2 has to send while the socket keeps up.
+    func flush() {
+        guard let session, !closed, !inSession, isOpen else { return }
+        inSession = true
+        var out = pool.loop.takeScratch()
+        defer { pool.loop.returnScratch(out) }
+        while transport.pendingBytes + out.count <= SocketChannel.highWatermark {
+            var data: UnsafePointer<UInt8>?
+            let n = nghttp2_session_mem_send(session, &data)
+            if n < 0 {
+                inSession = false
+                pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
+                return failAll(error: nil, reason: .upstreamClosed)
+            }
+            if n == 0 { break }
+            out.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
+            if out.count >= 64 * 1024 {
+                transport.write(out)
+                out.removeAll(keepingCapacity: true)
+            }
+        }
+        if !out.isEmpty { transport.write(out) }
+        inSession = false
+        if !tookBody.isEmpty {
+            let took = tookBody
+            tookBody.removeAll(keepingCapacity: true)
+            for s in took { s.bodyTaken() }
+        }
+        if goingAway && active == 0 { close(.upstreamClosed) }
+    }
+
+    // MARK: nghttp2 callbacks (from H2UpstreamCallbacks)
+
+    private var headerBytes = 0
+
+    func beginHeaders(_ id: Int32) {
+        guard let s = streams[id] else { return }
+        s.fields = HTTPHeaders()
+        s.status = 0
+        headerBytes = 0
+    }
+
+    func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        guard let s = streams[id] else { return }
+        headerBytes += name.count + value.count + 32
+        if name.first == 58 {  // ':'
+            if name.equals(":status") { s.status = Int(String(decoding: value, as: UTF8.self)) ?? 0 }
+            return
+        }
+        guard headerBytes <= Limits.maxHeaderBytes else { return }
+        s.fields.append(name: name, value: value)
+    }
+
+    func headersReceived(_ id: Int32, endStream: Bool) {
+        guard let s = streams[id] else { return }
+        if headerBytes > Limits.maxHeaderBytes {
+            return resetAndFail(s, why: "the upstream's response header block is larger than \(Limits.maxHeaderBytes) bytes")
+        }
+        if !s.sawFinalHead {
+            if s.status < 100 || s.status > 999 { return resetAndFail(s, why: "the upstream's response has no valid :status") }
+            if s.status >= 200 {
+                s.sawFinalHead = true
+                // A final head that ends the stream has no body: said as a length of 0, so that
+                // the client too gets one frame (a gRPC trailers-only answer stays one).
+                if endStream && !s.fields.contains("content-length") { s.fields.append("content-length", "0") }
+            }
+            let head = HTTPResponseHead(version: .http2, status: s.status, reason: HeaderRewriter.reasonPhrase(s.status), headers: s.fields, keepAlive: true)
+            s.fields = HTTPHeaders()
+            s.owner?.h2Head(s, head)
+            if endStream { streamEnded(s, trailers: nil) }
+        } else if endStream {
+            let trailers = s.fields
+            s.fields = HTTPHeaders()
+            streamEnded(s, trailers: trailers)
+        }
+    }
+
+    func dataReceived(_ id: Int32, _ bytes: UnsafeRawBufferPointer) {
+        guard let s = streams[id] else {
+            if let session { nghttp2_session_consume(session, id, bytes.count) }
+            return
+        }
+        if s.paused {
+            s.unconsumed += bytes.count
+        } else if let session {
+            nghttp2_session_consume(session, id, bytes.count)
+        }
+        s.owner?.h2Data(s, bytes)
+    }
+
+    func dataEnded(_ id: Int32) {
+        guard let s = streams[id] else { return }
+        streamEnded(s, trailers: nil)
+    }
+
+    private func streamEnded(_ s: H2UpstreamStream, trailers: HTTPHeaders?) {
+        s.remoteEnded = true
+        s.owner?.h2Ended(s, trailers: trailers)
+    }
+
+    /// A request's HEADERS were never sent: it can go on another connection.
+    func notSent(_ id: Int32) {
+        guard let s = streams[id], !s.remoteEnded else { return }
+        goingAway = true
+        fail(s, error: nil, refused: true)
+    }
+
+    func goaway() {
+        goingAway = true
+    }
+
+    func streamClosed(_ id: Int32, errorCode: UInt32) {
+        guard let s = streams.removeValue(forKey: id) else { return }
+        let owner = s.owner
+        let ended = s.remoteEnded
+        s.sessionEnded()
+        streamOver()
+        guard !ended, let owner else { return }
+        let refused = errorCode == NGHTTP2_REFUSED_STREAM.rawValue
+        owner.h2Failed(s, error: refused ? nil : SystemError("HTTP/2 stream reset by \(endpoint.address) (error code \(errorCode))", errno: ECONNRESET),
+                       refused: refused)
+    }
+
+    func readBody(_ id: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let s = streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        let n = s.readBody(into: buf, length: length, flags: flags)
+        if n > 0 { tookBody.append(s) }
+        return n
+    }
+
+    private func resetAndFail(_ s: H2UpstreamStream, why: String) {
+        pool.context.logger.warning("\(endpoint.address): \(why)")
+        if let session { nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, NGHTTP2_PROTOCOL_ERROR.rawValue) }
+        s.remoteEnded = true  // no failure report from the close that follows: it is reported here
+        let owner = s.owner
+        owner?.h2Failed(s, error: SystemError(why, errno: EPROTO), refused: false)
+    }
+
+    // MARK: closing
+
+    /// The connection did not come up within the connect timeout: its streams fail as a connect
+    /// failure would.
+    func connectTimedOut() {
+        failAll(error: SystemError("connecting to \(endpoint.address) timed out", errno: ETIMEDOUT), reason: .upstreamClosed)
+    }
+
+    /// Every stream fails and the connection closes (it broke, or nghttp2 gave up on it).
+    private func failAll(error: SystemError?, reason: UpstreamCloseReason) {
+        guard !closed else { return }
+        goingAway = true
+        let all = waiting + Array(streams.values)
+        waiting.removeAll()
+        streams.removeAll()
+        close(reason)
+        for s in all {
+            let owner = s.owner
+            let ended = s.remoteEnded
+            s.sessionEnded()
+            if !ended { owner?.h2Failed(s, error: error, refused: false) }
+        }
+        active = 0
+    }
+
+    /// Closes the connection: GOAWAY first when it is up and idle.
+    func close(_ reason: UpstreamCloseReason) {
+        guard !closed else { return }
+        if let session, isOpen, active == 0 {
+            nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR.rawValue)
+            flush()
+        }
+        closed = true
+        goingAway = true
+        if !transport.isClosed { transport.close() }
+        pool.h2SessionClosed(self, reason)
+    }
+}

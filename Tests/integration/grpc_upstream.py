@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""A real gRPC server (grpcio, plaintext HTTP/2) for Turnout's tests, with the standard health service.
+
+Run: grpc_upstream.py --port PORT --name NAME
+
+Methods (raw bytes in and out, no protobuf stubs needed):
+  /test.Echo/Unary          answers NAME + ":" + the request
+  /test.Echo/Stream         answers N messages NAME:0 .. NAME:N-1, N = int(request)
+  /test.Echo/Fail           ends with status NOT_FOUND and message "no such thing: <request>"
+  /test.Echo/Slow           answers after int(request) milliseconds
+  /test.Control/SetServing  request b"1" or b"0": the health service's overall status (also for
+                            the service "test.Echo")
+  grpc.health.v1.Health     Check and Watch (grpcio-health-checking)
+"""
+import argparse
+import sys
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--name", default="grpc")
+    ap.add_argument("--host", default="127.0.0.1")
+    a = ap.parse_args()
+    name = a.name.encode()
+    health_servicer = health.HealthServicer()
+
+    def set_serving(serving):
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        health_servicer.set("", status)
+        health_servicer.set("test.Echo", status)
+
+    def unary(request, context):
+        return name + b":" + request
+
+    def stream(request, context):
+        for i in range(int(request)):
+            yield name + b":" + str(i).encode()
+
+    def fail(request, context):
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing: " + request.decode())
+
+    def slow(request, context):
+        time.sleep(int(request) / 1000)
+        return name + b":slow"
+
+    def control(request, context):
+        set_serving(request == b"1")
+        return b"ok"
+
+    echo = grpc.method_handlers_generic_handler("test.Echo", {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        "Fail": grpc.unary_unary_rpc_method_handler(fail),
+        "Slow": grpc.unary_unary_rpc_method_handler(slow),
+    })
+    ctl = grpc.method_handlers_generic_handler("test.Control", {"SetServing": grpc.unary_unary_rpc_method_handler(control)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[echo, ctl])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    set_serving(True)
+    server.add_insecure_port(f"{a.host}:{a.port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,355 @@
+"""Pools that speak HTTP/2 (protocol: h2c): a python-h2 upstream (h2upstream.py) and real gRPC
+servers (grpcio, grpc_upstream.py), from HTTP/1.1 and HTTP/2 clients and gRPC clients."""
+import hashlib
+import http.client
+import json
+import os
+import socket
+import subprocess
+import threading
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from harness import Turnout, Upstream, admin_call, pattern_sha256, run_cli, wait_for
+
+
+def h2_turnout(cleanup, script="h2upstream.py", weights=None, pool_keys="", names=("blue", "green"), **kw):
+    ups = [Upstream(n, script=script) for n in names]
+    cleanup.extend(ups)
+    pool_text = {u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c{", " + pool_keys if pool_keys else ""} }}' for u in ups}
+    t = Turnout({u.name: [u.address] for u in ups}, weights=weights, pool_text=pool_text, **kw)
+    cleanup.append(t)
+    return (t, *ups)
+
+
+def h2_request(port, method, path, body=b"", headers=()):
+    """One request over h2c with prior knowledge: (status, headers, body, trailers)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", method), (":path", path), (":scheme", "http"), (":authority", "t")] + list(headers),
+                      end_stream=not body)
+    left = body
+
+    def send_body():
+        # As much of the body as the flow-control windows allow.
+        nonlocal left
+        while left:
+            n = min(len(left), conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+            if n <= 0:
+                return
+            conn.send_data(1, left[:n], end_stream=n == len(left))
+            left = left[n:]
+
+    send_body()
+    s.sendall(conn.data_to_send())
+    status, hdrs, data, trailers = None, {}, b"", {}
+    while True:
+        send_body()
+        s.sendall(conn.data_to_send())
+        chunk = s.recv(1 << 20)
+        assert chunk, "the connection closed before the stream ended"
+        for ev in conn.receive_data(chunk):
+            if isinstance(ev, h2.events.ResponseReceived):
+                hdrs = dict(ev.headers)
+                status = int(hdrs[":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                data += ev.data
+                conn.acknowledge_received_data(ev.flow_controlled_length, 1)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                trailers = dict(ev.headers)
+            elif isinstance(ev, h2.events.StreamReset):
+                s.close()
+                return "reset", hdrs, data, trailers
+            if isinstance(ev, h2.events.StreamEnded):
+                s.close()
+                return status, hdrs, data, trailers
+        s.sendall(conn.data_to_send())
+
+
+def h2_stats(upstream):
+    """/stats of an h2upstream.py, asked over HTTP/2 (it speaks nothing else)."""
+    status, _, data, _ = h2_request(upstream.port, "GET", "/stats")
+    assert status == 200
+    return json.loads(data)
+
+
+def test_requests_reach_an_h2c_pool_from_both_client_protocols(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/hello", headers={"Host": "app.example"})
+    r = c.getresponse()
+    assert (r.status, r.read(), r.getheader("X-Served-By")) == (200, b"blue\n", "blue")
+    body = os.urandom(100_000)
+    sha = hashlib.sha256(body).hexdigest()
+    c.request("POST", "/echo", body=body, headers={"Host": "app.example", "Connection": "keep-alive"})
+    echo = json.loads(c.getresponse().read())
+    assert echo["method"] == "POST" and echo["body_length"] == len(body) and echo["body_sha256"] == sha
+    assert echo["authority"] == "app.example"
+    names = [k for k, _ in echo["headers"]]
+    assert "x-forwarded-for" in names and "connection" not in names and "host" not in names
+    # A chunked body from an HTTP/1.1 client arrives as DATA, without chunk framing.
+    c.putrequest("POST", "/echo")
+    c.putheader("Transfer-Encoding", "chunked")
+    c.endheaders()
+    for piece in (body[:30_000], body[30_000:]):
+        c.send(b"%x\r\n" % len(piece) + piece + b"\r\n")
+    c.send(b"0\r\n\r\n")
+    echo = json.loads(c.getresponse().read())
+    assert echo["body_length"] == len(body) and echo["body_sha256"] == sha
+    # From an HTTP/2 client.
+    status, hdrs, data, _ = h2_request(t.port, "POST", "/echo", body)
+    assert status == 200 and json.loads(data)["body_sha256"] == sha
+    # A large answer, with the pattern's checksum, through both.
+    c.request("GET", "/big?bytes=8388608")
+    r = c.getresponse()
+    assert hashlib.sha256(r.read()).hexdigest() == pattern_sha256(8 << 20)
+    status, _, data, _ = h2_request(t.port, "GET", "/big?bytes=5242880")
+    assert status == 200 and hashlib.sha256(data).hexdigest() == pattern_sha256(5 << 20)
+
+
+def test_concurrent_requests_share_a_few_connections(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    errors = []
+
+    def worker():
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=20)
+            for _ in range(20):
+                c.request("GET", "/slow?ms=50")
+                r = c.getresponse()
+                if r.status != 200:
+                    errors.append(r.status)
+                r.read()
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+    stats = h2_stats(blue)
+    assert stats["streams"] == 800
+    # 40 requests in flight at a time, over at most max_connections (4) per worker (2).
+    assert stats["connections"] <= 8 and stats["max_open"] > 1
+
+
+def test_trailers_reach_an_http2_client(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    status, hdrs, data, trailers = h2_request(t.port, "POST", "/trailers", b"abc")
+    assert status == 200 and data == b"blue\n"
+    assert trailers == {"x-name": "blue", "x-body-sha256": hashlib.sha256(b"abc").hexdigest()}
+    # An HTTP/1.1 client gets the body (chunked); the trailers are not sent to it.
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/trailers")
+    assert c.getresponse().read() == b"blue\n"
+
+
+def test_an_upstream_reset_is_a_502_or_a_broken_transfer(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/reset")
+    r = c.getresponse()
+    assert r.status == 502 and b"reset" in r.read()
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/reset-mid")
+    r = c.getresponse()
+    assert r.status == 200
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    status, _, _, _ = h2_request(t.port, "GET", "/reset-mid")
+    assert status == "reset"
+    # The connection to the upstream survived its streams' resets.
+    assert get_ok(t)
+
+
+def get_ok(t):
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/")
+    r = c.getresponse()
+    return r.status == 200 and r.read() in (b"blue\n", b"green\n")
+
+
+def test_goaway_under_load_fails_no_request(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    stop = threading.Event()
+    errors, done = [], []
+
+    def worker():
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=20)
+        while not stop.is_set():
+            try:
+                c.request("GET", "/")
+                r = c.getresponse()
+                body = r.read()
+                if r.status != 200:
+                    errors.append((r.status, body))
+                done.append(1)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+                c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=20)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    try:
+        for i in range(20):
+            before = len(done)
+            # Each /goaway makes the upstream send GOAWAY on the connection that carried it and
+            # close it once its streams are done; the load's own streams keep coming meanwhile.
+            assert get_ok_path(t, "/goaway")
+            wait_for(lambda: len(done) >= before + 50, timeout=30, what="traffic after a GOAWAY")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert errors == []
+    assert h2_stats(blue)["connections"] > 10
+
+
+def get_ok_path(t, path):
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", path)
+    r = c.getresponse()
+    return r.status == 200 and r.read() == b"blue\n"
+
+
+def test_health_is_probed_over_http2_and_a_dead_pool_is_avoided(cleanup, tmp_path):
+    flag = str(tmp_path / "unhealthy")
+    blue = Upstream("blue", script="h2upstream.py", unhealthy_file=flag)
+    green = Upstream("green", script="h2upstream.py")
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]}, weights={"blue": 100},
+                pool_text={"blue": f'{{ endpoints: ["{blue.address}"], protocol: h2c }}',
+                           "green": f'{{ endpoints: ["{green.address}"], protocol: h2c }}'})
+    cleanup.append(t)
+    wait_for(lambda: all(e["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values() for e in p["endpoints"]),
+             what="both pools healthy over h2c")
+    open(flag, "w").close()
+    wait_for(lambda: not admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"], what="blue unhealthy")
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    c.request("GET", "/")
+    r = c.getresponse()
+    assert r.status == 200 and r.read() == b"green\n"  # failover
+
+
+# MARK: gRPC
+
+def grpc_call(port, method, request, stub="unary_unary", timeout=10):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        answer = getattr(ch, stub)(method)(request, timeout=timeout)
+        return list(answer) if stub == "unary_stream" else answer
+
+
+def test_grpc_unary_streaming_and_errors_through_turnout(cleanup):
+    t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100}, pool_keys="health: { grpc_service: test.Echo }")
+    wait_for(lambda: admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"], what="blue healthy by gRPC health")
+    assert grpc_call(t.port, "/test.Echo/Unary", b"hi") == b"blue:hi"
+    assert list(grpc_call(t.port, "/test.Echo/Stream", b"5", stub="unary_stream")) == [b"blue:%d" % i for i in range(5)]
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_call(t.port, "/test.Echo/Fail", b"x")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and e.value.details() == "no such thing: x"
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_call(t.port, "/test.Echo/Nope", b"x")
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_grpc_over_tls_from_the_client(cleanup, tmp_path):
+    from harness import make_certificate
+    cert, key = make_certificate(str(tmp_path), "server", hosts=("localhost", "127.0.0.1"))
+    ups = [Upstream(n, script="grpc_upstream.py") for n in ("blue", "green")]
+    cleanup.extend(ups)
+    t = Turnout({u.name: [u.address] for u in ups}, weights={"blue": 100},
+                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c }}' for u in ups},
+                health="{ interval: 200ms, timeout: 500ms, rise: 1, fall: 1, grpc: true }",
+                tls=f"{{ certificate: {cert}, private_key: {key} }}")
+    cleanup.append(t)
+    wait_for(lambda: admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"], what="blue healthy")
+    creds = grpc.ssl_channel_credentials(root_certificates=open(cert, "rb").read())
+    with grpc.secure_channel(f"localhost:{t.tls_port}", creds) as ch:
+        assert ch.unary_unary("/test.Echo/Unary")(b"tls", timeout=10) == b"blue:tls"
+        assert list(ch.unary_stream("/test.Echo/Stream")(b"3", timeout=10)) == [b"blue:0", b"blue:1", b"blue:2"]
+
+
+def test_a_switch_under_grpc_load_fails_no_call(cleanup):
+    t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
+                                pool_keys="health: { grpc_service: \"\" }")
+    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
+             what="both pools healthy")
+    stop = threading.Event()
+    errors, served = [], {"blue": 0, "green": 0}
+    lock = threading.Lock()
+
+    def worker():
+        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
+            call = ch.unary_unary("/test.Echo/Unary")
+            while not stop.is_set():
+                try:
+                    who = call(b"x", timeout=10).split(b":")[0].decode()
+                    with lock:
+                        served[who] += 1
+                except grpc.RpcError as e:
+                    errors.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for th in threads:
+        th.start()
+    try:
+        for i in range(10):
+            before = sum(served.values())
+            pool = "green" if i % 2 == 0 else "blue"
+            assert admin_call(t, "POST", "/v1/switch", {"pool": pool})[0] == 200
+            wait_for(lambda: sum(served.values()) >= before + 100, timeout=30, what="calls after a switch")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert errors == []
+    assert served["blue"] > 0 and served["green"] > 0
+
+
+def test_a_grpc_pool_not_serving_is_taken_out(cleanup):
+    t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
+                                pool_keys="health: { grpc_service: test.Echo }")
+    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
+             what="both pools healthy")
+    with grpc.insecure_channel(blue.address) as ch:
+        ch.unary_unary("/test.Control/SetServing")(b"0", timeout=5)
+    wait_for(lambda: not admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"],
+             what="blue out of rotation")
+    probes = admin_call(t, "GET", "/v1/stats")[1]["probes"]["blue"]
+    assert "NOT_SERVING" in probes[blue.address]["detail"], probes
+    assert grpc_call(t.port, "/test.Echo/Unary", b"x") == b"green:x"  # failover
+    # With no pool serving, a gRPC client gets UNAVAILABLE as a gRPC status, not an HTML page.
+    with grpc.insecure_channel(green.address) as ch:
+        ch.unary_unary("/test.Control/SetServing")(b"0", timeout=5)
+    wait_for(lambda: not admin_call(t, "GET", "/v1/state")[1]["pools"]["green"]["endpoints"][0]["healthy"],
+             what="green out of rotation")
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_call(t.port, "/test.Echo/Unary", b"x")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "no healthy endpoint" in e.value.details()
+    with grpc.insecure_channel(blue.address) as ch:
+        ch.unary_unary("/test.Control/SetServing")(b"1", timeout=5)
+    wait_for(lambda: admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"], what="blue back")
+    assert grpc_call(t.port, "/test.Echo/Unary", b"x") == b"blue:x"
+
+
+def test_config_errors(tmp_path):
+    for text, message in [
+        ("protocol: h3", "pools.blue.protocol: expected http1 or h2c"),
+        ("max_connections: 2", "pools.blue.max_connections: applies to HTTP/2 upstreams only"),
+        ("protocol: h2c, max_idle_connections: 2", "pools.blue.max_idle_connections: applies to HTTP/1.1 upstreams only"),
+        ("health: { grpc_service: x }", "pools.blue.health.grpc_service: gRPC health checks need an HTTP/2 pool"),
+        ("protocol: h2c, max_connections: 0", "pools.blue.max_connections: must be between 1"),
+        ("protocol: h2c, health: { path: /x }", "pools.blue.health.path: unknown key"),
+    ]:
+        path = tmp_path / "c.yaml"
+        path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
+                        f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {text} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
+        r = run_cli("check-config", str(path))
+        assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
