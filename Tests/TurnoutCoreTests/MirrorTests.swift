@@ -164,7 +164,7 @@ import Testing
         let g = (obj?["observed"] as? [String: Any])?["green"] as? [String: Any]
         #expect(g?["requests"] as? Int == 2 && g?["errors"] as? Int == 1)
         #expect((g?["responses"] as? [String: Any])?["5xx"] as? Int == 1)
-        #expect(g?["dropped"] as? [String: Int] == ["busy": 4, "unavailable": 0, "body_too_large": 1, "incomplete": 0])
+        #expect(g?["dropped"] as? [String: Int] == ["busy": 4, "unavailable": 0, "body_too_large": 1, "incomplete": 0, "failing": 0])
         #expect(JSONWriter.mirror(nil, traffic: TrafficStats()) == "{\"mirror\":null,\"observed\":{}}")
     }
 

@@ -154,14 +154,32 @@ def test_a_dead_mirror_pool_costs_the_live_path_nothing(blue_green):
     c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
     for _ in range(30):
         assert get(t, "/", conn=c)[:2] == (200, "blue")
-    # Each copy either failed to connect (before the probes noticed) or was not made.
-    wait_for(lambda: copies(t) + dropped(t, "unavailable") == 30, what="every copy accounted for")
+    # Each copy either failed to connect (before the probes noticed), or was not made: copying
+    # pauses after 3 failures in a row, and stops while the pool has no healthy endpoint.
+    wait_for(lambda: copies(t) + dropped(t, "unavailable") + dropped(t, "failing") == 30, what="every copy accounted for")
     assert metric(t, "turnout_mirror_errors_total", pool="green") == copies(t)
     wait_for(lambda: metric(t, "turnout_endpoint_healthy", pool="green", endpoint=green.address) == 0, what="green unhealthy")
     before = dropped(t, "unavailable")
     for _ in range(10):
         assert get(t, "/", conn=c)[:2] == (200, "blue")
     assert dropped(t, "unavailable") == before + 10
+
+
+def test_copying_pauses_while_a_mirror_still_counted_healthy_refuses_connections(blue_green):
+    # Probes an hour apart: the pool stays healthy after its endpoint died, as it does for the
+    # seconds before probes notice. Without the pause each request would cost a failed connect.
+    t, blue, green = blue_green(weights={"blue": 100}, health="{ interval: 1h, timeout: 500ms, rise: 1, fall: 1 }",
+                                extra="  mirror: { pool: green, percent: 100 }\n")
+    wait_for(lambda: admin_call(t, "GET", "/v1/state")[1]["pools"]["green"]["endpoints"][0]["healthy"], what="green probed once")
+    green.kill()
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    for _ in range(100):
+        assert get(t, "/", conn=c)[:2] == (200, "blue")
+    wait_for(lambda: copies(t) + dropped(t, "failing") == 100, what="every copy accounted for")
+    # Three copies in a row without an answer pause copying (1 s, then longer each time).
+    assert 3 <= copies(t) < 50 and dropped(t, "failing") > 50
+    assert metric(t, "turnout_mirror_errors_total", pool="green") == copies(t)
+    assert metric(t, "turnout_proxy_errors_total", pool="blue") == 0
 
 
 def test_a_body_longer_than_max_body_bytes_is_not_copied(blue_green):

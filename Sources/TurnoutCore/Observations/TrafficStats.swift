@@ -89,6 +89,9 @@ public enum MirrorDrop: Int, Sendable, CaseIterable {
     case bodyTooLarge
     /// The request never became whole (the client went away, or it was refused).
     case incomplete
+    /// The mirror pool's last copies got no answer (it is down or refusing): copying pauses,
+    /// for 1 s after 3 such copies in a row, twice as long each time again, at most 30 s.
+    case failing
 
     /// The label in metrics and status.
     public var label: String {
@@ -97,6 +100,7 @@ public enum MirrorDrop: Int, Sendable, CaseIterable {
         case .unavailable: "unavailable"
         case .bodyTooLarge: "body_too_large"
         case .incomplete: "incomplete"
+        case .failing: "failing"
         }
     }
 }

@@ -55,6 +55,19 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
     /// Copies still collecting their request body.
     private var collecting = 0
 
+    /// Per mirror pool: copies that got no answer in a row, and the pause they caused. A dead or
+    /// refusing mirror pool would otherwise cost a connect attempt per request until its probes
+    /// fail (outlier ejection cannot take the last endpoint out).
+    private struct Breaker {
+        var failures = 0
+        var pauses = 0
+        var until: UInt64 = 0
+    }
+    private var breakers: [String: Breaker] = [:]
+    static let failuresBeforePause = 3
+    static let firstPauseNanos: UInt64 = 1_000_000_000
+    static let longestPauseNanos: UInt64 = 30_000_000_000
+
     init(loop: EventLoop, context: ProxyContext, pool: UpstreamPool, stats: LoopStats) {
         self.loop = loop
         self.context = context
@@ -82,6 +95,10 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
         }
         if !table.pools[mirror.pool].hasHealthyEndpoint {
             stats.mirrorDropped(pool: spec.pool, .unavailable)
+            return nil
+        }
+        if let b = breakers[spec.pool], b.until != 0, loop.coarseNow < b.until {
+            stats.mirrorDropped(pool: spec.pool, .failing)
             return nil
         }
         collecting += 1
@@ -112,9 +129,22 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
         ex.start()
     }
 
-    fileprivate func done(_ sink: MirrorSink) {
+    fileprivate func done(_ sink: MirrorSink, pool: String, answered: Bool) {
         sink.exchange = nil
         inFlight.removeValue(forKey: ObjectIdentifier(sink))
+        var b = breakers[pool] ?? Breaker()
+        if answered {
+            b = Breaker()
+        } else {
+            b.failures += 1
+            if b.failures >= Self.failuresBeforePause {
+                b.failures = 0
+                let pause = min(Self.longestPauseNanos, Self.firstPauseNanos << UInt64(min(b.pauses, 5)))
+                b.pauses += 1
+                b.until = loop.coarseNow + pause
+            }
+        }
+        breakers[pool] = b
     }
 
     func checkTimeouts(now: UInt64) {
@@ -160,13 +190,13 @@ final class MirrorSink: ExchangeSink {
     func exchangeResponseHead(_ ex: UpstreamExchange, _ head: HTTPResponseHead, framing: BodyFraming) {}
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {}
     func exchangeFailed(_ ex: UpstreamExchange, status: Int, message: String) {}
-    func exchangeFinished(_ ex: UpstreamExchange) { runner.done(self) }
-    func exchangeAborted(_ ex: UpstreamExchange, reason: String) { runner.done(self) }
+    func exchangeFinished(_ ex: UpstreamExchange) { runner.done(self, pool: ex.poolName, answered: !ex.machine.proxyGenerated) }
+    func exchangeAborted(_ ex: UpstreamExchange, reason: String) { runner.done(self, pool: ex.poolName, answered: true) }
 
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
         // Upgrades are never mirrored; a 101 anyway ends the copy.
         upstream.endpoint.requestEnded()
         upstream.close()
-        runner.done(self)
+        runner.done(self, pool: ex.poolName, answered: true)
     }
 }

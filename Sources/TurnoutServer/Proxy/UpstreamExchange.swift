@@ -450,6 +450,12 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         let (action, counts) = machine.upstreamFailed(failure)
         if counts { context.outliers.failed(endpoint) }
         switch action {
+        case .retry where role == .mirror:
+            // A copy is not worth a second connection: it fails as it is.
+            dropUpstream()
+            if case .respond(let s) = machine.noRetryTarget(status: failure == .connectTimedOut ? 504 : 502) {
+                respond(status: s, message: Self.failureMessage(failure, error: error, endpoint: endpoint))
+            }
         case .retry(let sameEndpoint):
             dropUpstream()
             let table = pool.view.table
@@ -523,7 +529,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// Answers with Turnout's own error (the machine has ended the exchange with it).
     private func respond(status: Int, message: String) {
         dropUpstream()
-        context.logger.warning("\(status) for \(head.method) \(head.target): \(message)")
+        // A mirror's failures are counted, not logged one by one (a dead mirror fails every copy).
+        if role == .live { context.logger.warning("\(status) for \(head.method) \(head.target): \(message)") }
         sink?.exchangeFailed(self, status: status, message: message)
         finish(reusable: false)
     }
