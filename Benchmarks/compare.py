@@ -16,6 +16,8 @@ another, each preceded by a warm-up of the same load (--warmup seconds, not meas
            full handshake (no session resumption), RSA-4096 certificate
   h2c      h2load -c10 -m10 over h2c (Turnout against HAProxy `proto h2` and nghttpx)
   h2c100   h2load -c4 -m100 over h2c: 100 concurrent streams per connection
+  h2up     h2load -c10 -m10 over h2c to proxies whose upstreams speak HTTP/2 too (nginx h2c
+           listeners): Turnout with `protocol: h2c` pools, nghttpx `proto=h2`, HAProxy `proto h2`
 
 --scaling adds Turnout with workers: 2 (`workers: auto` on this 2-core machine) to the small and
 tls-new loads.
@@ -209,17 +211,20 @@ class Proc:
 
 
 def start_upstreams(workdir):
+    """nginx serving blue and green over HTTP/1.1, and again over h2c (prior knowledge) on the
+    ports returned in `h2_ports`."""
     blue, green, status = free_port(), free_port(), free_port()
+    blue_h2, green_h2 = free_port(), free_port()
     static = os.path.join(workdir, "static")
     os.makedirs(static, exist_ok=True)
     with open(os.path.join(static, "64k.bin"), "wb") as f:
         f.write(bytes(range(256)) * 256)
     conf = os.path.join(workdir, "upstreams.conf")
     servers = ""
-    for name, port in (("blue", blue), ("green", green)):
+    for name, port, h2 in (("blue", blue, ""), ("green", green, ""), ("blue", blue_h2, " http2"), ("green", green_h2, " http2")):
         servers += f"""
     server {{
-        listen 127.0.0.1:{port} reuseport backlog=4096;
+        listen 127.0.0.1:{port}{h2} reuseport backlog=4096;
         location = / {{ default_type text/plain; return 200 "{name}\\n"; }}
         location = /healthz {{ default_type text/plain; return 200 "ok\\n"; }}
         location = /upload {{ client_max_body_size 1m; default_type text/plain; return 200 "{name} got it\\n"; }}
@@ -246,7 +251,9 @@ http {{
 }}
 """)
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    p = Proc("upstreams", ["nginx", "-c", conf, "-p", workdir], {"blue": blue, "green": green, "status": status}, workdir)
+    p = Proc("upstreams", ["nginx", "-c", conf, "-p", workdir],
+             {"blue": blue, "green": green, "blue_h2": blue_h2, "green_h2": green_h2, "status": status}, workdir)
+    p.h2_ports = (blue_h2, green_h2)
     return p, blue, green, status
 
 
@@ -267,10 +274,11 @@ def make_certificate(workdir):
     return cert, key
 
 
-def start_turnout(workdir, blue, green, workers=1):
+def start_turnout(workdir, blue, green, workers=1, h2_upstream=False):
     port, tls_port = free_port(), free_port()
     cert, key = make_certificate(workdir)
-    name = f"turnout-w{workers}"
+    name = f"turnout-w{workers}" + ("-h2up" if h2_upstream else "")
+    proto = ", protocol: h2c" if h2_upstream else ""
     conf = os.path.join(workdir, f"{name}.yaml")
     admin = f"{workdir}/{name}-admin.sock"
     with open(conf, "w") as f:
@@ -282,8 +290,8 @@ listeners:
 admin:
   socket: {admin}
 pools:
-  blue: {{ endpoints: ["127.0.0.1:{blue}"] }}
-  green: {{ endpoints: ["127.0.0.1:{green}"] }}
+  blue: {{ endpoints: ["127.0.0.1:{blue}"]{proto} }}
+  green: {{ endpoints: ["127.0.0.1:{green}"]{proto} }}
 routing:
   weights: {{ blue: 90, green: 10 }}
 access_log: false
@@ -293,10 +301,11 @@ access_log: false
                 admin=admin)
 
 
-def start_haproxy(workdir, blue, green):
+def start_haproxy(workdir, blue, green, h2_upstream=False):
     port, h2_port, tls_port = free_port(), free_port(), free_port()
     make_certificate(workdir)
-    conf = os.path.join(workdir, "haproxy.cfg")
+    conf = os.path.join(workdir, "haproxy-h2up.cfg" if h2_upstream else "haproxy.cfg")
+    proto = " proto h2" if h2_upstream else ""
     with open(conf, "w") as f:
         f.write(f"""global
     nbthread 1
@@ -319,10 +328,11 @@ frontend fe_tls
     default_backend be
 backend be
     balance roundrobin
-    server blue 127.0.0.1:{blue} weight 90 check inter 2s
-    server green 127.0.0.1:{green} weight 10 check inter 2s
+    server blue 127.0.0.1:{blue} weight 90 check inter 2s{proto}
+    server green 127.0.0.1:{green} weight 10 check inter 2s{proto}
 """)
-    return Proc("haproxy", ["haproxy", "-db", "-f", conf], {"http": port, "h2": h2_port, "tls": tls_port}, workdir)
+    return Proc("haproxy-h2up" if h2_upstream else "haproxy", ["haproxy", "-db", "-f", conf],
+                {"http": port, "h2": h2_port, "tls": tls_port}, workdir)
 
 
 def start_nginx(workdir, blue, green):
@@ -365,14 +375,16 @@ http {{
     return Proc("nginx", ["nginx", "-c", conf, "-p", workdir], {"http": port, "tls": tls_port}, workdir)
 
 
-def start_nghttpx(workdir, blue, green):
+def start_nghttpx(workdir, blue, green, h2_upstream=False):
     port, tls_port = free_port(), free_port()
     cert, key = make_certificate(workdir)
-    return Proc("nghttpx", ["nghttpx", "--workers=1", f"--frontend=127.0.0.1,{port};no-tls",
-                            f"--frontend=127.0.0.1,{tls_port}",
-                            f"--backend=127.0.0.1,{blue};;proto=http/1.1;weight=90",
-                            f"--backend=127.0.0.1,{green};;proto=http/1.1;weight=10",
-                            "--no-ocsp", "--log-level=ERROR", f"--pid-file={workdir}/nghttpx.pid", key, cert],
+    proto = "h2" if h2_upstream else "http/1.1"
+    name = "nghttpx-h2up" if h2_upstream else "nghttpx"
+    return Proc(name, ["nghttpx", "--workers=1", f"--frontend=127.0.0.1,{port};no-tls",
+                       f"--frontend=127.0.0.1,{tls_port}",
+                       f"--backend=127.0.0.1,{blue};;proto={proto};weight=90",
+                       f"--backend=127.0.0.1,{green};;proto={proto};weight=10",
+                       "--no-ocsp", "--log-level=ERROR", f"--pid-file={workdir}/{name}.pid", key, cert],
                 {"http": port, "h2": port, "tls": tls_port}, workdir)
 
 
@@ -460,6 +472,8 @@ def run_load(proxy, load, seconds, connections, workdir):
         return run_h2load(proxy.ports["h2"], seconds, workdir, 10, 10)
     if load == "h2c100":
         return run_h2load(proxy.ports["h2"], seconds, workdir, 4, 100)
+    if load == "h2up":
+        return run_h2load(proxy.ports["h2"], seconds, workdir, 10, 10)
     raise ValueError(load)
 
 
@@ -497,15 +511,16 @@ def measure(proxy, load, seconds, warmup, connections, workdir, status_port):
 
 HTTP1 = ["turnout", "haproxy", "nginx", "nghttpx"]
 H2 = ["turnout", "haproxy", "nghttpx"]
+H2UP = ["turnout-h2up", "haproxy-h2up", "nghttpx-h2up"]
 LOADS = {
     "small": HTTP1, "c400": HTTP1, "64k": HTTP1, "post64k": HTTP1, "close": HTTP1,
-    "https": HTTP1, "tls-new": HTTP1, "h2c": H2, "h2c100": H2,
+    "https": HTTP1, "tls-new": HTTP1, "h2c": H2, "h2c100": H2, "h2up": H2UP,
 }
 # Targets from issue 14: requests/s ratio at least `rps`, p99 ratio at most `p99` (None: not judged).
 TARGETS = {"small": (1.0, 1.25)}
 DEFAULT_TARGET = (1.0, None)
 NAMES = {"turnout": "Turnout", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx",
-         "turnout-w2": "Turnout workers: 2"}
+         "turnout-w2": "Turnout workers: 2", "turnout-h2up": "Turnout", "haproxy-h2up": "HAProxy", "nghttpx-h2up": "nghttpx"}
 
 
 def main():
@@ -541,11 +556,14 @@ def main():
     starters = {"turnout": lambda: start_turnout(workdir, blue, green), "haproxy": lambda: start_haproxy(workdir, blue, green),
                 "nginx": lambda: start_nginx(workdir, blue, green), "nghttpx": lambda: start_nghttpx(workdir, blue, green),
                 "turnout-w2": lambda: start_turnout(workdir, blue, green, workers=2)}
+    blue_h2, green_h2 = upstreams.h2_ports
+    for n, start in (("turnout", start_turnout), ("haproxy", start_haproxy), ("nghttpx", start_nghttpx)):
+        starters[f"{n}-h2up"] = (lambda start: lambda: start(workdir, blue_h2, green_h2, h2_upstream=True))(start)
     proxies = {}
     results = {}
 
     def names_for(load):
-        names = [n for n in LOADS[load] if n in wanted]
+        names = [n for n in LOADS[load] if n.split("-")[0] in wanted]
         if a.scaling and load in ("small", "tls-new"):
             names.append("turnout-w2")
         return names
@@ -586,7 +604,8 @@ def main():
     verdicts = []
     for load in loads:
         names = names_for(load)
-        candidates = [n for n in (["haproxy", "nghttpx"] if load.startswith("h2c") else ["haproxy"]) if (load, n) in results]
+        refs = {"h2up": ["haproxy-h2up", "nghttpx-h2up"]}.get(load, ["haproxy", "nghttpx"] if load.startswith("h2c") else ["haproxy"])
+        candidates = [n for n in refs if (load, n) in results]
         ref_name = max(candidates, key=lambda n: med(results[(load, n)], "rps")) if candidates else None
         ref = results.get((load, ref_name))
         for name in names:
@@ -600,7 +619,7 @@ def main():
             print(f"{load:8} {NAMES.get(name, name):19} {rps:9.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} "
                   f"{cr:6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
                   + (f"  ({errs} run(s) with errors)" if errs else ""))
-            if name == "turnout" and ref:
+            if name in ("turnout", "turnout-h2up") and ref:
                 want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
                 met = rr >= want_rps and (want_p99 is None or not pr or pr <= want_p99)
                 verdicts.append(f"{load}: Turnout {rr:.2f}x {NAMES[ref_name]}'s req/s"

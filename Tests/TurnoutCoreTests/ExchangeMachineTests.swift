@@ -292,6 +292,25 @@ import Testing
         #expect(m.upstreamFailed(.closed(error: true)).action == .respond(status: 502))
     }
 
+    @Test func aRefusedStreamGoesAgainEvenForAPostUpToTheBoundThenA502() {
+        var m = Self.connected(Self.machine("POST", framing: .length(5), http2: true))
+        for _ in 0..<ExchangeMachine.maxRefusals {
+            let (action, counts) = m.upstreamFailed(.refused(bodyHeld: false))
+            #expect(action == .retry(sameEndpoint: true) && !counts && m.attempt?.number == 1)
+            m = Self.connected(m)
+        }
+        // Past the bound, a refusal is a failure like the others: a POST that reached the upstream.
+        #expect(m.upstreamFailed(.refused(bodyHeld: false)).action == .respond(status: 502))
+    }
+
+    @Test func aRefusedStreamWhoseBodyWentGoesAgainOnlyWhenTheBodyIsHeld() {
+        var m = Self.connected(Self.machine("POST", framing: .length(5), http2: true))
+        _ = m.requestData(count: 2, now: 0)
+        var held = m
+        #expect(m.upstreamFailed(.refused(bodyHeld: false)).action == .respond(status: 502))
+        #expect(held.upstreamFailed(.refused(bodyHeld: true)).action == .retry(sameEndpoint: true))
+    }
+
     @Test func theKeepAliveRaceIsRetriedOnTheSameEndpointAndNotCountedAgainstIt() {
         var m = Self.connected(Self.machine("GET"), pooled: true)
         let (action, counts) = m.upstreamFailed(.closed(error: false))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real gRPC server (grpcio, plaintext HTTP/2) for Turnout's tests, with the standard health service.
 
-Run: grpc_upstream.py --port PORT --name NAME
+Run: grpc_upstream.py --port PORT --name NAME [--max-connection-age-ms N] [--tls-cert FILE --tls-key FILE]
 
 Methods (raw bytes in and out, no protobuf stubs needed):
   /test.Echo/Unary          answers NAME + ":" + the request
@@ -26,6 +26,11 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--name", default="grpc")
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--fail-code", type=int, default=0, help="/test.Echo/Unary fails with this gRPC status code")
+    ap.add_argument("--tls-cert", help="serve TLS (HTTP/2 over TLS, ALPN h2) with this certificate...")
+    ap.add_argument("--tls-key", help="...and this key")
+    ap.add_argument("--max-connection-age-ms", type=int, default=0,
+                    help="send GOAWAY on every connection this long after it opened (grpc.max_connection_age_ms)")
     a = ap.parse_args()
     name = a.name.encode()
     health_servicer = health.HealthServicer()
@@ -36,6 +41,8 @@ def main():
         health_servicer.set("test.Echo", status)
 
     def unary(request, context):
+        if a.fail_code:
+            context.abort(grpc.StatusCode([s for s in grpc.StatusCode if s.value[0] == a.fail_code][0]), "failing on purpose")
         return name + b":" + request
 
     def stream(request, context):
@@ -60,10 +67,17 @@ def main():
         "Slow": grpc.unary_unary_rpc_method_handler(slow),
     })
     ctl = grpc.method_handlers_generic_handler("test.Control", {"SetServing": grpc.unary_unary_rpc_method_handler(control)})
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[echo, ctl])
+    options = []
+    if a.max_connection_age_ms:
+        options = [("grpc.max_connection_age_ms", a.max_connection_age_ms), ("grpc.max_connection_age_grace_ms", 10_000)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[echo, ctl], options=options)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     set_serving(True)
-    server.add_insecure_port(f"{a.host}:{a.port}")
+    if a.tls_cert:
+        creds = grpc.ssl_server_credentials([(open(a.tls_key, "rb").read(), open(a.tls_cert, "rb").read())])
+        server.add_secure_port(f"{a.host}:{a.port}", creds)
+    else:
+        server.add_insecure_port(f"{a.host}:{a.port}")
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()

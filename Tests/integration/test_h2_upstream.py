@@ -313,6 +313,83 @@ def test_a_switch_under_grpc_load_fails_no_call(cleanup):
     assert served["blue"] > 0 and served["green"] > 0
 
 
+def test_grpc_servers_that_send_goaway_every_half_second_fail_no_call(cleanup):
+    # grpc.max_connection_age_ms: the server sends GOAWAY on each connection 0.5 s after it opened
+    # (as gRPC servers behind load balancers are told to), while calls keep coming.
+    ups = [Upstream(n, script="grpc_upstream.py", extra_args=["--max-connection-age-ms", "500"]) for n in ("blue", "green")]
+    cleanup.extend(ups)
+    t = Turnout({u.name: [u.address] for u in ups}, weights={"blue": 50, "green": 50},
+                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c, health: {{ grpc_service: "" }} }}' for u in ups})
+    cleanup.append(t)
+    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
+             what="both pools healthy")
+    errors, calls = [], []
+    stop = threading.Event()
+
+    def worker():
+        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
+            call = ch.unary_unary("/test.Echo/Unary")
+            while not stop.is_set():
+                try:
+                    call(b"x", timeout=10)
+                    calls.append(1)
+                except grpc.RpcError as e:
+                    errors.append((e.code(), e.details()))
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for th in threads:
+        th.start()
+    try:
+        opened = lambda: sum(float(line.rsplit(" ", 1)[1]) for line in admin_call(t, "GET", "/metrics")[1].decode().splitlines()
+                             if line.startswith("turnout_upstream_connections_opened_total{"))
+        # Every connection lives half a second: wait until Turnout had to open 10 new ones.
+        wait_for(lambda: opened() >= 10, timeout=60, what="connections replaced after GOAWAYs")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    assert errors == [] and len(calls) > 100
+
+
+def test_a_ramp_rolls_back_on_grpc_statuses_that_count_as_errors(cleanup):
+    # Green answers every call with INTERNAL (13): HTTP 200, so only the grpc-status says it failed.
+    blue = Upstream("blue", script="grpc_upstream.py")
+    green = Upstream("green", script="grpc_upstream.py", extra_args=["--fail-code", "13"])
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]}, weights={"blue": 100},
+                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c, health: {{ grpc_service: "" }} }}' for u in (blue, green)})
+    cleanup.append(t)
+    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
+             what="both pools healthy")
+    stop = threading.Event()
+
+    def worker():
+        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
+            call = ch.unary_unary("/test.Echo/Unary")
+            while not stop.is_set():
+                try:
+                    call(b"x", timeout=10)
+                except grpc.RpcError:
+                    pass
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    try:
+        status, _, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [20, 50, 100], "interval": "1m",
+                                                          "gates": {"max_error_rate": 0.05, "min_requests": 20}})
+        assert status == 201
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the ramp to end")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["status"] == "rolled_back" and ramp["steps_observed"][0]["errors"] > 0, ramp
+    metrics = admin_call(t, "GET", "/metrics")[1].decode()
+    assert 'turnout_grpc_errors_total{pool="green"} 0' not in metrics and 'turnout_grpc_errors_total{pool="blue"} 0' in metrics
+
+
 def test_a_grpc_pool_not_serving_is_taken_out(cleanup):
     t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
                                 pool_keys="health: { grpc_service: test.Echo }")
@@ -353,3 +430,95 @@ def test_config_errors(tmp_path):
                         f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {text} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
         r = run_cli("check-config", str(path))
         assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
+
+
+# MARK: HTTP/2 over TLS to the pool (protocol: h2)
+
+def tls_grpc_turnout(cleanup, tmp_path, tls_block, names=("blue", "green"), hosts=("localhost", "127.0.0.1")):
+    from harness import make_certificate
+    cert, key = make_certificate(str(tmp_path), "upstream", hosts=hosts)
+    ups = [Upstream(n, script="grpc_upstream.py", extra_args=["--tls-cert", cert, "--tls-key", key]) for n in names]
+    cleanup.extend(ups)
+    block = tls_block(cert)
+    t = Turnout({u.name: [u.address] for u in ups}, weights={names[0]: 100},
+                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2, tls: {block}, health: {{ grpc_service: "" }} }}'
+                           for u in ups})
+    cleanup.append(t)
+    return t, ups, cert
+
+
+def pool_health(t, pool):
+    return admin_call(t, "GET", "/v1/state")[1]["pools"][pool]["endpoints"][0]["healthy"]
+
+
+def test_grpc_to_a_pool_over_tls(cleanup, tmp_path):
+    t, (blue, green), cert = tls_grpc_turnout(cleanup, tmp_path, lambda cert: f"{{ ca: {cert} }}")
+    wait_for(lambda: pool_health(t, "blue") and pool_health(t, "green"), what="both pools healthy over TLS")
+    assert grpc_call(t.port, "/test.Echo/Unary", b"tls") == b"blue:tls"
+    assert grpc_call(t.port, "/test.Echo/Stream", b"4", stub="unary_stream") == [b"blue:%d" % i for i in range(4)]
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_call(t.port, "/test.Echo/Fail", b"y")
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_upstream_certificate_not_signed_by_the_ca_is_refused(cleanup, tmp_path):
+    from harness import make_certificate
+    other, _ = make_certificate(str(tmp_path), "other")
+    t, (blue, green), cert = tls_grpc_turnout(cleanup, tmp_path, lambda cert: f"{{ ca: {other} }}")
+    wait_for(lambda: "certificate not trusted" in json.dumps(admin_call(t, "GET", "/v1/stats")[1]["probes"]), what="the probe's verdict")
+    assert not pool_health(t, "blue")
+    with pytest.raises(grpc.RpcError) as e:
+        grpc_call(t.port, "/test.Echo/Unary", b"x")
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_server_name_and_verify(cleanup, tmp_path):
+    # The certificate names "localhost" and 127.0.0.1: another server_name is refused...
+    t, (blue,), cert = tls_grpc_turnout(cleanup, tmp_path, lambda cert: f"{{ ca: {cert}, server_name: other.example }}", names=("blue",))
+    wait_for(lambda: "certificate not trusted" in json.dumps(admin_call(t, "GET", "/v1/stats")[1]["probes"]), what="a name mismatch")
+    # ... and with verify: false anything goes (the certificate is not checked at all).
+    t2, (b2,), _ = tls_grpc_turnout(cleanup, tmp_path, lambda cert: "{ verify: false }", names=("blue",))
+    wait_for(lambda: pool_health(t2, "blue"), what="healthy without verification")
+    assert grpc_call(t2.port, "/test.Echo/Unary", b"v") == b"blue:v"
+
+
+def test_tls_config_errors(tmp_path):
+    for text, message in [
+        ("protocol: h2c, tls: { verify: false }", "pools.blue.tls: TLS to the endpoints needs protocol: h2"),
+        ("protocol: h2, tls: { ca: /nonexistent/ca.pem }", "pools.blue.tls.ca"),
+        ("protocol: h2, tls: { certificate: /etc/hostname }", "certificate and private_key go together"),
+        ("protocol: h2, tls: { sni: x }", "pools.blue.tls.sni: unknown key"),
+    ]:
+        path = tmp_path / "c.yaml"
+        path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
+                        f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {text} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
+        r = run_cli("check-config", str(path))
+        assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
+    # A CA file that is not a certificate passes the loader but not OpenSSL: check-config says so.
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    path = tmp_path / "c.yaml"
+    path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
+                    f"  blue: {{ endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {{ ca: {bad} }} }}\n")
+    r = run_cli("check-config", str(path))
+    assert r.returncode != 0 and "pools.blue.tls.ca: cannot load" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+def test_an_upstream_that_stops_answering_is_found_out_by_ping(cleanup):
+    # Probes an hour apart, and a response timeout of 2 minutes: only the connection's PING can
+    # notice, within the client's patience of 40 s, that the upstream froze (SIGSTOP).
+    import signal
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100}, health="{ interval: 1h, timeout: 500ms, rise: 1, fall: 1 }",
+                                timeouts="{ upstream_response: 2m }")
+    wait_for(lambda: pool_health(t, "blue"), what="blue healthy")
+    assert get_ok(t)
+    os.kill(blue.proc.pid, signal.SIGSTOP)
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=40)
+        c.request("GET", "/")
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 502 and b"no answer to PING" in body, body
+    finally:
+        os.kill(blue.proc.pid, signal.SIGCONT)
+    assert get_ok(t)

@@ -427,19 +427,8 @@ private struct Reader {
                     }
                 }
             case "tls":
-                guard let tf = entries(v, path, allowed: ["ca", "certificate", "private_key"]) else { continue }
-                var t = EtcdTLSConfig()
-                for (tk, tv) in tf {
-                    switch tk {
-                    case "ca": t.ca = readableFile(tv, "\(path).ca")
-                    case "certificate": t.certificate = readableFile(tv, "\(path).certificate")
-                    case "private_key": t.privateKey = readableFile(tv, "\(path).private_key")
-                    default: break
-                    }
-                }
-                let hasCert = tf.contains { $0.0 == "certificate" }, hasKey = tf.contains { $0.0 == "private_key" }
-                if hasCert != hasKey { fail(path, "certificate and private_key go together (client-certificate auth needs both)") }
-                tls = t
+                guard let t = readClientTLS(v, path, allowed: ["ca", "certificate", "private_key"]) else { continue }
+                tls = EtcdTLSConfig(ca: t.ca, certificate: t.certificate, privateKey: t.privateKey)
             case "username": username = nonEmptyString(v, path)
             case "password_file": passwordFile = readableFile(v, path)
             default: break
@@ -454,6 +443,30 @@ private struct Reader {
         return EtcdConfig(endpoints: endpoints, tls: tls, username: username, passwordFile: passwordFile)
     }
 
+    /// A TLS client block: `ca`, `certificate` and `private_key` (readable files; the last two
+    /// together), and where `allowed` has them, `server_name` and `verify`.
+    mutating func readClientTLS(_ node: Node, _ path: String, allowed: Set<String>) -> UpstreamTLSConfig? {
+        guard let tf = entries(node, path, allowed: allowed) else { return nil }
+        var t = UpstreamTLSConfig()
+        for (tk, tv) in tf {
+            switch tk {
+            case "ca": t.ca = readableFile(tv, "\(path).ca")
+            case "certificate": t.certificate = readableFile(tv, "\(path).certificate")
+            case "private_key": t.privateKey = readableFile(tv, "\(path).private_key")
+            case "server_name": t.serverName = nonEmptyString(tv, "\(path).server_name")
+            case "verify": t.verify = bool(tv, "\(path).verify") ?? true
+            default: break
+            }
+        }
+        let hasCert = tf.contains { $0.0 == "certificate" }, hasKey = tf.contains { $0.0 == "private_key" }
+        if hasCert != hasKey { fail(path, "certificate and private_key go together (client-certificate auth needs both)") }
+        return t
+    }
+
+    mutating func readUpstreamTLS(_ node: Node, _ path: String) -> UpstreamTLSConfig? {
+        readClientTLS(node, path, allowed: ["ca", "certificate", "private_key", "server_name", "verify"])
+    }
+
     mutating func readPools(_ node: Node) -> [PoolConfig] {
         guard let items = entries(node, "pools", allowed: nil) else { return [] }
         if items.isEmpty { fail("pools", "at least one pool is required") }
@@ -465,7 +478,8 @@ private struct Reader {
                 continue
             }
             guard let fields = entries(value, path, allowed: ["endpoints", "balance", "max_idle_connections", "discovery", "outlier_detection",
-                                                              "protocol", "max_connections", "max_streams_per_connection", "health"]) else { continue }
+                                                              "protocol", "max_connections", "max_streams_per_connection", "health", "tls"]) else { continue }
+            var tls: UpstreamTLSConfig?
             var grpcService: String?
             var proto = UpstreamProtocol.http1
             var maxConnections: Int?
@@ -503,6 +517,7 @@ private struct Reader {
                 case "protocol": proto = choice(v, "\(path).protocol") ?? proto
                 case "max_connections": maxConnections = int(v, "\(path).max_connections", min: 1, max: 10_000)
                 case "max_streams_per_connection": maxStreams = int(v, "\(path).max_streams_per_connection", min: 1, max: 100_000)
+                case "tls": tls = readUpstreamTLS(v, "\(path).tls")
                 case "health":
                     guard let hf = entries(v, "\(path).health", allowed: ["grpc_service"]) else { continue }
                     for (hk, hv) in hf where hk == "grpc_service" {
@@ -513,13 +528,16 @@ private struct Reader {
             }
             if proto == .http1 {
                 for key in ["max_connections", "max_streams_per_connection"] where fields.contains(where: { $0.0 == key }) {
-                    fail("\(path).\(key)", "applies to HTTP/2 upstreams only (protocol: h2c)")
+                    fail("\(path).\(key)", "applies to HTTP/2 upstreams only (protocol: h2c or h2)")
                 }
                 if grpcService != nil {
-                    fail("\(path).health.grpc_service", "gRPC health checks need an HTTP/2 pool (protocol: h2c)")
+                    fail("\(path).health.grpc_service", "gRPC health checks need an HTTP/2 pool (protocol: h2c or h2)")
                 }
             } else if maxIdle != nil {
                 fail("\(path).max_idle_connections", "applies to HTTP/1.1 upstreams only; for HTTP/2 see max_connections")
+            }
+            if tls != nil && proto != .h2 {
+                fail("\(path).tls", "TLS to the endpoints needs protocol: h2 (HTTP/2 over TLS)")
             }
             if !sawEndpoints && !fields.contains(where: { $0.0 == "discovery" }) {
                 fail("\(path).endpoints", "required (or discovery: { dns: NAME, type: A, port: N })")
@@ -530,6 +548,7 @@ private struct Reader {
             if let maxConnections { pool.maxConnections = maxConnections }
             if let maxStreams { pool.maxStreamsPerConnection = maxStreams }
             pool.grpcHealthService = grpcService
+            if proto == .h2 { pool.tls = tls ?? UpstreamTLSConfig() }
             out.append(pool)
         }
         return out
@@ -542,7 +561,8 @@ private struct Reader {
         var failover = true
         var sawWeights = false
         var mirror: MirrorSpec?
-        if let node, let fields = entries(node, "routing", allowed: ["weights", "sticky", "preview_header", "failover", "mirror"]) {
+        var grpcCodes = RoutingConfig.defaultGRPCErrorCodes
+        if let node, let fields = entries(node, "routing", allowed: ["weights", "sticky", "preview_header", "failover", "mirror", "grpc_error_codes"]) {
             for (k, v) in fields {
                 switch k {
                 case "weights":
@@ -589,6 +609,13 @@ private struct Reader {
                     }
                 case "failover": failover = bool(v, "routing.failover") ?? true
                 case "mirror": mirror = readMirror(v, pools: pools)
+                case "grpc_error_codes":
+                    guard case .sequence(let items) = v else { fail("routing.grpc_error_codes", "expected a list of gRPC status codes such as [13, 14]"); continue }
+                    var codes = Set<Int>()
+                    for (i, item) in items.enumerated() {
+                        if let c = int(item, "routing.grpc_error_codes[\(i)]", min: 1, max: 16) { codes.insert(c) }
+                    }
+                    grpcCodes = codes
                 default: break
                 }
             }
@@ -597,7 +624,9 @@ private struct Reader {
             weights[first.name] = 10_000
         }
         for p in pools where weights[p.name] == nil { weights[p.name] = 0 }
-        return RoutingConfig(weights: weights, sticky: sticky, previewHeader: preview, failover: failover, mirror: mirror)
+        var routing = RoutingConfig(weights: weights, sticky: sticky, previewHeader: preview, failover: failover, mirror: mirror)
+        routing.grpcErrorCodes = grpcCodes
+        return routing
     }
 
     /// `routing.mirror: { pool, percent, methods, max_body_bytes, max_in_flight }`, or `off`.

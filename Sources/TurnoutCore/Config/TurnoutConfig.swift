@@ -188,6 +188,8 @@ public struct PoolConfig: Sendable, Equatable {
     public var maxStreamsPerConnection = PoolConfig.defaultMaxStreamsPerConnection
     /// `health: { grpc_service: NAME }`: probe with the gRPC health check for this service.
     public var grpcHealthService: String?
+    /// `protocol: h2`: how TLS to the endpoints is set up.
+    public var tls: UpstreamTLSConfig?
     public static let defaultMaxConnections = 4
     public static let defaultMaxStreamsPerConnection = 100
     public init(name: String, endpoints: [HostPort], balance: BalanceMode = .roundRobin, maxIdleConnections: Int? = nil,
@@ -207,6 +209,25 @@ public enum UpstreamProtocol: String, Sendable, Equatable, CaseIterable {
     case http1
     /// HTTP/2 with prior knowledge over plain TCP, many streams per connection.
     case h2c
+    /// HTTP/2 over TLS (ALPN h2), many streams per connection.
+    case h2
+
+    public var isHTTP2: Bool { self != .http1 }
+}
+
+/// TLS to a pool's endpoints (`pools.NAME.tls`, with `protocol: h2`).
+public struct UpstreamTLSConfig: Sendable, Equatable {
+    /// CA certificates (PEM) that sign the endpoints' certificates; the system's CAs when nil.
+    public var ca: String?
+    /// A client certificate and key, for endpoints that ask for one.
+    public var certificate: String?
+    public var privateKey: String?
+    /// The name sent as SNI and required in the certificate; the endpoint's host when nil (an IP
+    /// address is then matched as an IP).
+    public var serverName: String?
+    /// Verify the endpoint's certificate (on by default).
+    public var verify = true
+    public init() {}
 }
 
 /// The DNS record type a pool's discovery name is asked for.
@@ -262,6 +283,11 @@ public struct RoutingConfig: Sendable, Equatable {
     public var failover: Bool
     /// Traffic mirroring at start-up (when no state file says otherwise).
     public var mirror: MirrorSpec?
+    /// gRPC statuses that count as a failed call (for ramp gates, the dashboard and metrics):
+    /// UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS by default, the codes that say
+    /// the server failed rather than the caller.
+    public var grpcErrorCodes: Set<Int> = RoutingConfig.defaultGRPCErrorCodes
+    public static let defaultGRPCErrorCodes: Set<Int> = [2, 4, 13, 14, 15]
     public init(weights: [String: Int], sticky: StickyKey? = nil, previewHeader: String? = nil, failover: Bool = true,
                 mirror: MirrorSpec? = nil) {
         self.mirror = mirror

@@ -127,8 +127,9 @@ public struct ExchangeMachine: Sendable {
         /// The connection closed (`error`: with an error rather than a clean FIN).
         case closed(error: Bool)
         /// An HTTP/2 upstream refused the stream (REFUSED_STREAM, or a GOAWAY below it): it did not
-        /// process the request, whatever its method (RFC 9113 8.7).
-        case refused
+        /// process the request, whatever its method (RFC 9113 8.7). `bodyHeld`: the driver kept
+        /// the body bytes sent so far and can send them again.
+        case refused(bodyHeld: Bool)
     }
 
     public enum HeadAction: Sendable, Equatable {
@@ -215,6 +216,10 @@ public struct ExchangeMachine: Sendable {
     /// Request body bytes written upstream (a body that went cannot be replayed).
     public private(set) var bodyBytesSent: Int64 = 0
     private let maxAttempts = 2
+    /// Streams an HTTP/2 upstream refused (never processed) and that were sent again; these do
+    /// not use up the attempts, but are bounded on their own.
+    private var refusals = 0
+    public static let maxRefusals = 4
 
     public init(_ request: Request, timeouts: Timeouts) {
         self.request = request
@@ -309,19 +314,30 @@ public struct ExchangeMachine: Sendable {
             return (.abort(reason: "upstream closed mid-response"), true)
         }
         let connectFailure = failure == .connectFailed || failure == .connectTimedOut
-        let refused = failure == .refused
+        var refused = false
+        var bodyHeld = false
+        if case .refused(let held) = failure {
+            refused = true
+            bodyHeld = held
+        }
+        // A refused stream was not processed: it goes again (an upstream restarting sends
+        // GOAWAY on each connection in turn), as long as its body can go again too.
+        if refused && (bodyBytesSent == 0 || bodyHeld) && refusals < Self.maxRefusals {
+            refusals += 1
+            state = .connecting(Attempt(number: a.number, pooled: false))
+            deadline = 0
+            return (.retry(sameEndpoint: true), false)
+        }
         // A pooled connection the upstream closed just before it was reused is the keep-alive
         // race, not the endpoint failing; a refused stream is an upstream going away in order.
         let counts = !refused && (connectFailure || !a.pooled || heardAnything)
-        // Retry only when nothing of the request reached the upstream (it never connected, or it
-        // refused the stream before any body went), or for an idempotent request without a body
-        // that got no byte of answer.
-        let replayable = connectFailure || (refused && bodyBytesSent == 0)
-            || (!heardAnything && bodyBytesSent == 0 && !hasBody && request.idempotent)
+        // Retry only when nothing of the request reached the upstream (it never connected), or
+        // for an idempotent request without a body that got no byte of answer.
+        let replayable = connectFailure || (!heardAnything && bodyBytesSent == 0 && !hasBody && request.idempotent)
         if replayable && a.number < maxAttempts {
             state = .connecting(Attempt(number: a.number + 1, pooled: false))
             deadline = 0
-            return (.retry(sameEndpoint: refused || (a.pooled && !connectFailure)), counts)
+            return (.retry(sameEndpoint: a.pooled && !connectFailure), counts)
         }
         let status = failure == .connectTimedOut ? 504 : 502
         answer(status)

@@ -1,5 +1,3 @@
-import TurnoutCore
-
 /// Builds the heads Turnout sends: requests to upstreams and responses to clients. Hop-by-hop
 /// fields are dropped, framing is regenerated, and forwarding fields are added (SPEC "What clients
 /// see from the data path").

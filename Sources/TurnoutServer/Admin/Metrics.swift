@@ -73,6 +73,11 @@ struct MetricsRenderer {
             sample("turnout_proxy_errors_total", [("pool", entry.pool.name)], "\(traffic.pool(entry.pool.name, endpointIDs: ids).proxyErrors)")
         }
 
+        family("turnout_grpc_errors_total", "counter", "gRPC calls answered with a grpc-status in routing.grpc_error_codes, by pool (not in turnout_requests_total's 5xx: the HTTP status was 200).")
+        for entry in store.endpoints {
+            sample("turnout_grpc_errors_total", [("pool", entry.pool.name)], "\(traffic.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).grpcErrors)")
+        }
+
         family("turnout_request_duration_seconds", "histogram", "Time from a complete request head to the end of the response, by pool (bucket edges are exact to about 6%).")
         for entry in store.endpoints {
             let h = traffic.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).latency

@@ -99,7 +99,7 @@ final class RampController: @unchecked Sendable {
         let observed = delta.pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
         var total: UInt64 = 0
         for entry in store.endpoints { total += delta.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).requests }
-        let mine = RampWindow(requests: observed.requests, errors: observed.serverErrors,
+        let mine = RampWindow(requests: observed.requests, errors: observed.errors,
                               latency: observed.latency, totalRequests: total)
         local.withLock { $0 = (ramp, mine) }
         let window = cluster?.remoteWindow(for: ramp).map { mine.adding($0) } ?? mine

@@ -238,6 +238,15 @@ public final class ProxyServer: @unchecked Sendable {
             guard let tls = l.tls else { continue }
             do { _ = try TLSContext(tls) } catch { out.append("listeners[\(i)].tls: \(error)") }
         }
+        for pool in config.pools where pool.upstreamProtocol == .h2 {
+            let t = pool.tls ?? UpstreamTLSConfig()
+            do {
+                _ = try TLSClientContext(ca: t.ca, certificate: t.certificate, privateKey: t.privateKey, verify: t.verify,
+                                         alpn: ["h2"], keyPath: "pools.\(pool.name).tls")
+            } catch {
+                out.append("\(error)")
+            }
+        }
         return out
     }
 

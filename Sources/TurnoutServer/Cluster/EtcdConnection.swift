@@ -92,20 +92,13 @@ final class EtcdConnection {
         guard let s = SSL_new(tls.context) else { close(); throw .unreachable("\(endpoint): \(TLSContext.opensslError())") }
         ssl = s
         SSL_set_fd(s, fd)
-        if SocketAddress.literal(endpoint.host, port: endpoint.port) != nil {
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), endpoint.host)
-        } else {
-            _ = turnout_set_sni(s, endpoint.host)
-            SSL_set1_host(s, endpoint.host)
-        }
+        tls.client.prepare(s, host: endpoint.host, serverName: nil)
         setTimeouts(timeoutMs)
         if SSL_connect(s) != 1 {
             let reason = TLSContext.opensslError()
-            let verify = SSL_get_verify_result(s)
+            let refused = TLSClientContext.verifyFailure(s)
             close()
-            if verify != X509_V_OK {
-                throw .unreachable("\(endpoint): TLS: certificate not trusted (\(String(cString: X509_verify_cert_error_string(verify))))")
-            }
+            if let refused { throw .unreachable("\(endpoint): TLS: \(refused)") }
             throw .unreachable("\(endpoint): TLS handshake failed: \(reason)")
         }
     }
@@ -304,33 +297,15 @@ final class EtcdConnection {
 /// The OpenSSL client context for https etcd endpoints: verifies the server against `tls.ca` (or
 /// the system's CAs), presents a client certificate when one is configured.
 final class EtcdTLSContext: @unchecked Sendable {
-    let context: OpaquePointer
+    let client: TLSClientContext
+    var context: OpaquePointer { client.context }
 
     init(_ config: EtcdTLSConfig?) throws(EtcdError) {
-        ERR_clear_error()
-        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw .unreachable("cannot create a TLS context: \(TLSContext.opensslError())") }
-        _ = turnout_ctx_set_min_tls12(ctx)
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
-        if let ca = config?.ca {
-            guard SSL_CTX_load_verify_locations(ctx, ca, nil) == 1 else {
-                SSL_CTX_free(ctx)
-                throw .unreachable("cluster.etcd.tls.ca: cannot load \(ca): \(TLSContext.opensslError())")
-            }
-        } else {
-            SSL_CTX_set_default_verify_paths(ctx)
+        do {
+            client = try TLSClientContext(ca: config?.ca, certificate: config?.certificate, privateKey: config?.privateKey,
+                                          keyPath: "cluster.etcd.tls")
+        } catch {
+            throw .unreachable(error.description)
         }
-        if let cert = config?.certificate, let key = config?.privateKey {
-            guard SSL_CTX_use_certificate_chain_file(ctx, cert) == 1 else {
-                SSL_CTX_free(ctx)
-                throw .unreachable("cluster.etcd.tls.certificate: cannot load \(cert): \(TLSContext.opensslError())")
-            }
-            guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
-                SSL_CTX_free(ctx)
-                throw .unreachable("cluster.etcd.tls.private_key: cannot load \(key) or it does not match the certificate: \(TLSContext.opensslError())")
-            }
-        }
-        context = ctx
     }
-
-    deinit { SSL_CTX_free(context) }
 }

@@ -1,8 +1,9 @@
 import CNghttp2
 import TurnoutCore
 
-/// One health probe of an HTTP/2 endpoint (`protocol: h2c`): connect, send the connection
-/// preface and one request with prior knowledge, read the response (head, body, trailers), close.
+/// One health probe of an HTTP/2 endpoint (`protocol: h2c`, or `h2` over TLS): connect (and shake
+/// hands), send the connection preface and one request, read the response (head, body, trailers),
+/// close.
 /// Used for `GET health.path` (2xx passes) and for the gRPC health check
 /// (`grpc.health.v1.Health/Check`, which passes on SERVING). Loop-confined, on the health loop.
 final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
@@ -25,7 +26,9 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     private let address: SocketAddress
     private let request: Request
     private let deadline: UInt64
-    private var channel: SocketChannel?
+    /// For `protocol: h2`: the pool's TLS context, the endpoint's host and the name to ask for.
+    private let tls: (context: TLSClientContext, host: String, serverName: String?)?
+    private var transport: ClientTransport?
     private var session: OpaquePointer?
     private var response = Response()
     private var sawHead = false
@@ -40,7 +43,9 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     static let maxBytes = 64 * 1024
 
     init(loop: EventLoop, address: SocketAddress, request: Request, timeoutMs: Int64,
+         tls: (context: TLSClientContext, host: String, serverName: String?)? = nil,
          completion: @escaping (Result<Response, ProbeFailure>) -> Void) {
+        self.tls = tls
         self.loop = loop
         self.address = address
         self.request = request
@@ -59,17 +64,32 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
         }
         var settings = [nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0)]
         nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
-        var fields: [(String, String)] = [(":method", request.method), (":scheme", "http"), (":authority", request.authority),
+        var fields: [(String, String)] = [(":method", request.method), (":scheme", tls == nil ? "http" : "https"), (":authority", request.authority),
                                           (":path", request.path), ("user-agent", "turnout-health")]
         fields += request.fields
         submit(fields, session: session)
         do {
             let (fd, inProgress) = try Sockets.connect(to: address)
             let ch = SocketChannel(fd: fd, loop: loop, connecting: inProgress)
-            channel = ch
-            ch.delegate = self
-            ch.start()
-            if !inProgress { flush() }
+            if let tls {
+                let t = TLSTransport(clientChannel: ch, loop: loop, context: tls.context, host: tls.host, serverName: tls.serverName,
+                                     handshakeTimeoutMs: Int64((deadline - min(deadline, EventLoop.now())) / 1_000_000),
+                                     onHandshake: { [self] t, alpn in
+                                         guard alpn == "h2" else {
+                                             return finish(.failure(ProbeFailure(description: "TLS: the endpoint did not choose h2 by ALPN")))
+                                         }
+                                         t.delegate = self
+                                         flush()
+                                     },
+                                     onFailure: { [self] reason in finish(.failure(ProbeFailure(description: reason))) })
+                transport = t
+                t.beginHandshake()
+            } else {
+                transport = ch
+                ch.delegate = self
+                ch.start()
+                if !inProgress { flush() }
+            }
         } catch {
             finish(.failure(ProbeFailure(description: "\(error)")))
         }
@@ -94,7 +114,7 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
         if now >= deadline { finish(.failure(ProbeFailure(description: "probe timed out"))) }
     }
 
-    func channelConnected(_ channel: SocketChannel) { flush() }
+    func channelConnected(_ channel: SocketChannel) { if tls == nil { flush() } }
 
     func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
         guard let session else { return }
@@ -110,13 +130,13 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     func channelDrained(_ channel: SocketChannel) {}
 
     private func flush() {
-        guard let session, let channel, completion != nil else { return }
+        guard let session, let transport, completion != nil else { return }
         while true {
             var data: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &data)
             if n < 0 { return finish(.failure(ProbeFailure(description: "HTTP/2: \(String(cString: nghttp2_strerror(Int32(n))))"))) }
             if n == 0 { break }
-            channel.write(UnsafeRawBufferPointer(start: data, count: n))
+            transport.write(UnsafeRawBufferPointer(start: data, count: n))
         }
     }
 
@@ -124,8 +144,8 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
         guard let completion else { return }
         self.completion = nil
         loop.unregister(self)
-        channel?.close()
-        channel = nil
+        transport?.close()
+        transport = nil
         completion(result)
     }
 

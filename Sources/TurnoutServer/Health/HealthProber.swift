@@ -154,7 +154,16 @@ final class HealthProber: @unchecked Sendable {
             request.fields = [("content-type", "application/grpc"), ("te", "trailers")]
             request.body = GRPCHealth.requestBody(service: service)
         }
-        H2ProbeConnection(loop: loop, address: address, request: request, timeoutMs: health.timeoutMs) { result in
+        var tls: (context: TLSClientContext, host: String, serverName: String?)?
+        if context.settings.upstreamProtocol(ofEndpoint: endpoint.id) == .h2 {
+            let config = context.settings.upstreamTLS(ofEndpoint: endpoint.id)
+            do {
+                tls = (try context.upstreamTLSContext(pool: endpoint.pool, config: config), endpoint.address.host, config.serverName)
+            } catch {
+                return done(false, "\(error)")
+            }
+        }
+        H2ProbeConnection(loop: loop, address: address, request: request, timeoutMs: health.timeoutMs, tls: tls) { result in
             switch result {
             case .success(let r) where service != nil:
                 let all = r.trailers + r.fields

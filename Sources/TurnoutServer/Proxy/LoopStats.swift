@@ -10,7 +10,8 @@ final class LoopStats: @unchecked Sendable {
     enum Slot {
         static let proxyErrors = 6
         static let sumMicros = 7
-        static let buckets = 8
+        static let grpcErrors = 8
+        static let buckets = 9
         static let count = buckets + LatencyHistogram.bucketCount
     }
 
@@ -25,16 +26,17 @@ final class LoopStats: @unchecked Sendable {
     init(loop: EventLoop) { self.loop = loop }
 
     @inline(__always)
-    func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
+    func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool, grpcError: Bool = false) {
         Self.count(endpoint.map { endpoints.block($0.id) } ?? poolOnly.block(pool), status: status, startedAt: startedAt,
-                   proxyGenerated: proxyGenerated)
+                   proxyGenerated: proxyGenerated, grpcError: grpcError)
     }
 
     @inline(__always)
-    private static func count(_ block: CounterBlock, status: Int, startedAt: UInt64, proxyGenerated: Bool) {
+    private static func count(_ block: CounterBlock, status: Int, startedAt: UInt64, proxyGenerated: Bool, grpcError: Bool = false) {
         let micros = (EventLoop.now() &- startedAt) / 1000
         block.add(min(max(status / 100, 1), 5))
         if proxyGenerated { block.add(Slot.proxyErrors) }
+        if grpcError { block.add(Slot.grpcErrors) }
         block.add(Slot.sumMicros, micros)
         block.add(Slot.buckets + LatencyHistogram.index(micros: micros))
     }
@@ -62,6 +64,7 @@ final class LoopStats: @unchecked Sendable {
         var s = EndpointStats()
         for c in 1...5 { s.byClass[c] = b.load(c) }
         s.proxyErrors = b.load(Slot.proxyErrors)
+        s.grpcErrors = b.load(Slot.grpcErrors)
         let counts = (0..<LatencyHistogram.bucketCount).map { b.load(Slot.buckets + $0) }
         // The total is the buckets' sum, so that quantiles agree with the buckets read.
         s.latency = LatencyHistogram(counts: counts, total: counts.reduce(0, &+), sumMicros: b.load(Slot.sumMicros))

@@ -15,6 +15,7 @@ final class ProxyContext: Sendable {
         /// Per endpoint id: what its pool speaks, and for HTTP/2 its caps.
         private let protocolOfEndpoint: [UpstreamProtocol]
         private let h2CapsOfEndpoint: [(connections: Int, streams: Int)]
+        private let poolNameOfEndpoint: [String]
         /// Seconds a client should wait before retrying after a 503.
         let retryAfterSeconds: Int
         /// `limits.max_client_connections`, with `auto` worked out from the open-files limit.
@@ -28,8 +29,10 @@ final class ProxyContext: Sendable {
             var protocols = [UpstreamProtocol](repeating: .http1, count: size)
             var caps = [(connections: Int, streams: Int)](repeating: (PoolConfig.defaultMaxConnections, PoolConfig.defaultMaxStreamsPerConnection),
                                                           count: size)
+            var names = [String](repeating: "", count: size)
             for entry in endpoints {
                 for e in entry.endpoints {
+                    names[e.id] = entry.pool.name
                     map[e.id] = entry.pool.maxIdleConnections ?? Int.max
                     protocols[e.id] = entry.pool.upstreamProtocol
                     caps[e.id] = (entry.pool.maxConnections, entry.pool.maxStreamsPerConnection)
@@ -38,6 +41,7 @@ final class ProxyContext: Sendable {
             self.maxIdleOfEndpoint = map
             self.protocolOfEndpoint = protocols
             self.h2CapsOfEndpoint = caps
+            self.poolNameOfEndpoint = names
             self.retryAfterSeconds = max(1, Int((config.health.intervalMs + 999) / 1000))
             self.maxClientConnections = config.limits.maxClientConnections ?? FileLimit.automaticMaxClientConnections
         }
@@ -53,6 +57,13 @@ final class ProxyContext: Sendable {
         @inline(__always)
         func upstreamProtocol(ofEndpoint id: Int) -> UpstreamProtocol {
             id >= 0 && id < protocolOfEndpoint.count ? protocolOfEndpoint[id] : .http1
+        }
+
+        /// `protocol: h2`: the TLS settings of the endpoint's pool.
+        func upstreamTLS(ofEndpoint id: Int) -> UpstreamTLSConfig {
+            guard id >= 0 && id < poolNameOfEndpoint.count else { return UpstreamTLSConfig() }
+            let name = poolNameOfEndpoint[id]
+            return config.pools.first { $0.name == name }?.tls ?? UpstreamTLSConfig()
         }
 
         /// HTTP/2: connections per endpoint per loop, and streams per connection.
@@ -136,6 +147,18 @@ final class ProxyContext: Sendable {
     }
 
     var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// TLS client contexts of `protocol: h2` pools, by pool: built on first use, and again when
+    /// the pool's `tls` changed (a reload).
+    private let upstreamTLS = Mutex<[String: (config: UpstreamTLSConfig, context: TLSClientContext)]>([:])
+
+    func upstreamTLSContext(pool: String, config: UpstreamTLSConfig) throws(TLSError) -> TLSClientContext {
+        if let cached = upstreamTLS.withLock({ $0[pool] }), cached.config == config { return cached.context }
+        let context = try TLSClientContext(ca: config.ca, certificate: config.certificate, privateKey: config.privateKey,
+                                           verify: config.verify, alpn: ["h2"], keyPath: "pools.\(pool).tls")
+        upstreamTLS.withLock { $0[pool] = (config, context) }
+        return context
+    }
 }
 
 /// Resolved socket addresses of each endpoint. IP literals are filled in at start-up; DNS names are

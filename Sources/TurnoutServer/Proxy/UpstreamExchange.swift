@@ -80,6 +80,13 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private(set) var attempts = 1
     /// Bytes the sink sent to the client for this exchange (it adds them).
     var bytesToClient: Int64 = 0
+    /// HTTP/2 upstreams: the request body sent so far (at most `maxReplayBytes`), kept until the
+    /// response head comes, so that a stream the upstream refused can go again whole. Nil when not
+    /// kept (HTTP/1.1, or more body than that).
+    private var replayBody: [UInt8]?
+    static let maxReplayBytes = 64 * 1024
+    /// The `grpc-status` the answer ended with (its trailers, or a trailers-only head).
+    private var grpcStatus: Int?
     /// The copy of this request for the mirror pool, collecting the body as it goes upstream.
     private var tee: MirrorTee?
     private var mirrors: MirrorRunner?
@@ -138,6 +145,13 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     // MARK: the mirror copy
 
     private func teeBody(_ bytes: UnsafeRawBufferPointer) {
+        if replayBody != nil {
+            if replayBody!.count + bytes.count <= Self.maxReplayBytes {
+                replayBody!.append(contentsOf: bytes)
+            } else {
+                replayBody = nil
+            }
+        }
         guard let t = tee, !t.append(bytes) else { return }
         tee = nil
         mirrors?.giveUp(t, .bodyTooLarge)
@@ -265,6 +279,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func connect(fresh: Bool) {
         if pool.view.settings.upstreamProtocol(ofEndpoint: endpoint.id) != .http1 {
             do {
+                if attempts == 1 && replayBody == nil && !machine.requestComplete { replayBody = [] }
                 let s = try pool.h2Stream(endpoint, owner: self)
                 upstream = s
                 if s.isReady {
@@ -300,7 +315,13 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard let u = upstream else { return }
         switch machine.connected(pooled: pooled, now: loop.coarseNow) {
         case .sendHead(let wantBody):
-            u.sendHead(upstreamHead, request: head, endStream: !wantBody)
+            // Sent again after an HTTP/2 upstream refused the stream: the body that had gone, first.
+            let held = replayBody ?? []
+            u.sendHead(upstreamHead, request: head, endStream: !wantBody && held.isEmpty)
+            if !held.isEmpty {
+                held.withUnsafeBytes { u.sendBody($0) }
+                if !wantBody { u.endBody(framing: [], lastChunk: false) }
+            }
             if wantBody { sink?.exchangeWantsBody(self) }
         case .none:
             break
@@ -576,8 +597,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             let proxyGenerated = machine.proxyGenerated || machine.recordedStatus != machine.status
             switch role {
             case .live:
+                let grpcError = grpcStatus.map { pool.view.settings.config.routing.grpcErrorCodes.contains($0) } ?? false
                 stats.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
-                             proxyGenerated: proxyGenerated)
+                             proxyGenerated: proxyGenerated, grpcError: grpcError)
             case .mirror:
                 stats.recordMirror(pool: poolName, status: machine.recordedStatus, startedAt: startTime, proxyGenerated: proxyGenerated)
             }
@@ -613,6 +635,8 @@ extension UpstreamExchange: H2StreamOwner {
         guard !isOver, upstream === s, let sink else { return }
         defer { sink.exchangeReadDone(self) }
         machine.heardFromUpstream(now: loop.coarseNow)
+        replayBody = nil  // answered: never sent again
+        if parsed.status >= 200, let g = parsed.headers.first("grpc-status") { grpcStatus = Int(g) }
         switch takeHead(parsed, sink: sink) {
         case .switchProtocols:
             switchProtocols(parsed, leftover: [])
@@ -635,7 +659,10 @@ extension UpstreamExchange: H2StreamOwner {
     /// fell short was cut.
     func h2Ended(_ s: H2UpstreamStream, trailers: HTTPHeaders?) {
         guard !isOver, upstream === s else { return }
-        if let trailers, case .responding = machine.state { sink?.exchangeTrailers(self, trailers) }
+        if let trailers, case .responding = machine.state {
+            if let g = trailers.first("grpc-status") { grpcStatus = Int(g) }
+            sink?.exchangeTrailers(self, trailers)
+        }
         failed(.closed(error: false), error: nil)
     }
 
@@ -643,10 +670,10 @@ extension UpstreamExchange: H2StreamOwner {
     /// (REFUSED_STREAM, or above a GOAWAY's last stream), so it may be sent again.
     func h2Failed(_ s: H2UpstreamStream, error: SystemError?, refused: Bool) {
         guard !isOver, upstream === s else { return }
-        if refused {
-            failed(.refused, error: error)
-        } else if case .connecting = machine.state {
+        if case .connecting = machine.state {
             failed(.connectFailed, error: error)
+        } else if refused {
+            failed(.refused(bodyHeld: replayBody != nil), error: error)
         } else {
             failed(.closed(error: true), error: error)
         }

@@ -99,17 +99,51 @@ final class UpstreamPool: @unchecked Sendable {
         guard !addresses.isEmpty else { throw SystemError("resolve \(endpoint.address.host)", errno: EHOSTUNREACH_) }
         let k = connectRotation[endpoint.id, default: 0]
         connectRotation[endpoint.id] = k &+ 1
+        let settings = view.settings
+        var tlsContext: TLSClientContext?
+        var tlsConfig = UpstreamTLSConfig()
+        if settings.upstreamProtocol(ofEndpoint: endpoint.id) == .h2 {
+            tlsConfig = settings.upstreamTLS(ofEndpoint: endpoint.id)
+            do {
+                tlsContext = try context.upstreamTLSContext(pool: endpoint.pool, config: tlsConfig)
+            } catch {
+                context.logger.error("\(error)")
+                throw SystemError("TLS to \(endpoint.address): \(error)", errno: EPROTO)
+            }
+        }
         let (fd, inProgress) = try Sockets.connect(to: addresses[k % addresses.count])
         let channel = SocketChannel(fd: fd, loop: loop, connecting: inProgress)
-        let session = H2UpstreamSession(endpoint: endpoint, pool: self, transport: channel, connected: !inProgress)
-        channel.delegate = session
-        channel.start()
+        let session: H2UpstreamSession
+        if let tlsContext {
+            // HTTP/2 over TLS: the session takes over once the handshake chose h2.
+            final class SessionRef { weak var session: H2UpstreamSession? }
+            let ref = SessionRef()
+            let tls = TLSTransport(clientChannel: channel, loop: loop, context: tlsContext, host: endpoint.address.host,
+                                   serverName: tlsConfig.serverName, handshakeTimeoutMs: settings.config.timeouts.connectMs,
+                                   onHandshake: { transport, alpn in
+                                       guard let s = ref.session else { return transport.close() }
+                                       guard alpn == "h2" else {
+                                           transport.close()
+                                           return s.handshakeFailed("the upstream did not choose h2 by ALPN (\(alpn.map { "it chose \($0)" } ?? "no ALPN answer"))")
+                                       }
+                                       transport.delegate = s
+                                       s.transportReady()
+                                   },
+                                   onFailure: { reason in ref.session?.handshakeFailed(reason) })
+            session = H2UpstreamSession(endpoint: endpoint, pool: self, transport: tls, scheme: "https", connected: false)
+            ref.session = session
+            tls.beginHandshake()
+        } else {
+            session = H2UpstreamSession(endpoint: endpoint, pool: self, transport: channel, scheme: "http", connected: !inProgress)
+            channel.delegate = session
+            channel.start()
+        }
         h2Sessions[endpoint.id, default: []].append(session)
         let block = counters.block(endpoint.id)
         block.add(Slot.open)
         block.add(Slot.opened)
         let stream = session.join(owner: owner)
-        if !inProgress { session.flush() }
+        if session.isOpen { session.flush() }
         return stream
     }
 
@@ -131,6 +165,7 @@ final class UpstreamPool: @unchecked Sendable {
         let draining = context.isDraining
         for sessions in Array(h2Sessions.values) {
             for s in sessions where !s.isOpen && !s.closed && now >= s.startedAt + connectNanos { s.connectTimedOut() }
+            for s in sessions where s.isOpen && !s.closed { s.checkLiveness(now: now, answerNanos: connectNanos) }
             for s in sessions where s.active == 0 && !s.closed {
                 if draining {
                     s.close(.shutdown)

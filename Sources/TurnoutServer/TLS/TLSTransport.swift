@@ -12,7 +12,10 @@ import COpenSSL
 final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecked Sendable {
     let channel: SocketChannel
     unowned let loop: EventLoop
-    private let tls: TLSContext
+    /// The listener's contexts (a client connection of ours), or nil for a connection we open.
+    private let tls: TLSContext?
+    /// A connection Turnout opens (to an HTTP/2 upstream): its context and who the server must be.
+    private let client: (context: TLSClientContext, host: String, serverName: String?)?
     private var ssl: OpaquePointer?
     private var rbio: OpaquePointer?
     private var wbio: OpaquePointer?
@@ -38,6 +41,21 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         self.handshakeDeadline = EventLoop.now() + UInt64(handshakeTimeoutMs) * 1_000_000
         self.onHandshake = onHandshake
         self.onFailure = onFailure
+        self.client = nil
+    }
+
+    /// The client side, over a socket that may still be connecting: the handshake starts once it
+    /// is connected. `host` is the endpoint's host; `serverName` overrides the SNI and the name
+    /// the certificate must carry.
+    init(clientChannel channel: SocketChannel, loop: EventLoop, context: TLSClientContext, host: String, serverName: String?,
+         handshakeTimeoutMs: Int64, onHandshake: @escaping (TLSTransport, String?) -> Void, onFailure: @escaping (String) -> Void) {
+        self.channel = channel
+        self.loop = loop
+        self.tls = nil
+        self.client = (context, host, serverName)
+        self.handshakeDeadline = EventLoop.now() + UInt64(handshakeTimeoutMs) * 1_000_000
+        self.onHandshake = onHandshake
+        self.onFailure = onFailure
     }
 
     deinit {
@@ -46,7 +64,7 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
 
     /// Starts reading the client's hello.
     func beginHandshake() {
-        guard let ssl = SSL_new(tls.defaultContext) else {
+        guard let context = client?.context.context ?? tls?.defaultContext, let ssl = SSL_new(context) else {
             fail("cannot create a TLS session: \(TLSContext.opensslError())")
             return
         }
@@ -54,11 +72,25 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         rbio = BIO_new(BIO_s_mem())
         wbio = BIO_new(BIO_s_mem())
         SSL_set_bio(ssl, rbio, wbio)
-        SSL_set_accept_state(ssl)
+        if let client {
+            client.context.prepare(ssl, host: client.host, serverName: client.serverName)
+            SSL_set_connect_state(ssl)
+        } else {
+            SSL_set_accept_state(ssl)
+        }
         loop.register(self)
         channel.delegate = self
         channel.start()
+        // A client speaks first, once connected.
+        if client != nil && !channel.isConnecting { advanceHandshake() }
     }
+
+    func channelConnected(_ channel: SocketChannel) {
+        if client != nil && !handshakeDone { advanceHandshake() }
+    }
+
+    /// Who is at the other end, for messages.
+    private var peer: String { client == nil ? "the client" : "the upstream" }
 
     // MARK: ClientTransport
 
@@ -136,7 +168,7 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
 
     func channelEOF(_ channel: SocketChannel) {
         if !handshakeDone {
-            fail("the client closed during the TLS handshake")
+            fail("\(peer) closed during the TLS handshake")
             return
         }
         // Drain what is still buffered, then report the end.
@@ -195,6 +227,9 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         }
         let err = SSL_get_error(ssl, r)
         if err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE { return }
+        if client != nil, let refused = TLSClientContext.verifyFailure(ssl) {
+            return fail("TLS handshake with the upstream failed: \(refused)")
+        }
         fail("TLS handshake failed: \(TLSContext.opensslError())")
     }
 

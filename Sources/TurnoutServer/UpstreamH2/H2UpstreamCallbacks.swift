@@ -30,7 +30,7 @@ enum H2UpstreamCallbacks {
             case UInt8(NGHTTP2_DATA.rawValue):
                 if endStream { session(user).dataEnded(hd.stream_id) }
             case UInt8(NGHTTP2_GOAWAY.rawValue):
-                session(user).goaway()
+                session(user).goaway(lastStream: frame.pointee.goaway.last_stream_id)
             default:
                 break
             }

@@ -3,8 +3,9 @@ import Glibc
 import Logging
 import TurnoutCore
 
-/// One HTTP/2 connection to an upstream endpoint (`protocol: h2c`), shared by many streams: a
-/// libnghttp2 client session fed from memory over a non-blocking socket, owned by its loop's
+/// One HTTP/2 connection to an upstream endpoint (`protocol: h2c`, or `h2` over TLS), shared by
+/// many streams: a libnghttp2 client session fed from memory over a non-blocking socket (or the
+/// TLS transport on it), owned by its loop's
 /// `UpstreamPool`. Streams join while it has room (the upstream's SETTINGS_MAX_CONCURRENT_STREAMS);
 /// after a GOAWAY it takes none and closes once its streams are over. Response DATA is
 /// acknowledged (WINDOW_UPDATE) as the client takes it, so a slow client holds back its own stream
@@ -12,13 +13,17 @@ import TurnoutCore
 final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     let endpoint: UpstreamEndpoint
     unowned let pool: UpstreamPool
-    let transport: SocketChannel
+    let transport: ClientTransport
+    /// "http" for h2c, "https" for h2 (the `:scheme` of requests).
+    let scheme: String
     private var session: OpaquePointer?
-    /// The TCP connection is up.
+    /// The connection is up (TCP connected; for TLS, the handshake done with `h2` chosen).
     private(set) var isOpen = false
     /// The upstream sent GOAWAY (or the connection failed): no new streams.
     private(set) var goingAway = false
     private(set) var closed = false
+    /// `close` is under way (its last flush must not close again).
+    private var closing = false
     /// Submitted streams by id.
     private var streams: [Int32: H2UpstreamStream] = [:]
     /// Streams that joined before the connection was up.
@@ -31,6 +36,11 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     var idleSince: UInt64 = 0
     /// When the connection was started (for the connect timeout).
     let startedAt: UInt64
+    /// When the upstream last sent anything, and when a PING went out that nothing answered yet.
+    private var lastHeard: UInt64 = 0
+    private var pingSentAt: UInt64 = 0
+    /// After this long without a byte from the upstream, a PING asks whether it is still there.
+    static let pingAfterNanos: UInt64 = 5_000_000_000
     private var inSession = false
     private var flushScheduled = false
     /// Streams that took request body during the last send: told after it.
@@ -47,10 +57,11 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         static let maxHeaderBytes = 64 * 1024
     }
 
-    init(endpoint: UpstreamEndpoint, pool: UpstreamPool, transport: SocketChannel, connected: Bool) {
+    init(endpoint: UpstreamEndpoint, pool: UpstreamPool, transport: ClientTransport, scheme: String, connected: Bool) {
         self.endpoint = endpoint
         self.pool = pool
         self.transport = transport
+        self.scheme = scheme
         self.isOpen = connected
         self.startedAt = pool.loop.coarseNow
         var option: OpaquePointer?
@@ -100,9 +111,10 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     /// Submits a stream's request: the head (as `HeaderRewriter` wrote it for HTTP/1.1) as HTTP/2
     /// fields, and the body from the stream's queue unless `endStream`.
     func submit(_ s: H2UpstreamStream, head: [UInt8], teTrailers: Bool, endStream: Bool) {
-        guard let session, !closed else { return fail(s, error: nil, refused: false) }
+        // Never sent, so never processed: the request may go on another connection.
+        guard let session, !closed else { return fail(s, error: nil, refused: true) }
         let converted = head.withUnsafeBytes { raw in
-            Result { () throws(HTTP2RequestFields.Invalid) in try HTTP2RequestFields(head: raw, scheme: "http", teTrailers: teTrailers) }
+            Result { () throws(HTTP2RequestFields.Invalid) in try HTTP2RequestFields(head: raw, scheme: scheme, teTrailers: teTrailers) }
         }
         let fields: HTTP2RequestFields
         switch converted {
@@ -178,7 +190,16 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     // MARK: the socket
 
-    func channelConnected(_ channel: SocketChannel) {
+    func channelConnected(_ channel: SocketChannel) { transportReady() }
+
+    /// The TLS handshake failed (or chose another protocol than h2): the streams fail as a connect
+    /// failure would.
+    func handshakeFailed(_ reason: String) {
+        failAll(error: SystemError("TLS to \(endpoint.address): \(reason)", errno: EPROTO), reason: .upstreamClosed)
+    }
+
+    /// The connection can carry frames: the streams that waited for it are ready.
+    func transportReady() {
         isOpen = true
         let ready = waiting
         waiting.removeAll()
@@ -188,6 +209,8 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     func channelRead(_ channel: SocketChannel, _ bytes: UnsafeRawBufferPointer) {
         guard let session, !closed else { return }
+        lastHeard = pool.loop.coarseNow
+        pingSentAt = 0
         inSession = true
         let n = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
         inSession = false
@@ -320,8 +343,12 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         fail(s, error: nil, refused: true)
     }
 
-    func goaway() {
+    /// The last stream id of the latest GOAWAY received.
+    private(set) var goawayLastStream: Int32?
+
+    func goaway(lastStream: Int32) {
         goingAway = true
+        goawayLastStream = lastStream
     }
 
     func streamClosed(_ id: Int32, errorCode: UInt32) {
@@ -353,6 +380,24 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     // MARK: closing
 
+    /// Liveness, from the pool's tick: after `pingAfterNanos` of silence a PING goes out; an
+    /// upstream that sends nothing back within `answerNanos` is taken for dead, and the streams on
+    /// the connection fail (those not yet answered are sent again where the rules allow).
+    func checkLiveness(now: UInt64, answerNanos: UInt64) {
+        guard isOpen, !closed, let session else { return }
+        if lastHeard == 0 { lastHeard = now }
+        if pingSentAt != 0 {
+            if now >= pingSentAt + answerNanos {
+                pool.context.logger.warning("HTTP/2 connection to \(endpoint.address): no answer to PING in \((now - pingSentAt) / 1_000_000) ms; closing it")
+                failAll(error: SystemError("no answer to PING from \(endpoint.address)", errno: ETIMEDOUT), reason: .upstreamClosed)
+            }
+        } else if now >= lastHeard + Self.pingAfterNanos {
+            pingSentAt = now
+            nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+            flush()
+        }
+    }
+
     /// The connection did not come up within the connect timeout: its streams fail as a connect
     /// failure would.
     func connectTimedOut() {
@@ -366,19 +411,27 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         let all = waiting + Array(streams.values)
         waiting.removeAll()
         streams.removeAll()
+        let open = all.filter { !$0.remoteEnded }
+        if !open.isEmpty {
+            pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) lost with \(open.count) stream(s) open (ids \(open.map(\.id).sorted().prefix(8)); GOAWAY received: \(goawayLastStream.map(String.init) ?? "no"))\(error.map { ": \($0)" } ?? "")")
+        }
         close(reason)
         for s in all {
             let owner = s.owner
             let ended = s.remoteEnded
+            // A request never submitted, or above the last stream a GOAWAY promised to process,
+            // never reached the upstream's application.
+            let unprocessed = s.id <= 0 || (goawayLastStream.map { s.id > $0 } ?? false)
             s.sessionEnded()
-            if !ended { owner?.h2Failed(s, error: error, refused: false) }
+            if !ended { owner?.h2Failed(s, error: error, refused: unprocessed) }
         }
         active = 0
     }
 
     /// Closes the connection: GOAWAY first when it is up and idle.
     func close(_ reason: UpstreamCloseReason) {
-        guard !closed else { return }
+        guard !closed, !closing else { return }
+        closing = true
         if let session, isOpen, active == 0 {
             nghttp2_session_terminate_session(session, NGHTTP2_NO_ERROR.rawValue)
             flush()

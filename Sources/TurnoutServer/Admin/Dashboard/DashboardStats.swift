@@ -60,7 +60,7 @@ final class DashboardStats: @unchecked Sendable {
         var pools: [String: (UInt64, UInt64, Double?)] = [:]
         for (pool, endpoints) in store.endpoints {
             let s = delta.pool(pool.name, endpointIDs: endpoints.map(\.id))
-            pools[pool.name] = (s.requests, s.serverErrors, s.requests > 0 ? s.latency.quantile(0.99).map { Double($0) / 1000 } : nil)
+            pools[pool.name] = (s.requests, s.errors, s.requests > 0 ? s.latency.quantile(0.99).map { Double($0) / 1000 } : nil)
         }
         samples.append(Sample(atUnixMs: Int64(Date().timeIntervalSince1970 * 1000), seconds: Double(now - previousAt) / 1e9, pools: pools))
         if samples.count > Self.keep { samples.removeFirst(samples.count - Self.keep) }
