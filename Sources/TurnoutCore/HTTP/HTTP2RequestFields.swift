@@ -18,6 +18,17 @@ public struct HTTP2RequestFields: Sendable {
     /// `head`: an HTTP/1.1 request head ending with an empty line. `scheme`: "http" (h2c) or
     /// "https" (h2). `teTrailers`: the client sent `TE: trailers`.
     public init(head: UnsafeRawBufferPointer, scheme: String, teTrailers: Bool) throws(Invalid) {
+        try set(head: head, scheme: scheme, teTrailers: teTrailers)
+    }
+
+    /// Empty, to be filled by `set` (a sender keeps one and refills it for each request, so that
+    /// its buffers are allocated once).
+    public init() {}
+
+    /// The fields of `head`, replacing what was there (the buffers are kept).
+    public mutating func set(head: UnsafeRawBufferPointer, scheme: String, teTrailers: Bool) throws(Invalid) {
+        storage.removeAll(keepingCapacity: true)
+        spans.removeAll(keepingCapacity: true)
         storage.reserveCapacity(head.count + 32)
         spans.reserveCapacity(16)
         let b = head.bindMemory(to: UInt8.self)

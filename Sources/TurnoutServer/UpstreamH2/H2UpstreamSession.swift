@@ -42,6 +42,8 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     /// After this long without a byte from the upstream, a PING asks whether it is still there.
     static let pingAfterNanos: UInt64 = 5_000_000_000
     private var inSession = false
+    /// The buffers of the last request's fields, for the next one.
+    private var fieldsScratch = HTTP2RequestFields()
     private var flushScheduled = false
     /// Streams that took request body during the last send: told after it.
     private var tookBody: [H2UpstreamStream] = []
@@ -113,13 +115,14 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     func submit(_ s: H2UpstreamStream, head: [UInt8], teTrailers: Bool, endStream: Bool) {
         // Never sent, so never processed: the request may go on another connection.
         guard let session, !closed else { return fail(s, error: nil, refused: true) }
+        // The fields are written into this session's buffers, kept from request to request.
+        var fields = HTTP2RequestFields()
+        swap(&fields, &fieldsScratch)
+        defer { swap(&fields, &fieldsScratch) }
         let converted = head.withUnsafeBytes { raw in
-            Result { () throws(HTTP2RequestFields.Invalid) in try HTTP2RequestFields(head: raw, scheme: scheme, teTrailers: teTrailers) }
+            Result { () throws(HTTP2RequestFields.Invalid) in try fields.set(head: raw, scheme: scheme, teTrailers: teTrailers) }
         }
-        let fields: HTTP2RequestFields
-        switch converted {
-        case .success(let f): fields = f
-        case .failure(let error):
+        if case .failure(let error) = converted {
             pool.context.logger.error("cannot send a request to \(endpoint.address) over HTTP/2: \(error.reason)")
             return fail(s, error: nil, refused: false)
         }
@@ -177,6 +180,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         let owner = s.owner
         s.sessionEnded()
         if s.id > 0 { streams.removeValue(forKey: s.id) }
+        if recent === s { recent = nil }
         streamOver()
         owner?.h2Failed(s, error: error, refused: refused)
     }
@@ -269,17 +273,30 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     // MARK: nghttp2 callbacks (from H2UpstreamCallbacks)
 
+    /// The stream the last callback was about: a response's HEADERS, its fields, its DATA and its
+    /// end come one after another, each found without hashing.
+    private var recent: H2UpstreamStream?
+
+    @inline(__always)
+    private func stream(_ id: Int32) -> H2UpstreamStream? {
+        if let r = recent, r.id == id { return r }
+        let s = streams[id]
+        if s != nil { recent = s }
+        return s
+    }
+
+
     private var headerBytes = 0
 
     func beginHeaders(_ id: Int32) {
-        guard let s = streams[id] else { return }
+        guard let s = stream(id) else { return }
         s.fields = HTTPHeaders()
         s.status = 0
         headerBytes = 0
     }
 
     func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        guard let s = streams[id] else { return }
+        guard let s = stream(id) else { return }
         headerBytes += name.count + value.count + 32
         if name.first == 58 {  // ':'
             if name.equals(":status") { s.status = Int(String(decoding: value, as: UTF8.self)) ?? 0 }
@@ -290,7 +307,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     }
 
     func headersReceived(_ id: Int32, endStream: Bool) {
-        guard let s = streams[id] else { return }
+        guard let s = stream(id) else { return }
         if headerBytes > Limits.maxHeaderBytes {
             return resetAndFail(s, why: "the upstream's response header block is larger than \(Limits.maxHeaderBytes) bytes")
         }
@@ -314,7 +331,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     }
 
     func dataReceived(_ id: Int32, _ bytes: UnsafeRawBufferPointer) {
-        guard let s = streams[id] else {
+        guard let s = stream(id) else {
             if let session { nghttp2_session_consume(session, id, bytes.count) }
             return
         }
@@ -327,7 +344,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     }
 
     func dataEnded(_ id: Int32) {
-        guard let s = streams[id] else { return }
+        guard let s = stream(id) else { return }
         streamEnded(s, trailers: nil)
     }
 
@@ -338,7 +355,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     /// A request's HEADERS were never sent: it can go on another connection.
     func notSent(_ id: Int32) {
-        guard let s = streams[id], !s.remoteEnded else { return }
+        guard let s = stream(id), !s.remoteEnded else { return }
         goingAway = true
         fail(s, error: nil, refused: true)
     }
@@ -353,6 +370,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     func streamClosed(_ id: Int32, errorCode: UInt32) {
         guard let s = streams.removeValue(forKey: id) else { return }
+        if recent === s { recent = nil }
         let owner = s.owner
         let ended = s.remoteEnded
         s.sessionEnded()
@@ -364,7 +382,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     }
 
     func readBody(_ id: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let s = streams[id] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        guard let s = stream(id) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         let n = s.readBody(into: buf, length: length, flags: flags)
         if n > 0 { tookBody.append(s) }
         return n
@@ -411,6 +429,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         let all = waiting + Array(streams.values)
         waiting.removeAll()
         streams.removeAll()
+        recent = nil
         let open = all.filter { !$0.remoteEnded }
         if !open.isEmpty {
             pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) lost with \(open.count) stream(s) open (ids \(open.map(\.id).sorted().prefix(8)); GOAWAY received: \(goawayLastStream.map(String.init) ?? "no"))\(error.map { ": \($0)" } ?? "")")
