@@ -73,7 +73,7 @@ integration-test: build test-deps
 	@echo "The data-path tests again, with io: dispatch (a Dispatch source per socket):"
 	TURNOUT_TEST_IO=dispatch TURNOUT_BIN=$(CURDIR)/$(RELEASE_BIN) $(PYTHON) -m pytest -q -p no:cacheprovider \
 	  Tests/integration/test_data_path.py Tests/integration/test_smuggling.py Tests/integration/test_http2.py \
-	  Tests/integration/test_tls.py Tests/integration/test_tunnels.py
+	  Tests/integration/test_tls.py Tests/integration/test_tunnels.py Tests/integration/test_h2_upstream.py
 
 check-config: build
 	$(RELEASE_BIN) check-config config/turnout.yaml
