@@ -117,6 +117,8 @@ final class ProxyContext: Sendable {
 
     /// Publishes a reloaded configuration (after the routing store took its pools).
     func replace(config: TurnoutConfig) {
+        // Upstream TLS files are read again for the connections opened from now on.
+        upstreamTLS.withLock { $0.removeAll() }
         settingsWriter.withLock { _ in
             current.store(Settings(config: config, store: store), ordering: .releasing)
             replacements.add(1, ordering: .releasing)

@@ -152,6 +152,9 @@ final class TLSTransport: ClientTransport, ChannelDelegate, LoopTimed, @unchecke
         transportClosed = true
         channel.close(reset: false)
         loop.unregister(self)
+        // Closed by its owner during the handshake: the callbacks (which may hold the owner) go.
+        onHandshake = nil
+        onFailure = nil
     }
 
     // MARK: the socket's events
