@@ -51,6 +51,7 @@ class Conn(asyncio.Protocol):
         self.open = 0
         self.goaway_after = None  # the last stream id taken, once GOAWAY was sent
         self.pending = {}  # stream id -> bytes waiting for the flow-control window
+        self.in_batch = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -70,6 +71,15 @@ class Conn(asyncio.Protocol):
         except Exception:
             self.transport.close()
             return
+        self.in_batch = True
+        try:
+            self.handle_events(events)
+        finally:
+            self.in_batch = False
+        self.flush()
+        self.close_if_done()
+
+    def handle_events(self, events):
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 if self.goaway_after is not None and ev.stream_id > self.goaway_after:
@@ -95,12 +105,17 @@ class Conn(asyncio.Protocol):
             elif isinstance(ev, h2.events.WindowUpdated):
                 for sid in list(self.pending):
                     self.send_pending(sid)
-        self.flush()
 
     def done(self, sid):
         if self.requests.pop(sid, None) is not None:
             self.open -= 1
         self.pending.pop(sid, None)
+        if not self.in_batch:
+            self.close_if_done()
+
+    def close_if_done(self):
+        # Only once every stream up to the GOAWAY's last one was answered (a batch of frames may
+        # still hold some of them: checked after the batch).
         if self.goaway_after is not None and self.open == 0 and not self.transport.is_closing():
             # Half-close, as a server shutting down does: the client reads everything sent (the
             # GOAWAY among it), then closes its side.

@@ -279,7 +279,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func connect(fresh: Bool) {
         if pool.view.settings.upstreamProtocol(ofEndpoint: endpoint.id) != .http1 {
             do {
-                if attempts == 1 && replayBody == nil && !machine.requestComplete { replayBody = [] }
+                // Hold the body from its first byte (a body partly sent and not held cannot go again).
+                if replayBody == nil && machine.bodyBytesSent == 0 && !machine.requestComplete { replayBody = [] }
                 let s = try pool.h2Stream(endpoint, owner: self)
                 upstream = s
                 if s.isReady {

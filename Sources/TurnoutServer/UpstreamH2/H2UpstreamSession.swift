@@ -101,7 +101,9 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
 
     /// A new stream joins. Returns it; it is ready at once when the connection is up.
     func join(owner: H2StreamOwner) -> H2UpstreamStream {
-        let s = H2UpstreamStream(endpoint: endpoint, session: self, owner: owner, sessionWasOpen: isOpen && served > 0)
+        // A stream on a connection already up is like a request on a pooled connection: if the
+        // connection breaks before any answer, the same endpoint is worth a fresh connection.
+        let s = H2UpstreamStream(endpoint: endpoint, session: self, owner: owner, sessionWasOpen: isOpen)
         active += 1
         idleSince = 0
         if !isOpen { waiting.append(s) }

@@ -27,7 +27,7 @@ final class H2UpstreamStream: UpstreamLink {
     var owner: H2StreamOwner?
     /// The nghttp2 stream id, once the request was submitted.
     var id: Int32 = -1
-    /// The connection was already open (and had served streams) when this stream joined it.
+    /// The connection was already open when this stream joined it.
     let sessionWasOpen: Bool
 
     // The request body, on its way into DATA frames.
