@@ -152,28 +152,13 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     func flush() {
         guard let session, !closed, !inSession else { return }
         inSession = true
-        // nghttp2 hands out one frame per call: gather them (in the loop's scratch buffer, taken
-        // for the duration) so that a flush is one write.
-        var outBuffer = loop.takeScratch()
-        defer { loop.returnScratch(outBuffer) }
-        while transport.pendingBytes + outBuffer.count <= SocketChannel.highWatermark {
-            var data: UnsafePointer<UInt8>?
-            let n = nghttp2_session_mem_send(session, &data)
-            if n < 0 {
-                inSession = false
-                context.logger.info("HTTP/2 session with \(clientIP) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
-                teardown()
-                return
-            }
-            if n == 0 { break }
-            outBuffer.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
-            if outBuffer.count >= 64 * 1024 {
-                transport.write(outBuffer)
-                outBuffer.removeAll(keepingCapacity: true)
-            }
-        }
-        if !outBuffer.isEmpty { transport.write(outBuffer) }
+        let rc = HTTP2Output.send(session, to: transport, loop: loop)
         inSession = false
+        if rc < 0 {
+            context.logger.info("HTTP/2 session with \(clientIP) failed: \(String(cString: nghttp2_strerror(Int32(rc))))")
+            teardown()
+            return
+        }
         // Reading more input only makes sense while our output keeps moving.
         if transport.pendingBytes > SocketChannel.highWatermark {
             transport.pauseReading()

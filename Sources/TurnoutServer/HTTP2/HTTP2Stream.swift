@@ -34,8 +34,7 @@ final class HTTP2Stream: ExchangeSink {
     private var bodyStart = 0
 
     // The response on its way out.
-    private var out: [UInt8] = []
-    private var outStart = 0
+    private var out = HTTP2DataQueue()
     private var responseEnded = false
     private var dataDeferred = false
     /// Trailers of the upstream's response, sent after the last DATA.
@@ -204,7 +203,7 @@ final class HTTP2Stream: ExchangeSink {
 
     // MARK: the exchange's events
 
-    var pendingToClient: Int { out.count - outStart }
+    var pendingToClient: Int { out.count }
 
     var sinkPendingBytes: Int { pendingToClient + connection.transport.pendingBytes }
 
@@ -234,11 +233,7 @@ final class HTTP2Stream: ExchangeSink {
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         guard !responseEnded else { return }
-        if outStart > 0 && outStart == out.count {
-            out.removeAll(keepingCapacity: true)
-            outStart = 0
-        }
-        out.append(contentsOf: bytes)
+        out.append(bytes)
         ex.bytesToClient += Int64(bytes.count)
         // The exchange stops reading its upstream past the watermark; wake it when below again.
         if sinkPendingBytes > SocketChannel.highWatermark { connection.waitForDrain(self) }
@@ -294,11 +289,7 @@ final class HTTP2Stream: ExchangeSink {
     /// Bytes from the tunnel's upstream, on their way out as DATA.
     func tunnelBytes(_ bytes: UnsafeRawBufferPointer) {
         guard !responseEnded else { return }
-        if outStart > 0 && outStart == out.count {
-            out.removeAll(keepingCapacity: true)
-            outStart = 0
-        }
-        out.append(contentsOf: bytes)
+        out.append(bytes)
         wakeDataSource()
     }
 
@@ -333,13 +324,11 @@ final class HTTP2Stream: ExchangeSink {
             block.append("grpc-message", GRPCStatus.encodeMessage(text))
             for (name, value) in extra { block.append(name, value) }
             responseEnded = true
-            out = []
-            outStart = 0
+            out.replace(with: [])
             connection.submitResponse(id, block, endStream: true)
             return
         }
-        out = body
-        outStart = 0
+        out.replace(with: body)
         var block = connection.headerBlock(status: status)
         block.append("content-type", "text/plain; charset=utf-8")
         block.append("content-length", String(body.count))
@@ -361,20 +350,8 @@ final class HTTP2Stream: ExchangeSink {
     }
 
     func readResponse(into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        let n = min(length, out.count - outStart)
-        if n > 0 {
-            out.withUnsafeBytes { src in
-                UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress! + outStart, byteCount: n)
-            }
-            outStart += n
-        }
-        if outStart == out.count {
-            if outStart > 64 * 1024 || out.capacity > 1 << 20 {
-                out = []
-            } else {
-                out.removeAll(keepingCapacity: true)
-            }
-            outStart = 0
+        let n = out.take(into: buf, length: length)
+        if out.isEmpty {
             if responseEnded {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
                 if let t = trailers {

@@ -131,13 +131,9 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
 
     private func flush() {
         guard let session, let transport, completion != nil else { return }
-        while true {
-            var data: UnsafePointer<UInt8>?
-            let n = nghttp2_session_mem_send(session, &data)
-            if n < 0 { return finish(.failure(ProbeFailure(description: "HTTP/2: \(String(cString: nghttp2_strerror(Int32(n))))"))) }
-            if n == 0 { break }
-            transport.write(UnsafeRawBufferPointer(start: data, count: n))
-        }
+        // A probe's request is far below the watermark: everything nghttp2 has goes out.
+        let rc = HTTP2Output.send(session, to: transport, loop: loop)
+        if rc < 0 { finish(.failure(ProbeFailure(description: "HTTP/2: \(String(cString: nghttp2_strerror(Int32(rc))))"))) }
     }
 
     private func finish(_ result: Result<Response, ProbeFailure>) {

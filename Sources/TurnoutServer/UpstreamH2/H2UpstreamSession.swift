@@ -246,25 +246,12 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     func flush() {
         guard let session, !closed, !inSession, isOpen else { return }
         inSession = true
-        var out = pool.loop.takeScratch()
-        defer { pool.loop.returnScratch(out) }
-        while transport.pendingBytes + out.count <= SocketChannel.highWatermark {
-            var data: UnsafePointer<UInt8>?
-            let n = nghttp2_session_mem_send(session, &data)
-            if n < 0 {
-                inSession = false
-                pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
-                return failAll(error: nil, reason: .upstreamClosed)
-            }
-            if n == 0 { break }
-            out.append(contentsOf: UnsafeBufferPointer(start: data, count: n))
-            if out.count >= 64 * 1024 {
-                transport.write(out)
-                out.removeAll(keepingCapacity: true)
-            }
-        }
-        if !out.isEmpty { transport.write(out) }
+        let rc = HTTP2Output.send(session, to: transport, loop: pool.loop)
         inSession = false
+        if rc < 0 {
+            pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(rc))))")
+            return failAll(error: nil, reason: .upstreamClosed)
+        }
         if !tookBody.isEmpty {
             let took = tookBody
             tookBody.removeAll(keepingCapacity: true)

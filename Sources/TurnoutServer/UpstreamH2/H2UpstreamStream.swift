@@ -31,8 +31,7 @@ final class H2UpstreamStream: UpstreamLink {
     let sessionWasOpen: Bool
 
     // The request body, on its way into DATA frames.
-    private var out: [UInt8] = []
-    private var outStart = 0
+    private var out = HTTP2DataQueue()
     private var bodyEnded = false
     /// nghttp2 asked for body bytes and none were there.
     var dataDeferred = false
@@ -60,7 +59,7 @@ final class H2UpstreamStream: UpstreamLink {
 
     var isClosed: Bool { over || session == nil }
 
-    var pendingRequestBytes: Int { out.count - outStart }
+    var pendingRequestBytes: Int { out.count }
 
     // MARK: UpstreamLink
 
@@ -84,11 +83,7 @@ final class H2UpstreamStream: UpstreamLink {
 
     private func queue(_ bytes: UnsafeRawBufferPointer) {
         guard !over, !bytes.isEmpty else { return }
-        if outStart > 0 && outStart == out.count {
-            out.removeAll(keepingCapacity: true)
-            outStart = 0
-        }
-        out.append(contentsOf: bytes)
+        out.append(bytes)
         wake()
     }
 
@@ -134,16 +129,8 @@ final class H2UpstreamStream: UpstreamLink {
     // MARK: nghttp2's data source
 
     func readBody(into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        let n = min(length, out.count - outStart)
-        if n > 0 {
-            out.withUnsafeBytes { src in
-                UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress! + outStart, byteCount: n)
-            }
-            outStart += n
-        }
-        if outStart == out.count {
-            out.removeAll(keepingCapacity: out.capacity <= 256 * 1024)
-            outStart = 0
+        let n = out.take(into: buf, length: length)
+        if out.isEmpty {
             if bodyEnded {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue
                 return n

@@ -1,0 +1,47 @@
+/// Bytes waiting to become DATA frames of one HTTP/2 stream: appended by whoever produces them
+/// (a response for a client, a request body for an upstream), taken by nghttp2's data source.
+/// Loop-confined, owned by its stream.
+struct HTTP2DataQueue {
+    private var bytes: [UInt8] = []
+    private var start = 0
+
+    /// Bytes not taken yet.
+    var count: Int { bytes.count - start }
+    var isEmpty: Bool { start == bytes.count }
+
+    mutating func append(_ more: UnsafeRawBufferPointer) {
+        if start > 0 && start == bytes.count {
+            bytes.removeAll(keepingCapacity: true)
+            start = 0
+        }
+        bytes.append(contentsOf: more)
+    }
+
+    /// Replaces whatever waits with `body` (an answer of Turnout's own).
+    mutating func replace(with body: [UInt8]) {
+        bytes = body
+        start = 0
+    }
+
+    /// Copies up to `length` bytes into nghttp2's frame buffer; returns how many. Once everything
+    /// was taken the array is emptied, and let go when it served more than 64 KiB or grew past
+    /// 1 MiB (a stream that streamed a lot does not keep its peak).
+    mutating func take(into buf: UnsafeMutablePointer<UInt8>, length: Int) -> Int {
+        let n = min(length, count)
+        if n > 0 {
+            bytes.withUnsafeBytes { src in
+                UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress! + start, byteCount: n)
+            }
+            start += n
+        }
+        if start == bytes.count {
+            if start > 64 * 1024 || bytes.capacity > 1 << 20 {
+                bytes = []
+            } else {
+                bytes.removeAll(keepingCapacity: true)
+            }
+            start = 0
+        }
+        return n
+    }
+}
