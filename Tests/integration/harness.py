@@ -288,6 +288,16 @@ def run_cli(*args, env=None, timeout=20):
     return subprocess.run([turnout_binary(), *args], capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def check_config_refuses(directory, text, message):
+    """Writes `text` as a config file in `directory` and asserts that `turnout check-config`
+    refuses it with `message` among what it prints."""
+    path = os.path.join(str(directory), "check.yaml")
+    with open(path, "w") as f:
+        f.write(text)
+    r = run_cli("check-config", path)
+    assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
+
+
 def make_certificate(directory, name, hosts=("localhost", "127.0.0.1")):
     """A self-signed EC certificate for `hosts` (DNS names or IPs). Returns (cert_path, key_path)."""
     cert = os.path.join(directory, f"{name}.crt")

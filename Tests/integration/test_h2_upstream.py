@@ -13,16 +13,60 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
-from harness import Turnout, Upstream, admin_call, pattern_sha256, run_cli, wait_for
+from harness import Turnout, Upstream, admin_call, check_config_refuses, pattern_sha256, wait_for
 
 
-def h2_turnout(cleanup, script="h2upstream.py", weights=None, pool_keys="", names=("blue", "green"), **kw):
-    ups = [Upstream(n, script=script) for n in names]
+def h2_turnout(cleanup, script="h2upstream.py", weights=None, pool_keys="", names=("blue", "green"), upstream_args=None, **kw):
+    """A Turnout in front of h2c pools, one upstream each (`script`, with `upstream_args[name]`)."""
+    ups = [Upstream(n, script=script, extra_args=(upstream_args or {}).get(n, ())) for n in names]
     cleanup.extend(ups)
     pool_text = {u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c{", " + pool_keys if pool_keys else ""} }}' for u in ups}
     t = Turnout({u.name: [u.address] for u in ups}, weights=weights, pool_text=pool_text, **kw)
     cleanup.append(t)
     return (t, *ups)
+
+
+def wait_all_healthy(t):
+    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
+             what="every pool healthy")
+
+
+class GrpcLoad:
+    """`clients` gRPC clients calling /test.Echo/Unary through Turnout until the block ends:
+    answers counted by the pool that gave them (`served`), failures kept (`errors`)."""
+
+    def __init__(self, t, clients):
+        self.port = t.port
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.errors, self.served = [], {}
+        self.threads = [threading.Thread(target=self.run) for _ in range(clients)]
+
+    def run(self):
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:
+            call = ch.unary_unary("/test.Echo/Unary")
+            while not self.stop.is_set():
+                try:
+                    who = call(b"x", timeout=10).split(b":")[0].decode()
+                    with self.lock:
+                        self.served[who] = self.served.get(who, 0) + 1
+                except grpc.RpcError as e:
+                    self.errors.append((e.code(), e.details()))
+
+    @property
+    def calls(self):
+        with self.lock:
+            return sum(self.served.values())
+
+    def __enter__(self):
+        for th in self.threads:
+            th.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for th in self.threads:
+            th.join()
 
 
 def h2_request(port, method, path, body=b"", headers=()):
@@ -279,111 +323,42 @@ def test_grpc_over_tls_from_the_client(cleanup, tmp_path):
 def test_a_switch_under_grpc_load_fails_no_call(cleanup):
     t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
                                 pool_keys="health: { grpc_service: \"\" }")
-    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
-             what="both pools healthy")
-    stop = threading.Event()
-    errors, served = [], {"blue": 0, "green": 0}
-    lock = threading.Lock()
-
-    def worker():
-        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
-            call = ch.unary_unary("/test.Echo/Unary")
-            while not stop.is_set():
-                try:
-                    who = call(b"x", timeout=10).split(b":")[0].decode()
-                    with lock:
-                        served[who] += 1
-                except grpc.RpcError as e:
-                    errors.append((e.code(), e.details()))
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for th in threads:
-        th.start()
-    try:
+    wait_all_healthy(t)
+    with GrpcLoad(t, 6) as load:
         for i in range(10):
-            before = sum(served.values())
+            before = load.calls
             pool = "green" if i % 2 == 0 else "blue"
             assert admin_call(t, "POST", "/v1/switch", {"pool": pool})[0] == 200
-            wait_for(lambda: sum(served.values()) >= before + 100, timeout=30, what="calls after a switch")
-    finally:
-        stop.set()
-        for th in threads:
-            th.join()
-    assert errors == []
-    assert served["blue"] > 0 and served["green"] > 0
+            wait_for(lambda: load.calls >= before + 100, timeout=30, what="calls after a switch")
+    assert load.errors == []
+    assert load.served.get("blue", 0) > 0 and load.served.get("green", 0) > 0
 
 
 def test_grpc_servers_that_send_goaway_every_half_second_fail_no_call(cleanup):
     # grpc.max_connection_age_ms: the server sends GOAWAY on each connection 0.5 s after it opened
     # (as gRPC servers behind load balancers are told to), while calls keep coming.
-    ups = [Upstream(n, script="grpc_upstream.py", extra_args=["--max-connection-age-ms", "500"]) for n in ("blue", "green")]
-    cleanup.extend(ups)
-    t = Turnout({u.name: [u.address] for u in ups}, weights={"blue": 50, "green": 50},
-                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c, health: {{ grpc_service: "" }} }}' for u in ups})
-    cleanup.append(t)
-    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
-             what="both pools healthy")
-    errors, calls = [], []
-    stop = threading.Event()
-
-    def worker():
-        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
-            call = ch.unary_unary("/test.Echo/Unary")
-            while not stop.is_set():
-                try:
-                    call(b"x", timeout=10)
-                    calls.append(1)
-                except grpc.RpcError as e:
-                    errors.append((e.code(), e.details()))
-
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for th in threads:
-        th.start()
-    try:
-        opened = lambda: sum(float(line.rsplit(" ", 1)[1]) for line in admin_call(t, "GET", "/metrics")[1].decode().splitlines()
-                             if line.startswith("turnout_upstream_connections_opened_total{"))
+    age = ["--max-connection-age-ms", "500"]
+    t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 50, "green": 50},
+                                pool_keys='health: { grpc_service: "" }', upstream_args={"blue": age, "green": age})
+    wait_all_healthy(t)
+    opened = lambda: sum(float(line.rsplit(" ", 1)[1]) for line in admin_call(t, "GET", "/metrics")[1].decode().splitlines()
+                         if line.startswith("turnout_upstream_connections_opened_total{"))
+    with GrpcLoad(t, 6) as load:
         # Every connection lives half a second: wait until Turnout had to open 10 new ones.
         wait_for(lambda: opened() >= 10, timeout=60, what="connections replaced after GOAWAYs")
-    finally:
-        stop.set()
-        for th in threads:
-            th.join()
-    assert errors == [] and len(calls) > 100
+    assert load.errors == [] and load.calls > 100
 
 
 def test_a_ramp_rolls_back_on_grpc_statuses_that_count_as_errors(cleanup):
     # Green answers every call with INTERNAL (13): HTTP 200, so only the grpc-status says it failed.
-    blue = Upstream("blue", script="grpc_upstream.py")
-    green = Upstream("green", script="grpc_upstream.py", extra_args=["--fail-code", "13"])
-    cleanup.extend([blue, green])
-    t = Turnout({"blue": [blue.address], "green": [green.address]}, weights={"blue": 100},
-                pool_text={u.name: f'{{ endpoints: ["{u.address}"], protocol: h2c, health: {{ grpc_service: "" }} }}' for u in (blue, green)})
-    cleanup.append(t)
-    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
-             what="both pools healthy")
-    stop = threading.Event()
-
-    def worker():
-        with grpc.insecure_channel(f"127.0.0.1:{t.port}") as ch:
-            call = ch.unary_unary("/test.Echo/Unary")
-            while not stop.is_set():
-                try:
-                    call(b"x", timeout=10)
-                except grpc.RpcError:
-                    pass
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for th in threads:
-        th.start()
-    try:
+    t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
+                                pool_keys='health: { grpc_service: "" }', upstream_args={"green": ["--fail-code", "13"]})
+    wait_all_healthy(t)
+    with GrpcLoad(t, 4):
         status, _, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [20, 50, 100], "interval": "1m",
                                                           "gates": {"max_error_rate": 0.05, "min_requests": 20}})
         assert status == 201
         wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="the ramp to end")
-    finally:
-        stop.set()
-        for th in threads:
-            th.join()
     ramp = admin_call(t, "GET", "/v1/ramp")[1]
     assert ramp["status"] == "rolled_back" and ramp["steps_observed"][0]["errors"] > 0, ramp
     metrics = admin_call(t, "GET", "/metrics")[1].decode()
@@ -393,8 +368,7 @@ def test_a_ramp_rolls_back_on_grpc_statuses_that_count_as_errors(cleanup):
 def test_a_grpc_pool_not_serving_is_taken_out(cleanup):
     t, blue, green = h2_turnout(cleanup, script="grpc_upstream.py", weights={"blue": 100},
                                 pool_keys="health: { grpc_service: test.Echo }")
-    wait_for(lambda: all(p["endpoints"][0]["healthy"] for p in admin_call(t, "GET", "/v1/state")[1]["pools"].values()),
-             what="both pools healthy")
+    wait_all_healthy(t)
     with grpc.insecure_channel(blue.address) as ch:
         ch.unary_unary("/test.Control/SetServing")(b"0", timeout=5)
     wait_for(lambda: not admin_call(t, "GET", "/v1/state")[1]["pools"]["blue"]["endpoints"][0]["healthy"],
@@ -416,6 +390,12 @@ def test_a_grpc_pool_not_serving_is_taken_out(cleanup):
     assert grpc_call(t.port, "/test.Echo/Unary", b"x") == b"blue:x"
 
 
+def blue_pool_config(keys):
+    """A config whose pool blue has `keys` beside its endpoint (and a plain pool green)."""
+    return ("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
+            f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {keys} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
+
+
 def test_config_errors(tmp_path):
     for text, message in [
         ("protocol: h3", "pools.blue.protocol: expected http1 or h2c"),
@@ -425,11 +405,7 @@ def test_config_errors(tmp_path):
         ("protocol: h2c, max_connections: 0", "pools.blue.max_connections: must be between 1"),
         ("protocol: h2c, health: { path: /x }", "pools.blue.health.path: unknown key"),
     ]:
-        path = tmp_path / "c.yaml"
-        path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
-                        f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {text} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
-        r = run_cli("check-config", str(path))
-        assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
+        check_config_refuses(tmp_path, blue_pool_config(text), message)
 
 
 # MARK: HTTP/2 over TLS to the pool (protocol: h2)
@@ -489,19 +465,11 @@ def test_tls_config_errors(tmp_path):
         ("protocol: h2, tls: { certificate: /etc/hostname }", "certificate and private_key go together"),
         ("protocol: h2, tls: { sni: x }", "pools.blue.tls.sni: unknown key"),
     ]:
-        path = tmp_path / "c.yaml"
-        path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
-                        f"  blue: {{ endpoints: [\"127.0.0.1:1\"], {text} }}\n  green: {{ endpoints: [\"127.0.0.1:2\"] }}\n")
-        r = run_cli("check-config", str(path))
-        assert r.returncode != 0 and message in r.stdout + r.stderr, (text, r.stdout + r.stderr)
+        check_config_refuses(tmp_path, blue_pool_config(text), message)
     # A CA file that is not a certificate passes the loader but not OpenSSL: check-config says so.
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
-    path = tmp_path / "c.yaml"
-    path.write_text("listeners: [{ address: 127.0.0.1:0 }]\npools:\n"
-                    f"  blue: {{ endpoints: [\"127.0.0.1:1\"], protocol: h2, tls: {{ ca: {bad} }} }}\n")
-    r = run_cli("check-config", str(path))
-    assert r.returncode != 0 and "pools.blue.tls.ca: cannot load" in r.stdout + r.stderr, r.stdout + r.stderr
+    check_config_refuses(tmp_path, blue_pool_config(f"protocol: h2, tls: {{ ca: {bad} }}"), "pools.blue.tls.ca: cannot load")
 
 
 def test_an_upstream_that_stops_answering_is_found_out_by_ping(cleanup):
