@@ -112,7 +112,9 @@ enum StateTable {
         let weights = s["weights"] as? [String: Any] ?? [:]
         let pools = s["pools"] as? [String: Any] ?? [:]
         var lines: [String] = []
-        let ramp = (s["ramp"] as? [String: Any]).map { "\($0["pool"] ?? "?") \($0["status"] ?? "?")" } ?? "none"
+        let ramp = (s["ramp"] as? [String: Any]).map {
+            "\($0["pool"] ?? "?") \($0["status"] ?? "?")" + ($0["phase"] as? String == "mirror" ? " (mirroring step)" : "")
+        } ?? "none"
         lines.append("live: \(s["live"] as? String ?? "?")   generation: \(s["generation"] ?? "?")   ramp: \(ramp)")
         var rows: [[String]] = [["POOL", "WEIGHT", "ENDPOINT", "HEALTH", "STATE", "IN-FLIGHT", "TUNNELS", "LAST REQUEST"]]
         for name in pools.keys.sorted() {
@@ -282,12 +284,12 @@ struct Ramp: ParsableCommand {
         abstract: "Ramp a canary up step by step, rolling back on its own when a gate is breached.",
         discussion: """
             turnout ramp POOL --steps 1,5,25,50,100 --interval 30s [--max-error-rate 1%] [--max-p99 500ms] [--min-requests 100]
+                              [--mirror 100 [--mirror-for 1m] [--mirror-methods GET,HEAD]]
             turnout ramp pause | resume | abort | status
 
-            Each step holds for --interval. At its end the canary's 5xx rate and p99 over the step are
-            checked (once --min-requests were seen; with fewer the step holds and says so). A breach
-            rolls back to the pre-ramp weights at once. Reaching 100% makes POOL live. While a ramp
-            runs, switch and weights are refused unless forced. "abort" restores the pre-ramp weights.
+            Each step holds for --interval. At its end the canary's 5xx rate and p99 over the step are checked (once --min-requests were seen; with fewer the step holds and says so). A breach rolls back to the pre-ramp weights at once. Reaching 100% makes POOL live. While a ramp runs, switch and weights are refused unless forced. "abort" restores the pre-ramp weights.
+
+            With --mirror, the ramp starts with a mirroring step: for --mirror-for (default: the interval) that share of GET and HEAD requests is copied to POOL while its weight stays as it was, and the same gates are judged on the copies' answers. Only then does step 1 send it live traffic; a breach rolls back before any user met the new release.
             """
     )
     @Argument(help: ArgumentHelp("The pool to ramp up, or pause, resume, abort, status.", valueName: "POOL|ACTION"))
@@ -297,6 +299,9 @@ struct Ramp: ParsableCommand {
     @Option(help: "Largest 5xx share per step, e.g. 1% or 0.01 (default 1%).") var maxErrorRate: String?
     @Option(help: "Largest p99 latency per step, e.g. 500ms (default: not checked).") var maxP99: String?
     @Option(help: "Fewest canary requests before a step is judged (default 100).") var minRequests: Int?
+    @Option(help: "Start with a mirroring step copying this percentage of requests to POOL, e.g. 100.") var mirror: String?
+    @Option(help: "How long the mirroring step lasts, e.g. 1m (default: --interval).") var mirrorFor: String?
+    @Option(help: "Methods the mirroring step copies, comma-separated (default GET,HEAD).") var mirrorMethods: String?
     @OptionGroup var waitOption: WaitOption
     @OptionGroup var options: AdminOptions
 
@@ -333,7 +338,24 @@ struct Ramp: ParsableCommand {
                 gates.append("\"max_p99\":\(JSONWriter.quote(maxP99))")
             }
             if let minRequests { gates.append("\"min_requests\":\(minRequests)") }
-            let body = "{\"pool\":\(JSONWriter.quote(target)),\"steps\":[\(stepList.joined(separator: ","))],\"interval\":\(JSONWriter.quote(interval ?? "30s")),\"gates\":{\(gates.joined(separator: ","))}}"
+            var mirrorField = ""
+            if let mirror {
+                let t = mirror.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "")
+                guard case .success = Percent.parseBasisPoints(t) else { throw ValidationError("--mirror: \"\(mirror)\" is not a percentage") }
+                var fields = ["\"percent\":\(t)"]
+                if let mirrorFor {
+                    guard DurationParser.milliseconds(mirrorFor) != nil else { throw ValidationError("--mirror-for: \"\(mirrorFor)\" is not a duration such as 1m") }
+                    fields.append("\"duration\":\(JSONWriter.quote(mirrorFor))")
+                }
+                if let mirrorMethods {
+                    let list = mirrorMethods.split(separator: ",").map { JSONWriter.quote($0.trimmingCharacters(in: .whitespaces)) }
+                    fields.append("\"methods\":[\(list.joined(separator: ","))]")
+                }
+                mirrorField = ",\"mirror\":{\(fields.joined(separator: ","))}"
+            } else if mirrorFor != nil || mirrorMethods != nil {
+                throw ValidationError("--mirror-for and --mirror-methods need --mirror PCT")
+            }
+            let body = "{\"pool\":\(JSONWriter.quote(target)),\"steps\":[\(stepList.joined(separator: ","))],\"interval\":\(JSONWriter.quote(interval ?? "30s")),\"gates\":{\(gates.joined(separator: ","))}\(mirrorField)}"
             let r = try callAdmin(options, "POST", "/v1/ramp", json: body, wait: waitOption)
             if !options.json { print(RampText.render(r)) }
         }
@@ -349,16 +371,23 @@ enum RampText {
 
     static func render(_ r: [String: Any]) -> String {
         let steps = (r["steps"] as? [Any] ?? []).map { "\($0)" }.joined(separator: ",")
-        var lines = ["ramp \(r["pool"] ?? "?"): \(r["status"] ?? "?"), step \(r["step"] ?? "?") of \((r["steps"] as? [Any])?.count ?? 0) at \(r["weight"] ?? "?")% (steps \(steps), interval \(r["interval"] ?? "?"))"]
+        let mirror = r["mirror"] as? [String: Any]
+        let mirroring = r["phase"] as? String == "mirror"
+        let step = mirroring ? "mirroring step" : "step \(r["step"] ?? "?") of \((r["steps"] as? [Any])?.count ?? 0)"
+        var plan = "steps \(steps), interval \(r["interval"] ?? "?")"
+        if let mirror { plan = "mirroring \(mirror["percent"] ?? "?")% for \(mirror["duration"] ?? "?") first, " + plan }
+        var lines = ["ramp \(r["pool"] ?? "?"): \(r["status"] ?? "?"), \(step) at \(r["weight"] ?? "?")% (\(plan))"]
         if let reason = r["reason"] as? String { lines.append("reason: \(reason)") }
-        lines.append("STEP  WEIGHT  REQUESTS  ERROR-RATE  P99      VERDICT")
-        for (i, s) in (r["steps_observed"] as? [[String: Any]] ?? []).enumerated() {
+        lines.append("STEP    WEIGHT  REQUESTS  ERROR-RATE  P99      VERDICT")
+        func row(_ name: String, _ weight: String, _ s: [String: Any]) {
             let rate = (s["error_rate"] as? NSNumber).map { String(format: "%.2f%%", $0.doubleValue * 100) } ?? "-"
             let p99 = (s["p99_ms"] as? NSNumber).map { String(format: "%.1fms", $0.doubleValue) } ?? "-"
-            let cols = ["\(i + 1)", "\(s["weight"] ?? "?")%", "\(s["requests"] ?? 0)", rate, p99, "\(s["verdict"] ?? "?")"]
-            let widths = [6, 8, 10, 12, 9, 0]
+            let cols = [name, weight, "\(s["requests"] ?? 0)", rate, p99, "\(s["verdict"] ?? "?")"]
+            let widths = [8, 8, 10, 12, 9, 0]
             lines.append(zip(cols, widths).map { $1 == 0 ? $0 : $0.padding(toLength: max($1, $0.count + 1), withPad: " ", startingAt: 0) }.joined())
         }
+        if let m = r["mirror_observed"] as? [String: Any] { row("mirror", "copies", m) }
+        for (i, s) in (r["steps_observed"] as? [[String: Any]] ?? []).enumerated() { row("\(i + 1)", "\(s["weight"] ?? "?")%", s) }
         return lines.joined(separator: "\n")
     }
 }

@@ -182,3 +182,113 @@ import Testing
         #expect(delta.mirror["green"]?.requests == 1 && delta.mirrorDropped["green"] == [1, 2, 3, 4, 5])
     }
 }
+
+/// A ramp that starts with a mirroring step (`"mirror": {...}` in the plan).
+@Suite struct RampMirrorStepTests {
+    let pools = RoutingCommands.PoolView(names: ["blue", "green"], healthy: ["blue", "green"])
+    let configMirror = MirrorSpec(pool: "blue", percentBP: 500)
+    var start: RoutingState {
+        RoutingState(generation: 1, live: "blue", weights: ["blue": 10_000, "green": 0],
+                     previousWeights: ["blue": 0, "green": 10_000], previousLive: "green", mirror: configMirror)
+    }
+
+    func plan(mirrorPercent: Int = 10_000, durationMs: Int64 = 2000) -> RampPlan {
+        RampPlan(pool: "green", steps: [1000, 10_000], intervalMs: 1000,
+                 gates: RampGates(maxErrorRate: 0.01, maxP99Ms: 500, minRequests: 100),
+                 mirror: RampMirrorPlan(percentBP: mirrorPercent, durationMs: durationMs))
+    }
+
+    @Test func theMirroringStepCopiesToTheCanaryAndLeavesTheWeights() throws {
+        let s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        let ramp = try #require(s.ramp)
+        #expect(s.weights == start.weights && s.live == "blue" && s.generation == 2)
+        #expect(s.mirror == MirrorSpec(pool: "green", percentBP: 10_000))
+        #expect(ramp.isMirroring && ramp.currentWeight == 0 && ramp.currentIntervalMs == 2000)
+        #expect(ramp.preRampMirror == .on(configMirror))
+        // Judged on its own duration, not the interval.
+        let good = RampWindow(requests: 500, errors: 0, p99Micros: 1000)
+        #expect(RampEngine.decide(ramp, window: good, stepElapsedMs: 1500, canaryHealthy: true) == .none)
+        #expect(RampEngine.decide(ramp, window: good, stepElapsedMs: 2000, canaryHealthy: true) == .advance)
+        // The operator cannot take the mirror over while the step owns it.
+        #expect(throws: AdminError.self) { try RoutingCommands.setMirror(nil, state: s, pools: pools) }
+    }
+
+    @Test func passingItEntersStepOneAndRestoresTheMirror() throws {
+        var s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        s = RoutingCommands.advanceRamp(state: s, pools: pools,
+                                        observed: RampStepRecord(weight: 0, requests: 300, verdict: "passed"), now: Date())
+        let ramp = try #require(s.ramp)
+        #expect(!ramp.isMirroring && ramp.step == 0 && ramp.weightedStepsBegan)
+        #expect(s.weights == ["blue": 9000, "green": 1000] && s.mirror == configMirror)
+        #expect(ramp.mirrorRecord?.verdict == "passed" && ramp.mirrorRecord?.requests == 300)
+        #expect(ramp.records.count == 1 && ramp.records[0].verdict == "running")
+        // What a rollback of the whole ramp restores is what came before it.
+        #expect(s.previousWeights == start.weights && s.previousLive == "blue")
+        // From here on, the ordinary steps.
+        #expect(RampEngine.decide(ramp, window: RampWindow(requests: 500, errors: 0, p99Micros: 1000), stepElapsedMs: 1000, canaryHealthy: true) == .advance)
+        // And the mirror is the operator's again.
+        #expect(try RoutingCommands.setMirror(nil, state: s, pools: pools).mirror == nil)
+    }
+
+    @Test func aBreachWhileMirroringRollsBackWithoutTouchingTheWeights() throws {
+        let s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        let bad = RampWindow(requests: 200, errors: 50, p99Micros: 1000)
+        guard case .rollback(let reason, "breached") = RampEngine.decide(s.ramp!, window: bad, stepElapsedMs: 10, canaryHealthy: true) else {
+            Issue.record("expected a rollback")
+            return
+        }
+        #expect(reason.contains("mirrored"))
+        let back = RoutingCommands.rollbackRamp(state: s, pools: pools,
+                                                observed: RampStepRecord(weight: 0, requests: 200, errors: 50, verdict: "breached"), reason: reason)
+        #expect(back.weights == start.weights && back.mirror == configMirror && back.ramp?.status == .rolledBack)
+        #expect(back.ramp?.mirrorRecord?.verdict == "breached" && back.ramp?.weightedStepsBegan == false)
+        // The ramp changed no weights, so the operator's rollback target stays.
+        #expect(back.previousWeights == start.previousWeights && back.previousLive == "green")
+    }
+
+    @Test func abortingOrForcingWhileMirroringRestoresTheMirror() throws {
+        let s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        let aborted = try RoutingCommands.abortRamp(state: s, pools: pools)
+        #expect(aborted.ramp?.status == .aborted && aborted.mirror == configMirror && aborted.ramp?.mirrorRecord?.verdict == "aborted")
+        #expect(aborted.ramp?.records[0].verdict == "running" && aborted.ramp?.weightedStepsBegan == false)
+        let forced = try RoutingCommands.switchTo("green", force: true, state: s, pools: pools)
+        #expect(forced.ramp?.status == .aborted && forced.mirror == configMirror && forced.live == "green")
+        // A pause keeps the step (and its mirror); resuming restarts its clock.
+        let paused = try RoutingCommands.pauseRamp(state: s)
+        #expect(paused.ramp?.isMirroring == true && paused.mirror == s.mirror)
+    }
+
+    @Test func tooFewCopiesHoldTheStep() throws {
+        let s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        guard case .hold(let why) = RampEngine.decide(s.ramp!, window: RampWindow(requests: 3, errors: 0, p99Micros: 1000), stepElapsedMs: 5000, canaryHealthy: true) else {
+            Issue.record("expected a hold")
+            return
+        }
+        #expect(why.contains("mirrored"))
+    }
+
+    @Test func badMirroringStepsAreRefused() {
+        #expect(throws: AdminError.self) { try plan(mirrorPercent: 0).validate() }
+        #expect(throws: AdminError.self) { try plan(mirrorPercent: 10_001).validate() }
+        #expect(throws: AdminError.self) { try plan(durationMs: 10).validate() }
+        var p = plan()
+        p.mirror?.methods = ["CONNECT"]
+        #expect(throws: AdminError.self) { try p.validate() }
+    }
+
+    @Test func theStateFileKeepsTheMirroringStep() throws {
+        let config = try MirrorTests().config("  mirror: { pool: blue, percent: 5 }")
+        let s = try RoutingCommands.startRamp(plan(), state: start, pools: pools, now: Date())
+        let back = try #require(try MirrorTests().roundTrip(s, config: config))
+        #expect(back.ramp == s.ramp && back.mirror == s.mirror)
+        // A file from before ramps could mirror has none of the new fields and reads as before.
+        let plain = try RoutingCommands.startRamp(RampPlan(pool: "green", steps: [1000], intervalMs: 1000, gates: RampGates()),
+                                                  state: start, pools: pools, now: Date())
+        let old = try MirrorTests().roundTrip(plain, config: config)
+        #expect(old?.ramp?.mirrorRecord == nil && old?.ramp?.isMirroring == false)
+        // A mirroring record without a mirroring plan is refused.
+        var broken = s
+        broken.ramp?.plan.mirror = nil
+        #expect(throws: StateFile.LoadError.self) { try MirrorTests().roundTrip(broken, config: config) }
+    }
+}

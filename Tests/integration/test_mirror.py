@@ -309,3 +309,100 @@ def test_config_errors_and_a_reload_that_would_remove_the_mirror_pool(blue_green
     status, answer, _ = admin_call(t, "POST", "/v1/reload")
     assert status == 409 and "receives mirrored traffic" in answer["error"]
     assert admin_call(t, "GET", "/v1/mirror")[1]["mirror"]["pool"] == "green"
+
+
+def test_a_ramp_mirrors_first_and_only_then_sends_live_traffic(blue_green):
+    from test_ramps import Load
+    t, blue, green = blue_green(weights={"blue": 100})
+    events = EventReader(t)
+    load = Load(t)
+    try:
+        status, ramp, _ = admin_call(t, "POST", "/v1/ramp", {
+            "pool": "green", "steps": [50, 100], "interval": "1s",
+            "gates": {"max_error_rate": 0.01, "min_requests": 30},
+            "mirror": {"percent": 100, "duration": "1s"}})
+        assert status == 201, ramp
+        assert ramp["phase"] == "mirror" and ramp["step"] == 0 and ramp["weight"] == 0, ramp
+        assert ramp["mirror"] == {"percent": 100, "duration": "1s", "methods": ["GET", "HEAD"]}
+        assert ramp["steps_observed"] == [] and ramp["pre_ramp"]["mirror"] is None
+        state = admin_call(t, "GET", "/v1/state")[1]
+        assert state["weights"] == {"blue": 100, "green": 0} and state["mirror"]["mirror"]["pool"] == "green"
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=60, what="ramp to finish")
+    finally:
+        load.close()
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["status"] == "completed", ramp
+    assert ramp["mirror_observed"]["verdict"] == "passed" and ramp["mirror_observed"]["requests"] >= 30
+    assert [s["verdict"] for s in ramp["steps_observed"]] == ["passed", "passed"]
+    state = admin_call(t, "GET", "/v1/state")[1]
+    assert state["live"] == "green" and state["mirror"]["mirror"] is None
+    # Green met copies first: at least the step's min_requests of them before any live request.
+    seen = [r["mirror"] for r in green.recorded()]
+    first_live = seen.index(None)
+    assert first_live >= 30 and all(m == "1" for m in seen[:first_live])
+    # No client request was answered by green during the mirroring step.
+    gates = [e for e in events.events if e["kind"] == "gate"]
+    assert gates[0]["phase"] == "mirror" and gates[0]["step"] == 0 and gates[0]["verdict"] == "passed", gates
+    assert [g["weight"] for g in gates[1:]] == [50, 100]
+    assert [e["weight"] for e in events.events if e["kind"] == "ramp_step"] == [50, 100]
+
+
+def test_a_failing_canary_is_rolled_back_in_the_mirroring_step(cleanup, tmp_path):
+    from test_ramps import Load
+    fail = tmp_path / "fail"
+    fail.write_text("1")
+    blue, green = Upstream("blue"), Upstream("green", fail_file=str(fail))
+    cleanup.extend([blue, green])
+    t = Turnout({"blue": [blue.address], "green": [green.address]}, weights={"blue": 100, "green": 0})
+    cleanup.append(t)
+    load = Load(t)
+    try:
+        out = run_cli("ramp", "green", "--steps", "50,100", "--interval", "1m", "--mirror", "100", "--mirror-for", "1m",
+                      "--max-error-rate", "5%", "--min-requests", "20", "--admin", t.admin_socket)
+        assert out.returncode == 0 and "mirroring step" in out.stdout, out.stdout + out.stderr
+        wait_for(lambda: admin_call(t, "GET", "/v1/ramp")[1]["status"] != "running", timeout=30, what="rollback")
+    finally:
+        load.close()
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["status"] == "rolled_back" and "mirrored" in ramp["reason"], ramp
+    assert ramp["mirror_observed"]["verdict"] == "breached" and ramp["steps_observed"] == []
+    # Not one live request went to green; its failures were all on copies.
+    assert {pool for pool, _, _ in load.results} == {"blue"}
+    assert green.recorded() and all(r["mirror"] == "1" for r in green.recorded())
+    state = admin_call(t, "GET", "/v1/state")[1]
+    assert state["weights"] == {"blue": 100, "green": 0} and state["mirror"]["mirror"] is None
+    out = run_cli("ramp", "status", "--admin", t.admin_socket)
+    assert "mirror" in out.stdout and "breached" in out.stdout, out.stdout
+
+
+def test_the_mirroring_step_owns_the_mirror_until_it_ends(blue_green):
+    t, _, _ = blue_green(weights={"blue": 100}, extra="  mirror: { pool: green, percent: 5 }\n")
+    status, ramp, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [100], "interval": "1m",
+                                                        "mirror": {"percent": 50, "methods": ["GET", "POST"]}})
+    assert status == 201 and ramp["mirror"]["duration"] == "1m" and ramp["pre_ramp"]["mirror"]["percent"] == 5
+    assert admin_call(t, "GET", "/v1/mirror")[1]["mirror"]["percent"] == 50
+    status, err, _ = admin_call(t, "DELETE", "/v1/mirror")
+    assert status == 409 and err["code"] == "ramp_mirroring", err
+    out = run_cli("status", "--admin", t.admin_socket)
+    assert "mirroring step" in out.stdout, out.stdout
+    # A restart keeps the step (and the mirror it owns).
+    t.stop()
+    t.start()
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["phase"] == "mirror" and admin_call(t, "GET", "/v1/mirror")[1]["mirror"]["percent"] == 50
+    assert admin_call(t, "DELETE", "/v1/ramp")[0] == 200
+    ramp = admin_call(t, "GET", "/v1/ramp")[1]
+    assert ramp["status"] == "aborted" and ramp["mirror_observed"]["verdict"] == "aborted"
+    # The mirror from before the ramp is back, and the operator's again.
+    assert admin_call(t, "GET", "/v1/mirror")[1]["mirror"]["percent"] == 5
+    assert admin_call(t, "DELETE", "/v1/mirror")[0] == 200
+    # Bad mirroring steps get a clear error.
+    for bad, code in ((0, "invalid_ramp"), (101, "invalid_ramp"), ("x", "wrong_type")):
+        status, err, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [100], "mirror": {"percent": bad}})
+        assert status == 400, (bad, err)
+    status, err, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [100], "mirror": {"percent": 10, "for": "1m"}})
+    assert status == 400 and err["code"] == "unknown_field", err
+    status, err, _ = admin_call(t, "POST", "/v1/ramp", {"pool": "green", "steps": [100], "mirror": {"percent": 10, "duration": "soon"}})
+    assert status == 400 and "duration" in err["error"], err
+    out = run_cli("ramp", "green", "--steps", "100", "--mirror-for", "1m", "--admin", t.admin_socket)
+    assert out.returncode != 0 and "--mirror" in out.stderr

@@ -30,9 +30,23 @@ public enum RoutingCommands {
             throw AdminError(409, "ramp_running", "a ramp of \(state.ramp!.plan.pool) is running; abort it first (turnout ramp abort) or force the \(what)")
         }
         var s = state
+        endMirroring(&s, verdict: "aborted", observed: nil, pools: nil)
         s.ramp?.status = .aborted
         s.ramp?.reason = "overridden by a forced \(what)"
         return s
+    }
+
+    /// Ends a ramp's mirroring step (when it is in one): records its verdict and puts back the
+    /// mirror from before the ramp (or none, when that mirror's pool is gone).
+    static func endMirroring(_ state: inout RoutingState, verdict: String, observed: RampStepRecord?, pools: [String]?) {
+        guard var ramp = state.ramp, ramp.isMirroring else { return }
+        var record = observed ?? ramp.mirrorRecord ?? RampStepRecord(weight: 0)
+        record.verdict = verdict
+        ramp.mirrorRecord = record
+        var restored = ramp.preRampMirror?.spec
+        if let spec = restored, let pools, spec.problem(pools: pools) != nil { restored = nil }
+        state.mirror = restored
+        state.ramp = ramp
     }
 
     /// Atomic cutover: 100% to `pool`, which becomes live.
@@ -115,6 +129,10 @@ public enum RoutingCommands {
             if !pools.names.contains(spec.pool) { throw AdminError(404, "unknown_pool", problem) }
             throw .badRequest(problem, code: "invalid_mirror")
         }
+        if let ramp = state.ramp, ramp.isMirroring {
+            throw AdminError(409, "ramp_mirroring",
+                             "the ramp of \(ramp.plan.pool) is in its mirroring step and owns the mirror until it ends; abort the ramp first (turnout ramp abort)")
+        }
         if spec == state.mirror { return state }
         var next = state
         next.mirror = spec
@@ -139,13 +157,29 @@ public enum RoutingCommands {
             throw AdminError(409, "pool_unhealthy", "pool \(plan.pool) has no healthy endpoint")
         }
         let ramp = RampState(plan: plan, status: .running, step: 0, stepStartedAt: now, preRampWeights: state.weights,
-                             preRampLive: state.live, records: [RampStepRecord(weight: plan.steps[0])], reason: nil)
+                             preRampLive: state.live, records: [RampStepRecord(weight: plan.steps[0])], reason: nil,
+                             mirrorRecord: plan.mirror.map { _ in RampStepRecord(weight: state.weights[plan.pool] ?? 0) },
+                             preRampMirror: plan.mirror.map { _ in MirrorSetting(state.mirror) })
+        if let m = plan.mirror {
+            // The mirroring step: the weights stay; copies go to the canary.
+            var next = state
+            next.generation += 1
+            next.mirror = m.spec(pool: plan.pool)
+            next.ramp = ramp
+            return next
+        }
+        return enterFirstStep(state, ramp: ramp, pools: pools)
+    }
+
+    /// The first weighted step: the canary gets its first share, and the weights before it are
+    /// what a rollback (of the whole ramp) restores.
+    static func enterFirstStep(_ state: RoutingState, ramp: RampState, pools: PoolView) -> RoutingState {
         let weights = RampEngine.weights(for: ramp, step: 0, pools: pools.names)
         var next = transition(state, weights: weights,
                               live: RoutingState.liveAfter(weights: weights, currentLive: state.live, order: pools.names))
         if next.generation == state.generation { next.generation += 1 }
-        next.previousWeights = state.weights
-        next.previousLive = state.live
+        next.previousWeights = ramp.preRampWeights
+        next.previousLive = ramp.preRampLive
         next.ramp = ramp
         return next
     }
@@ -153,6 +187,13 @@ public enum RoutingCommands {
     /// Moves to the next step, recording what the finished step saw.
     public static func advanceRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord, now: Date) -> RoutingState {
         guard var ramp = state.ramp, ramp.status == .running else { return state }
+        if ramp.isMirroring {
+            var s = state
+            endMirroring(&s, verdict: observed.verdict, observed: observed, pools: pools.names)
+            ramp = s.ramp!
+            ramp.stepStartedAt = now
+            return enterFirstStep(s, ramp: ramp, pools: pools)
+        }
         ramp.records[ramp.step] = observed
         ramp.step += 1
         ramp.stepStartedAt = now
@@ -183,23 +224,34 @@ public enum RoutingCommands {
     /// The ramp is undone as a whole, so nothing is left to roll back to (no step of it is ever
     /// restored by a later rollback).
     public static func rollbackRamp(state: RoutingState, pools: PoolView, observed: RampStepRecord?, reason: String) -> RoutingState {
-        guard var ramp = state.ramp, ramp.isActive else { return state }
-        if let observed { ramp.records[ramp.step] = observed }
+        guard state.ramp?.isActive == true else { return state }
+        var state = state
+        let wasMirroring = state.ramp!.isMirroring
+        if wasMirroring {
+            endMirroring(&state, verdict: observed?.verdict ?? "aborted", observed: observed, pools: pools.names)
+        } else if let observed {
+            state.ramp!.records[state.ramp!.step] = observed
+        }
+        var ramp = state.ramp!
         ramp.status = .rolledBack
         ramp.reason = reason
         var weights: [String: Int] = [:]
         for n in pools.names { weights[n] = ramp.preRampWeights[n] ?? 0 }
         let live = pools.names.contains(ramp.preRampLive) ? ramp.preRampLive : state.live
         return RoutingState(generation: state.generation + 1, live: RoutingState.liveAfter(weights: weights, currentLive: live, order: pools.names),
-                            weights: weights, previousWeights: nil, previousLive: nil, ramp: ramp, endpoints: state.endpoints,
-                            mirror: state.mirror)
+                            weights: weights,
+                            // A ramp stopped in its mirroring step never changed the weights: what
+                            // a rollback restores stays as it was.
+                            previousWeights: wasMirroring ? state.previousWeights : nil,
+                            previousLive: wasMirroring ? state.previousLive : nil,
+                            ramp: ramp, endpoints: state.endpoints, mirror: state.mirror)
     }
 
     public static func abortRamp(state: RoutingState, pools: PoolView, reason: String = "aborted by the operator") throws(AdminError) -> RoutingState {
         guard let ramp = state.ramp, ramp.isActive else { throw AdminError(409, "no_ramp", "no ramp is running") }
         var next = rollbackRamp(state: state, pools: pools, observed: nil, reason: reason)
         next.ramp?.status = .aborted
-        next.ramp?.records[ramp.step].verdict = "aborted"
+        if !ramp.isMirroring { next.ramp?.records[ramp.step].verdict = "aborted" }
         return next
     }
 

@@ -94,6 +94,9 @@ public enum StateFile {
         if let ramp = doc.ramp, !ramp.plan.steps.indices.contains(ramp.step) || ramp.records.count != ramp.step + 1 {
             throw Invalid("holds a ramp whose step \(ramp.step + 1) does not match its \(ramp.plan.steps.count) steps")
         }
+        if let ramp = doc.ramp, ramp.mirrorRecord != nil, ramp.plan.mirror == nil || ramp.preRampMirror == nil || ramp.isMirroring && ramp.step != 0 {
+            throw Invalid("holds a ramp whose mirroring step does not match its plan (edit the file, or start with --reset-state)")
+        }
         var endpoints: [String: [String: EndpointOverride]] = [:]
         for (pool, overrides) in doc.endpoints ?? [:] where names.contains(pool) {
             // Overrides of a pool the config no longer has are dropped with it.

@@ -16,6 +16,29 @@ public struct RampGates: Codable, Sendable, Equatable {
     }
 }
 
+/// A ramp's optional first step: before any live request goes to the canary, a copy of a share
+/// of the live requests is mirrored to it for `durationMs`, and the ramp's gates are judged on the
+/// copies' answers. The canary's weights do not change during it.
+public struct RampMirrorPlan: Codable, Sendable, Equatable {
+    /// The share of eligible requests copied, in basis points.
+    public var percentBP: Int
+    /// How long the mirroring step lasts (the ramp's interval unless given).
+    public var durationMs: Int64
+    /// Methods copied (upper case); GET and HEAD unless given.
+    public var methods: [String]
+
+    public init(percentBP: Int, durationMs: Int64, methods: [String] = MirrorSpec.defaultMethods) {
+        self.percentBP = percentBP
+        self.durationMs = durationMs
+        self.methods = methods
+    }
+
+    /// The mirror in force during the step, copying to `pool`.
+    public func spec(pool: String) -> MirrorSpec {
+        MirrorSpec(pool: pool, percentBP: percentBP, methods: methods)
+    }
+}
+
 /// What a ramp should do, as asked by the operator.
 public struct RampPlan: Codable, Sendable, Equatable {
     public var pool: String
@@ -23,12 +46,16 @@ public struct RampPlan: Codable, Sendable, Equatable {
     public var steps: [Int]
     public var intervalMs: Int64
     public var gates: RampGates
+    /// A mirroring step before the first weighted step, when asked for. Absent in state files
+    /// written before ramps could mirror.
+    public var mirror: RampMirrorPlan?
 
-    public init(pool: String, steps: [Int], intervalMs: Int64, gates: RampGates) {
+    public init(pool: String, steps: [Int], intervalMs: Int64, gates: RampGates, mirror: RampMirrorPlan? = nil) {
         self.pool = pool
         self.steps = steps
         self.intervalMs = intervalMs
         self.gates = gates
+        self.mirror = mirror
     }
 
     /// Checks the plan's own shape (not the pools).
@@ -47,6 +74,13 @@ public struct RampPlan: Codable, Sendable, Equatable {
         }
         if let p = gates.maxP99Ms, p <= 0 { throw .badRequest("max_p99 must be a positive duration", code: "invalid_ramp") }
         guard gates.minRequests >= 0 else { throw .badRequest("min_requests must be 0 or more", code: "invalid_ramp") }
+        if let m = mirror {
+            guard m.durationMs >= 100 else { throw .badRequest("mirror duration must be at least 100ms", code: "invalid_ramp") }
+            // The spec's own checks (percent, methods), phrased for the ramp.
+            if let problem = m.spec(pool: pool).problem(pools: [pool]) {
+                throw .badRequest("mirror step: \(problem)", code: "invalid_ramp")
+            }
+        }
     }
 }
 
@@ -87,9 +121,36 @@ public struct RampState: Codable, Sendable, Equatable {
     public var preRampLive: String
     public var records: [RampStepRecord]
     public var reason: String?
+    /// The mirroring step's record, when the plan has one (verdict "running" while it lasts).
+    public var mirrorRecord: RampStepRecord?
+    /// The mirror in force before the ramp began, restored when its mirroring step ends (nil when
+    /// the plan has no mirroring step).
+    public var preRampMirror: MirrorSetting?
+
+    public init(plan: RampPlan, status: Status, step: Int, stepStartedAt: Date, preRampWeights: [String: Int],
+                preRampLive: String, records: [RampStepRecord], reason: String?,
+                mirrorRecord: RampStepRecord? = nil, preRampMirror: MirrorSetting? = nil) {
+        self.plan = plan
+        self.status = status
+        self.step = step
+        self.stepStartedAt = stepStartedAt
+        self.preRampWeights = preRampWeights
+        self.preRampLive = preRampLive
+        self.records = records
+        self.reason = reason
+        self.mirrorRecord = mirrorRecord
+        self.preRampMirror = preRampMirror
+    }
 
     public var isActive: Bool { status == .running || status == .paused }
-    public var currentWeight: Int { plan.steps[step] }
+    /// Whether the ramp is in its mirroring step (running or paused in it).
+    public var isMirroring: Bool { isActive && mirrorRecord?.verdict == "running" }
+    /// Whether the weighted steps began (no mirroring step, or it passed).
+    public var weightedStepsBegan: Bool { mirrorRecord.map { $0.verdict == "passed" } ?? true }
+    /// The canary's share now: its pre-ramp weight during the mirroring step, else the step's.
+    public var currentWeight: Int { isMirroring ? (preRampWeights[plan.pool] ?? 0) : plan.steps[step] }
+    /// How long the current step lasts.
+    public var currentIntervalMs: Int64 { isMirroring ? (plan.mirror?.durationMs ?? plan.intervalMs) : plan.intervalMs }
 }
 
 /// The observations a ramp decision is made on: the canary's traffic in the current step.
@@ -145,21 +206,23 @@ public enum RampEngine {
         if !canaryHealthy { return .rollback(reason: "pool \(ramp.plan.pool) has no healthy endpoint", verdict: "health") }
         let gates = ramp.plan.gates
         let judged = window.requests >= UInt64(gates.minRequests) && window.requests > 0
+        let of = ramp.isMirroring ? " of mirrored requests" : ""
         if judged {
             if let max = gates.maxErrorRate, window.errorRate > max {
-                return .rollback(reason: String(format: "error rate: %.2f%% over %.2f%% (%llu of %llu requests)",
+                return .rollback(reason: "error rate\(of): " + String(format: "%.2f%% over %.2f%% (%llu of %llu requests)",
                                                 window.errorRate * 100, max * 100, window.errors, window.requests),
                                  verdict: "breached")
             }
             if let max = gates.maxP99Ms, let p99 = window.p99Ms, p99 > Double(max) {
-                return .rollback(reason: String(format: "latency: p99 %.1fms over %lldms", p99, max), verdict: "breached")
+                return .rollback(reason: "latency\(of): " + String(format: "p99 %.1fms over %lldms", p99, max), verdict: "breached")
             }
         }
-        guard stepElapsedMs >= ramp.plan.intervalMs else { return .none }
+        guard stepElapsedMs >= ramp.currentIntervalMs else { return .none }
         guard judged else {
-            return .hold("too few requests to judge: \(window.requests) of \(gates.minRequests) needed")
+            let what = ramp.isMirroring ? "mirrored requests" : "requests"
+            return .hold("too few \(what) to judge: \(window.requests) of \(gates.minRequests) needed")
         }
-        return ramp.step + 1 < ramp.plan.steps.count ? .advance : .complete
+        return ramp.isMirroring || ramp.step + 1 < ramp.plan.steps.count ? .advance : .complete
     }
 
     /// The weights for a step: the target pool gets the step's share, the pre-ramp live pool the rest.

@@ -298,25 +298,38 @@ final class AdminRouter: @unchecked Sendable {
         out += ",\"gates\":{\"max_error_rate\":\(num(r.plan.gates.maxErrorRate)),\"max_p99\":"
         out += (r.plan.gates.maxP99Ms.map { JSONWriter.quote(DurationParser.format(milliseconds: $0)) } ?? "null")
         out += ",\"min_requests\":\(r.plan.gates.minRequests)}"
-        out += ",\"status\":\(JSONWriter.quote(r.status.rawValue)),\"step\":\(r.step + 1),\"weight\":\(Percent.format(basisPoints: r.currentWeight))"
+        out += ",\"mirror\":" + (r.plan.mirror.map { m in
+            "{\"percent\":\(Percent.format(basisPoints: m.percentBP)),\"duration\":\(JSONWriter.quote(DurationParser.format(milliseconds: m.durationMs)))"
+                + ",\"methods\":[\(m.methods.map(JSONWriter.quote).joined(separator: ","))]}"
+        } ?? "null")
+        // Step 0 is the mirroring step.
+        out += ",\"status\":\(JSONWriter.quote(r.status.rawValue)),\"phase\":\(JSONWriter.quote(r.isMirroring ? "mirror" : "weights"))"
+        out += ",\"step\":\(r.isMirroring ? 0 : r.step + 1),\"weight\":\(Percent.format(basisPoints: r.currentWeight))"
         out += ",\"step_started_at\":\(JSONWriter.quote(Timestamp.iso8601(r.stepStartedAt)))"
-        let next = r.status == .running ? JSONWriter.quote(Timestamp.iso8601(r.stepStartedAt.addingTimeInterval(Double(r.plan.intervalMs) / 1000))) : "null"
+        let next = r.status == .running ? JSONWriter.quote(Timestamp.iso8601(r.stepStartedAt.addingTimeInterval(Double(r.currentIntervalMs) / 1000))) : "null"
         out += ",\"next_step_at\":\(next)"
         var records = r.records
-        if r.status == .running, let w = rampWindow(), records.indices.contains(r.step) {
-            records[r.step] = RampStepRecord(weight: r.currentWeight, requests: w.requests, errors: w.errors, p99Ms: w.p99Ms, verdict: "running")
+        var mirrorRecord = r.mirrorRecord
+        if r.status == .running, let w = rampWindow() {
+            let live = RampStepRecord(weight: r.currentWeight, requests: w.requests, errors: w.errors, p99Ms: w.p99Ms, verdict: "running")
+            if r.isMirroring { mirrorRecord = live } else if records.indices.contains(r.step) { records[r.step] = live }
         }
-        out += ",\"steps_observed\":[" + records.map { rec in
+        func recordJSON(_ rec: RampStepRecord) -> String {
             "{\"weight\":\(Percent.format(basisPoints: rec.weight)),\"requests\":\(rec.requests),\"errors\":\(rec.errors),\"error_rate\":\(num(rec.errorRate)),\"p99_ms\":\(num(rec.p99Ms)),\"verdict\":\(JSONWriter.quote(rec.verdict))}"
-        }.joined(separator: ",") + "]"
+        }
+        // While mirroring (or after a ramp stopped in that step) no weighted step has begun.
+        out += ",\"steps_observed\":[" + (!r.weightedStepsBegan ? "" : records.map(recordJSON).joined(separator: ",")) + "]"
+        out += ",\"mirror_observed\":" + (mirrorRecord.map(recordJSON) ?? "null")
         out += ",\"reason\":" + (r.reason.map(JSONWriter.quote) ?? "null")
-        out += ",\"pre_ramp\":{\"live\":\(JSONWriter.quote(r.preRampLive)),\"weights\":\(JSONWriter.weights(r.preRampWeights, order: store.poolNames))}}"
+        out += ",\"pre_ramp\":{\"live\":\(JSONWriter.quote(r.preRampLive)),\"weights\":\(JSONWriter.weights(r.preRampWeights, order: store.poolNames))"
+        if let m = r.preRampMirror { out += ",\"mirror\":" + JSONWriter.mirrorSpec(m.spec) }
+        out += "}}"
         return out
     }
 
     /// Reads `{"pool","steps","interval","gates":{...}}`.
     static func rampPlan(_ body: [UInt8]) throws(AdminError) -> RampPlan {
-        let obj = try AdminJSON.object(body, allowed: ["pool", "steps", "interval", "gates"])
+        let obj = try AdminJSON.object(body, allowed: ["pool", "steps", "interval", "gates", "mirror"])
         let pool = try AdminJSON.string(obj, "pool", required: true)!
         guard let rawSteps = obj["steps"] as? [Any] else {
             throw .badRequest("steps must be a list of percentages, e.g. [1,5,25,50,100]", code: obj["steps"] == nil ? "missing_field" : "wrong_type")
@@ -357,6 +370,33 @@ final class AdminRouter: @unchecked Sendable {
                 gates.minRequests = n.intValue
             }
         }
-        return RampPlan(pool: pool, steps: steps, intervalMs: interval, gates: gates)
+        var mirror: RampMirrorPlan?
+        if let m = obj["mirror"], !(m is NSNull) {
+            // {"percent": 100, "duration": "1m", "methods": ["GET", "HEAD"]}: the mirroring step.
+            guard let mobj = m as? [String: Any] else {
+                throw .badRequest("mirror must be an object such as {\"percent\": 100, \"duration\": \"1m\"}", code: "wrong_type")
+            }
+            for key in mobj.keys where !["percent", "duration", "methods"].contains(key) {
+                throw .badRequest("unknown mirror field \"\(key)\" (expected percent, duration, methods)", code: "unknown_field")
+            }
+            guard let rawPercent = mobj["percent"] else { throw .badRequest("mirror needs \"percent\"", code: "missing_field") }
+            let percent = try AdminJSON.percent(rawPercent, name: "mirror percent", code: "invalid_ramp")
+            var duration = interval
+            if let d = mobj["duration"], !(d is NSNull) {
+                guard let t = d as? String, let ms = DurationParser.milliseconds(t) else {
+                    throw .badRequest("mirror duration must be a duration such as 1m", code: "wrong_type")
+                }
+                duration = ms
+            }
+            var plan = RampMirrorPlan(percentBP: percent, durationMs: duration)
+            if let v = mobj["methods"], !(v is NSNull) {
+                guard let list = v as? [Any], list.allSatisfy({ $0 is String && !AdminJSON.isBool($0) }) else {
+                    throw .badRequest("mirror methods must be a list of method names, e.g. [\"GET\", \"HEAD\"]", code: "wrong_type")
+                }
+                plan.methods = list.map { ($0 as! String).uppercased() }
+            }
+            mirror = plan
+        }
+        return RampPlan(pool: pool, steps: steps, intervalMs: interval, gates: gates, mirror: mirror)
     }
 }

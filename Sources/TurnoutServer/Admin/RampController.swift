@@ -96,7 +96,10 @@ final class RampController: @unchecked Sendable {
             return
         }
         let delta = collectStats().since(baseline)
-        let observed = delta.pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
+        // In the mirroring step the canary is judged on the copies' answers; after it, on the
+        // live requests it serves.
+        let observed = ramp.isMirroring ? delta.mirror[ramp.plan.pool] ?? EndpointStats()
+                                        : delta.pool(ramp.plan.pool, endpointIDs: canaryIDs(ramp.plan.pool))
         var total: UInt64 = 0
         for entry in store.endpoints { total += delta.pool(entry.pool.name, endpointIDs: entry.endpoints.map(\.id)).requests }
         let mine = RampWindow(requests: observed.requests, errors: observed.errors,
@@ -120,7 +123,7 @@ final class RampController: @unchecked Sendable {
         case .none:
             return
         case .hold(let why):
-            if lastHold == 0 || now - lastHold >= UInt64(ramp.plan.intervalMs) * 1_000_000 {
+            if lastHold == 0 || now - lastHold >= UInt64(ramp.currentIntervalMs) * 1_000_000 {
                 lastHold = now
                 publishVerdict(ramp, window: window, verdict: "held", reason: why, generation: state.generation)
             }
@@ -151,6 +154,9 @@ final class RampController: @unchecked Sendable {
         if let cluster {
             let (kind, text): (String, String)
             switch verdict {
+            case "passed" where judged.isMirroring:
+                let firstWeight = Percent.format(basisPoints: judged.plan.steps[0])
+                (kind, text) = ("ramp_step", "ramp of \(judged.plan.pool): mirroring step passed; step 1 of \(judged.plan.steps.count) at \(firstWeight)%")
             case "passed" where judged.step + 1 < judged.plan.steps.count:
                 let nextWeight = Percent.format(basisPoints: judged.plan.steps[judged.step + 1])
                 (kind, text) = ("ramp_step", "ramp of \(judged.plan.pool): step \(judged.step + 2) of \(judged.plan.steps.count) at \(nextWeight)%")
@@ -167,7 +173,8 @@ final class RampController: @unchecked Sendable {
                     self.committing = false
                     switch result {
                     case .success(let next):
-                        if next.ramp?.step != judged.step || next.ramp?.status != .running || next.ramp?.stepStartedAt != judged.stepStartedAt {
+                        if next.ramp?.step != judged.step || next.ramp?.status != .running || next.ramp?.stepStartedAt != judged.stepStartedAt
+                            || next.ramp?.isMirroring != judged.isMirroring {
                             self.publishVerdict(judged, window: window, verdict: verdict, reason: reason ?? "gates passed", generation: next.generation)
                         }
                     case .failure(let e):
@@ -221,7 +228,8 @@ final class RampController: @unchecked Sendable {
 
     private func publishVerdict(_ ramp: RampState, window: RampWindow, verdict: String, reason: String, generation: UInt64) {
         var fields: [(String, String)] = [
-            ("pool", JSONWriter.quote(ramp.plan.pool)), ("step", "\(ramp.step + 1)"),
+            ("pool", JSONWriter.quote(ramp.plan.pool)), ("step", ramp.isMirroring ? "0" : "\(ramp.step + 1)"),
+            ("phase", ramp.isMirroring ? "\"mirror\"" : "\"weights\""),
             ("weight", Percent.format(basisPoints: ramp.currentWeight)), ("verdict", JSONWriter.quote(verdict)),
             ("requests", "\(window.requests)"), ("errors", "\(window.errors)"), ("total_requests", "\(window.totalRequests)"),
             ("error_rate", String(format: "%.6f", window.errorRate)),

@@ -56,6 +56,7 @@ extension DashboardAssets {
       <label>Interval <input id="ramp-interval" value="30s" size="5"></label>
       <label>Max error rate <input id="ramp-error" value="0.01" size="5"></label>
       <label>Max p99 <input id="ramp-p99" value="500ms" size="6"></label>
+      <label>Mirror first % <input id="ramp-mirror" value="" size="4" placeholder="off"></label>
       <button type="submit" class="action">Start ramp</button>
     </form>
   </section>

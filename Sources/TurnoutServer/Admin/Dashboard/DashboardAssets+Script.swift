@@ -123,16 +123,21 @@ extension DashboardAssets {
     const r = state.ramp, box = $("ramp");
     if (!r) { box.replaceChildren(el("p", {}, "No ramp has run.")); return; }
     const steps = el("ol", { class: "steps" });
+    const observed = (rec) => rec ? " · " + rec.requests + " req, errors " + rate(rec.error_rate) + ", p99 " + (rec.p99_ms === null ? "–" : rec.p99_ms.toFixed(1) + " ms") + " · " + rec.verdict : "";
+    if (r.mirror) {
+      const rec = r.mirror_observed;
+      const cls = (r.phase === "mirror" ? "current " : "") + (rec ? rec.verdict : "");
+      steps.append(el("li", { class: cls, "data-step": 0 }, "mirroring " + r.mirror.percent + "% of " + r.mirror.methods.join(", ") + " for " + r.mirror.duration, observed(rec)));
+    }
     r.steps.forEach((w, i) => {
       const rec = r.steps_observed[i];
-      const cls = (i + 1 === r.step && (r.status === "running" || r.status === "paused") ? "current " : "") + (rec ? rec.verdict : "");
-      steps.append(el("li", { class: cls, "data-step": i + 1 }, "step " + (i + 1) + ": " + w + "%",
-        rec ? " · " + rec.requests + " req, errors " + rate(rec.error_rate) + ", p99 " + (rec.p99_ms === null ? "–" : rec.p99_ms.toFixed(1) + " ms") + " · " + rec.verdict : ""));
+      const cls = (i + 1 === r.step && r.phase !== "mirror" && (r.status === "running" || r.status === "paused") ? "current " : "") + (rec ? rec.verdict : "");
+      steps.append(el("li", { class: cls, "data-step": i + 1 }, "step " + (i + 1) + ": " + w + "%", observed(rec)));
     });
     const next = r.next_step_at ? Math.max(0, Math.round((Date.parse(r.next_step_at) - Date.now()) / 1000)) + "s to the next step" : "";
     const g = r.gates;
     box.replaceChildren(
-      el("p", { id: "ramp-status" }, "Ramp of " + r.pool + ": " + r.status + ", step " + r.step + " of " + r.steps.length + " at " + r.weight + "%. " + next),
+      el("p", { id: "ramp-status" }, "Ramp of " + r.pool + ": " + r.status + ", " + (r.phase === "mirror" ? "mirroring step" : "step " + r.step + " of " + r.steps.length) + " at " + r.weight + "%. " + next),
       el("p", {}, "Gates: max error rate " + (g.max_error_rate === null ? "none" : rate(g.max_error_rate)) + ", max p99 " + (g.max_p99 || "none") + ", min requests " + g.min_requests),
       steps,
       r.reason ? el("p", { id: "ramp-reason", class: r.status === "rolled_back" ? "error-text" : "" }, "Reason: " + r.reason) : null);
@@ -256,7 +261,9 @@ extension DashboardAssets {
     const gates = {}; const er = $("ramp-error").value.trim(), p99 = $("ramp-p99").value.trim();
     gates.max_error_rate = er === "" ? null : Number(er); gates.max_p99 = p99 === "" ? null : p99;
     const body = { pool, steps, interval: $("ramp-interval").value.trim(), gates };
-    confirmThen("Start a ramp of " + pool + " through " + steps.join(", ") + "% every " + body.interval + ", rolling back above error rate " + er + " or p99 " + p99 + " (generation " + state.generation + ")",
+    const mirror = $("ramp-mirror").value.trim().replace("%", "");
+    if (mirror !== "") body.mirror = { percent: Number(mirror) };
+    confirmThen("Start a ramp of " + pool + (body.mirror ? " with a mirroring step of " + mirror + "%," : "") + " through " + steps.join(", ") + "% every " + body.interval + ", rolling back above error rate " + er + " or p99 " + p99 + " (generation " + state.generation + ")",
       () => mutate("POST", "/v1/ramp", body));
   }
 
