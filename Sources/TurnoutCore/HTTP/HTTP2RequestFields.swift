@@ -6,7 +6,8 @@
 /// `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `TE`) are left out; `te: trailers` is sent
 /// when the client asked for trailers (gRPC does).
 public struct HTTP2RequestFields: Sendable {
-    /// Names and values, lowercase names, one after another.
+    /// Names and values, lowercase names, one after another (the buffer is kept from request to
+    /// request: bytes past the last span are left over from earlier ones).
     public private(set) var storage: [UInt8] = []
     /// Each field as offsets into `storage`, pseudo-headers first.
     public private(set) var spans: [(name: Int, nameLength: Int, value: Int, valueLength: Int)] = []
@@ -27,46 +28,83 @@ public struct HTTP2RequestFields: Sendable {
 
     /// The fields of `head`, replacing what was there (the buffers are kept).
     public mutating func set(head: UnsafeRawBufferPointer, scheme: String, teTrailers: Bool) throws(Invalid) {
-        storage.removeAll(keepingCapacity: true)
         spans.removeAll(keepingCapacity: true)
-        storage.reserveCapacity(head.count + 32)
         spans.reserveCapacity(16)
-        let b = head.bindMemory(to: UInt8.self)
-        var i = 0
+        // The fields take at most the head's bytes plus the pseudo-header names, the scheme and
+        // `te: trailers`: written straight into a buffer that size, without a check per byte.
+        let need = head.count + scheme.utf8.count + 64
+        if storage.count < need { storage = [UInt8](repeating: 0, count: max(need, 1024)) }
+        var spans = self.spans
+        self.spans = []
+        defer { self.spans = spans }
+        let problem: String? = storage.withUnsafeMutableBufferPointer { out in
+            Self.convert(head.bindMemory(to: UInt8.self), into: out.baseAddress!, spans: &spans, scheme: scheme, teTrailers: teTrailers)
+        }
+        if let problem { throw Invalid(reason: problem) }
+    }
+
+    /// Writes the fields of `b` at `o`, recording their spans; returns what is malformed, if anything.
+    private static func convert(_ b: UnsafeBufferPointer<UInt8>, into o: UnsafeMutablePointer<UInt8>,
+                                spans: inout [(name: Int, nameLength: Int, value: Int, valueLength: Int)],
+                                scheme: String, teTrailers: Bool) -> String? {
+        var w = 0
+        func put(_ p: UnsafePointer<UInt8>, _ n: Int) {
+            (o + w).update(from: p, count: n)
+            w += n
+        }
+        func field(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ count: Int) -> (Int, Int, Int, Int) {
+            let n = w
+            put(name.utf8Start, name.utf8CodeUnitCount)
+            let v = w
+            put(value, count)
+            return (n, v - n, v, count)
+        }
         // Request line: METHOD SP TARGET SP HTTP/1.1 CRLF
-        guard let sp1 = Self.find(b, 32, from: 0), let sp2 = Self.find(b, 32, from: sp1 + 1),
-              let eol = Self.find(b, 13, from: sp2 + 1), sp1 > 0, sp2 > sp1 + 1
-        else { throw Invalid(reason: "the request line is malformed") }
-        append(":method", b, 0, sp1)
-        appendLiteral(":scheme", scheme)
+        guard let base = b.baseAddress, let sp1 = find(b, 32, from: 0), let sp2 = find(b, 32, from: sp1 + 1),
+              let eol = find(b, 13, from: sp2 + 1), sp1 > 0, sp2 > sp1 + 1
+        else { return "the request line is malformed" }
+        spans.append(field(":method", base, sp1))
+        var schemeCopy = scheme
+        schemeCopy.withUTF8 { spans.append(field(":scheme", $0.baseAddress!, $0.count)) }
         // :authority is written where Host is found; a path first keeps the order nghttp2 likes.
-        append(":path", b, sp1 + 1, sp2)
+        spans.append(field(":path", base + sp1 + 1, sp2 - sp1 - 1))
         let authorityIndex = spans.count
-        i = eol + 2
+        var i = eol + 2
         var sawHost = false
         while i + 1 < b.count && !(b[i] == 13 && b[i + 1] == 10) {
-            guard let colon = Self.find(b, 58, from: i), let end = Self.find(b, 13, from: colon) else {
-                throw Invalid(reason: "a header field is malformed")
+            guard let colon = find(b, 58, from: i), let end = find(b, 13, from: colon) else {
+                return "a header field is malformed"
             }
             var vs = colon + 1
             while vs < end && (b[vs] == 32 || b[vs] == 9) { vs += 1 }
             var ve = end
             while ve > vs && (b[ve - 1] == 32 || b[ve - 1] == 9) { ve -= 1 }
-            let name = UnsafeBufferPointer(rebasing: b[i..<colon])
-            switch HeaderRewriter.kind(name) {
+            switch HeaderRewriter.kind(UnsafeBufferPointer(rebasing: b[i..<colon])) {
             case .host:
                 if !sawHost {
                     sawHost = true
-                    insertAuthority(b, vs, ve, at: authorityIndex)
+                    spans.insert(field(":authority", base + vs, ve - vs), at: authorityIndex)
                 }
             case .hopByHop:
                 break
             default:
-                appendLowercased(b, i, colon, vs, ve)
+                let n = w
+                for k in i..<colon {
+                    let c = b[k]
+                    o[w] = c >= 65 && c <= 90 ? c | 0x20 : c
+                    w += 1
+                }
+                let v = w
+                put(base + vs, ve - vs)
+                spans.append((n, v - n, v, ve - vs))
             }
             i = end + 2
         }
-        if teTrailers { appendLiteral("te", "trailers") }
+        if teTrailers {
+            let t: StaticString = "trailers"
+            spans.append(field("te", t.utf8Start, t.utf8CodeUnitCount))
+        }
+        return nil
     }
 
     private static func find(_ b: UnsafeBufferPointer<UInt8>, _ byte: UInt8, from: Int) -> Int? {
@@ -76,41 +114,6 @@ public struct HTTP2RequestFields: Sendable {
             k += 1
         }
         return nil
-    }
-
-    private mutating func append(_ name: StaticString, _ b: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int) {
-        let n = storage.count
-        storage.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-        let v = storage.count
-        storage.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<end]))
-        spans.append((n, v - n, v, end - start))
-    }
-
-    private mutating func appendLiteral(_ name: StaticString, _ value: String) {
-        let n = storage.count
-        storage.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-        let v = storage.count
-        storage.append(contentsOf: value.utf8)
-        spans.append((n, v - n, v, storage.count - v))
-    }
-
-    private mutating func insertAuthority(_ b: UnsafeBufferPointer<UInt8>, _ start: Int, _ end: Int, at index: Int) {
-        let n = storage.count
-        storage.append(contentsOf: ":authority".utf8)
-        let v = storage.count
-        storage.append(contentsOf: UnsafeBufferPointer(rebasing: b[start..<end]))
-        spans.insert((n, v - n, v, end - start), at: index)
-    }
-
-    private mutating func appendLowercased(_ b: UnsafeBufferPointer<UInt8>, _ ns: Int, _ ne: Int, _ vs: Int, _ ve: Int) {
-        let n = storage.count
-        for k in ns..<ne {
-            let c = b[k]
-            storage.append(c >= 65 && c <= 90 ? c | 0x20 : c)
-        }
-        let v = storage.count
-        storage.append(contentsOf: UnsafeBufferPointer(rebasing: b[vs..<ve]))
-        spans.append((n, v - n, v, ve - vs))
     }
 
     /// The fields as (name, value) strings, in order (for tests and logs).

@@ -54,6 +54,13 @@ public struct HTTPHeaders: Sendable {
 
     public var count: Int { spans.count }
 
+    /// Makes room for `fields` fields of `bytes` bytes in all, so that appending them allocates
+    /// once (a head arriving field by field, as HTTP/2 delivers it).
+    public mutating func reserveCapacity(bytes: Int, fields: Int) {
+        self.bytes.reserveCapacity(bytes)
+        spans.reserveCapacity(fields)
+    }
+
     /// Bytes of the names and values (an upper bound: removed fields still count), to size an
     /// output buffer.
     public var byteCount: Int { bytes.count + 4 * spans.count }

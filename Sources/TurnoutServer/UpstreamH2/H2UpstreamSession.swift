@@ -280,6 +280,7 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     func beginHeaders(_ id: Int32) {
         guard let s = stream(id) else { return }
         s.fields = HTTPHeaders()
+        s.fields.reserveCapacity(bytes: 512, fields: 12)
         s.status = 0
         headerBytes = 0
     }
@@ -288,11 +289,23 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
         guard let s = stream(id) else { return }
         headerBytes += name.count + value.count + 32
         if name.first == 58 {  // ':'
-            if name.equals(":status") { s.status = Int(String(decoding: value, as: UTF8.self)) ?? 0 }
+            if name.equals(":status") { s.status = Self.statusCode(value) }
             return
         }
         guard headerBytes <= Limits.maxHeaderBytes else { return }
         s.fields.append(name: name, value: value)
+    }
+
+    /// `:status` as a number: exactly three digits (RFC 9113 8.3.2 via RFC 9110 15), else 0.
+    @inline(__always)
+    static func statusCode(_ v: UnsafeBufferPointer<UInt8>) -> Int {
+        guard v.count == 3 else { return 0 }
+        var n = 0
+        for c in v {
+            guard c >= 48 && c <= 57 else { return 0 }
+            n = n * 10 + Int(c - 48)
+        }
+        return n
     }
 
     func headersReceived(_ id: Int32, endStream: Bool) {
