@@ -6,10 +6,10 @@ SUDO       := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 # Debian packages the build needs, and those the tests need on top (prometheus: for promtool;
 # etcd-server: real etcd members for the cluster-mode tests).
 BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
-TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client chromium chromium-driver
+TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client chromium chromium-driver man-db
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo install test unit-test integration-test check-config bench bench-deps bench-switch bench-mirror bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo install man completions test unit-test integration-test check-config bench bench-deps bench-switch bench-mirror bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -51,12 +51,33 @@ build-debug: deps
 demo: build
 	$(RELEASE_BIN) demo
 
-# Installs the binary, the systemd unit and (unless one is there) the example config:
-# PREFIX (default /usr/local) and DESTDIR as usual. See README "Running under systemd".
+# The manual page, generated from the argument parser: its generate-manual tool (the one behind
+# its GenerateManual plugin, built here directly so that the release build is not planned anew)
+# reads `turnout --experimental-dump-help`. Blank lines in a discussion become paragraphs.
+MANPAGE := .build/man/turnout.1
+man: build
+	$(SWIFT) build -c release --product generate-manual
+	mkdir -p .build/man
+	.build/release/generate-manual $(RELEASE_BIN) --authors "The Turnout developers" --output-directory .build/man
+	sed -i 's/^$$/.Pp/' $(MANPAGE)
+
+# Shell completions, generated from the argument parser as well.
+COMPLETIONS := .build/completions
+completions: build
+	mkdir -p $(COMPLETIONS)
+	for sh in bash zsh fish; do $(RELEASE_BIN) --generate-completion-script $$sh > $(COMPLETIONS)/turnout.$$sh; done
+
+# Installs the binary, its manual page and shell completions, the systemd unit and (unless one
+# is there) the example config: PREFIX (default /usr/local) and DESTDIR as usual. See
+# docs/operations.md.
 PREFIX        ?= /usr/local
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
-install: build
+install: build man completions
 	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(PREFIX)/bin/turnout
+	install -D -m 0644 $(MANPAGE) $(DESTDIR)$(PREFIX)/share/man/man1/turnout.1
+	install -D -m 0644 $(COMPLETIONS)/turnout.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/turnout
+	install -D -m 0644 $(COMPLETIONS)/turnout.zsh $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_turnout
+	install -D -m 0644 $(COMPLETIONS)/turnout.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/turnout.fish
 	install -d $(DESTDIR)$(SYSTEMDUNITDIR)
 	sed 's|/usr/local/bin/turnout|$(PREFIX)/bin/turnout|' config/turnout.service > $(DESTDIR)$(SYSTEMDUNITDIR)/turnout.service
 	chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/turnout.service

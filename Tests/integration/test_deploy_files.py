@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness import ROOT, run_cli
+from harness import ROOT, run_cli, turnout_binary
 
 
 def install(destdir, prefix="/usr"):
@@ -37,6 +37,42 @@ def test_make_install_puts_the_binary_the_unit_and_the_config_where_they_belong(
         f.write("# edited\n")
     out = install(dest)
     assert "kept the existing" in out.stdout and open(config).read().endswith("# edited\n")
+
+
+def test_make_install_puts_the_manual_page_and_the_completions_where_they_belong(tmp_path):
+    dest = str(tmp_path)
+    install(dest)
+    page = os.path.join(dest, "usr/share/man/man1/turnout.1")
+    out = subprocess.run(["man", "-l", page], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "MANPAGER": "cat", "MANWIDTH": "100"})
+    assert out.returncode == 0 and "mdoc warning" not in out.stderr, out.stderr
+    text = re.sub(r".\x08", "", out.stdout)
+    # Every command is in it, with its options (it comes from the argument parser itself).
+    for command in ("serve", "demo", "check-config", "status", "switch", "weights", "rollback", "mirror", "ramp",
+                    "reload", "events", "endpoints", "wait-drained"):
+        assert re.search(rf"^\s+{re.escape(command)}\b", text, re.M), command
+    assert "--mirror-for" in text and "--if-match" in text
+    # Bash completion, as installed: sourcing it registers the function for turnout.
+    bash = os.path.join(dest, "usr/share/bash-completion/completions/turnout")
+    out = subprocess.run(["bash", "-c", f"source {bash} && complete -p turnout"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "turnout" in out.stdout, out.stderr
+    for path, marker in (("usr/share/zsh/site-functions/_turnout", "#compdef turnout"),
+                         ("usr/share/fish/vendor_completions.d/turnout.fish", "complete -c")):
+        assert marker in open(os.path.join(dest, path)).read(), path
+
+
+def test_the_binary_writes_its_completion_scripts():
+    out = subprocess.run(["bash", "-c", f"source <({turnout_binary()} --generate-completion-script bash); complete -p turnout"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "complete" in out.stdout, out.stderr
+    # Completing a subcommand: `turnout sw<TAB>` offers switch.
+    script = (f"source <({turnout_binary()} --generate-completion-script bash); "
+              "COMP_WORDS=(turnout sw); COMP_CWORD=1; COMP_LINE='turnout sw'; COMP_POINT=${#COMP_LINE}; "
+              "$(complete -p turnout | sed -E 's/.*-F ([^ ]+).*/\\1/') turnout sw turnout; printf '%s\\n' \"${COMPREPLY[@]}\"")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert "switch" in out.stdout.split(), out.stdout + out.stderr
+    for shell in ("zsh", "fish"):
+        assert run_cli("--generate-completion-script", shell).returncode == 0
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is part of Debian's systemd")
