@@ -8,6 +8,15 @@ import Testing
         #expect(SocketAddress.literal("localhost", port: 80) == nil)
     }
 
+    @Test func theRewriterAddsAMadeRequestIdInsteadOfTheClients() {
+        let head = HTTPRequestHeadFixture.make("GET / HTTP/1.1\r\nHost: a\r\nx-request-id: bad id\r\n\r\n")
+        let out = String(decoding: HeaderRewriter.upstreamRequest(head, clientIP: "1.2.3.4", scheme: "http", fallbackHost: "h",
+                                                                  addRequestID: "0123"), as: UTF8.self)
+        #expect(out.contains("X-Request-Id: 0123\r\n") && !out.contains("bad id"))
+        let kept = String(decoding: HeaderRewriter.upstreamRequest(head, clientIP: "1.2.3.4", scheme: "http", fallbackHost: "h"), as: UTF8.self)
+        #expect(kept.contains("x-request-id: bad id\r\n"))
+    }
+
     @Test func headerRewriterDropsHopByHopAndAddsForwarding() {
         let head = HTTPRequestHeadFixture.make(
             "GET /x HTTP/1.1\r\nHost: shop\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 10.0.0.1\r\nVia: 1.1 edge\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nAccept: a\r\n\r\n")

@@ -22,7 +22,7 @@ Paths:
                       closed a moment later, like an upstream's idle timeout racing a new request
   /stats              JSON: data connections accepted and requests served (probes and /stats excluded)
   /recorded           JSON: the last 10,000 requests served (probes, /stats and /recorded excluded):
-                      method, path, X-Turnout-Mirror header, body length and sha256
+                      method, path, X-Turnout-Mirror header, X-Request-Id headers, body length and sha256
   anything else       200 with the server's name as body and X-Served-By header
 """
 import argparse
@@ -140,6 +140,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def record(self, n, digest):
         entry = {"method": self.command, "path": self.path, "mirror": self.headers.get("X-Turnout-Mirror"),
+                 "request_ids": self.headers.get_all("X-Request-Id") or [],
                  "body_length": n, "body_sha256": digest}
         with Stats.lock:
             Stats.recorded.append(entry)

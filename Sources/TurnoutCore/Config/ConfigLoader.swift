@@ -142,7 +142,7 @@ private struct Reader {
     mutating func readRoot(_ root: Node) -> TurnoutConfig? {
         let allowed: Set<String> = [
             "workers", "io", "listeners", "admin", "state_file", "pools", "routing", "health", "timeouts", "limits", "access_log", "cluster",
-            "resolvers",
+            "resolvers", "log_format",
         ]
         guard let items = entries(root, "", allowed: allowed) else { return nil }
         var workers: Int?
@@ -156,6 +156,7 @@ private struct Reader {
         var timeouts = TimeoutConfig()
         var limits = LimitsConfig()
         var accessLog = true
+        var logFormat = LogFormat.text
         var cluster: ClusterConfig?
         var resolvers: [HostPort] = []
         var sawListeners = false
@@ -180,6 +181,7 @@ private struct Reader {
             case "timeouts": timeouts = readTimeouts(value)
             case "limits": limits = readLimits(value)
             case "access_log": accessLog = bool(value, "access_log") ?? true
+            case "log_format": logFormat = choice(value, "log_format") ?? logFormat
             case "cluster": cluster = readCluster(value)
             case "resolvers":
                 guard case .sequence(let seq) = value, !seq.isEmpty else {
@@ -213,6 +215,7 @@ private struct Reader {
             workers: workers, io: io, listeners: listeners, admin: admin, stateFile: stateFile, pools: pools,
             routing: routing, health: health, timeouts: timeouts, limits: limits, accessLog: accessLog, cluster: cluster)
         config.resolvers = resolvers
+        config.logFormat = logFormat
         return config
     }
 

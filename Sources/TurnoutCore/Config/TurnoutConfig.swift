@@ -17,6 +17,8 @@ public struct TurnoutConfig: Sendable, Equatable {
     public var timeouts: TimeoutConfig
     public var limits: LimitsConfig
     public var accessLog: Bool
+    /// How log lines are written: text, or one JSON object per line.
+    public var logFormat: LogFormat = .text
     /// Cluster mode: the routing truth lives in etcd (nil: a single node with its state file).
     public var cluster: ClusterConfig?
     /// DNS servers that discovery asks (empty: the nameservers of /etc/resolv.conf).
@@ -52,6 +54,14 @@ public struct TurnoutConfig: Sendable, Equatable {
 
 /// How an event loop learns that its sockets are ready. Either way a loop is one serial Dispatch
 /// queue that owns its connections, woken by Dispatch sources.
+/// `log_format`: how every log line (access, events and the rest) is written.
+public enum LogFormat: String, Sendable, Equatable, CaseIterable {
+    /// `TIME LEVEL turnout: [log=access] MESSAGE`, as always.
+    case text
+    /// One JSON object per line, with the fields docs/metrics-and-logs.md lists.
+    case json
+}
+
 public enum IOMode: String, Sendable, Equatable, CaseIterable {
     /// One Dispatch read source per loop, on an epoll set holding all of the loop's sockets
     /// edge-triggered: one wake-up of the loop serves a batch of ready sockets.

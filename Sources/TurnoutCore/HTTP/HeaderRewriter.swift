@@ -48,8 +48,10 @@ public enum HeaderRewriter {
     /// The request head for the upstream, always HTTP/1.1.
     /// With `upgrade`, the request asks the upstream to switch to that protocol (`Upgrade` and
     /// `Connection: Upgrade` are sent; they are dropped otherwise).
+    /// `addRequestID`: an `X-Request-Id` Turnout made, sent instead of any the client sent (one it
+    /// could not use); nil sends the client's as it came.
     public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
-                                       upgrade: String? = nil) -> [UInt8] {
+                                       upgrade: String? = nil, addRequestID: String? = nil) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(256 + head.headers.byteCount + head.target.utf8.count + (head.host?.utf8.count ?? 0))
         out.appendUTF8(head.method)
@@ -68,11 +70,14 @@ public enum HeaderRewriter {
             case .forwardedFor: hasForwardedFor = true; return
             case .via: hasVia = true; return
             case .host: sawHost = true
-            case .other: if isNamed(name, in: named) { return }
+            case .other:
+                if isNamed(name, in: named) { return }
+                if addRequestID != nil && name.count == 12 && name.equalsIgnoringASCIICase("x-request-id") { return }
             }
             appendField(&out, name, value)
         }
         if !sawHost { appendField(&out, "Host", fallbackHost) }
+        if let addRequestID { appendField(&out, "X-Request-Id", addRequestID) }
         out.append(literal: "X-Forwarded-For: ")
         if hasForwardedFor {
             head.headers.forEachValue("x-forwarded-for") { v in

@@ -21,9 +21,19 @@ public struct AccessRecord: Sendable, Equatable {
     /// Why the request went to its pool, when not by weight (sticky, header, cookie...).
     public var route: String?
     public var error: String?
+    /// The request id (`X-Request-Id`) that went upstream; nil when the request never got one.
+    public var requestID: String?
+    /// Request body bytes taken from the client (a tunnel: `bytesUp`).
+    public var bytesIn: Int64
+    /// From the request's start until its head could go to the endpoint (a new connection's
+    /// connect included); nil when it never could.
+    public var upstreamConnectNanos: UInt64?
+    /// From the request head going upstream to the first byte of the answer; nil when none came.
+    public var upstreamResponseNanos: UInt64?
 
     public init(clientIP: String, kind: Kind, pool: String, endpoint: String?, durationNanos: UInt64,
-                attempts: Int = 1, route: String? = nil, error: String? = nil) {
+                attempts: Int = 1, route: String? = nil, error: String? = nil, requestID: String? = nil,
+                bytesIn: Int64 = 0, upstreamConnectNanos: UInt64? = nil, upstreamResponseNanos: UInt64? = nil) {
         self.clientIP = clientIP
         self.kind = kind
         self.pool = pool
@@ -32,6 +42,66 @@ public struct AccessRecord: Sendable, Equatable {
         self.attempts = attempts
         self.route = route
         self.error = error
+        self.requestID = requestID
+        self.bytesIn = bytesIn
+        self.upstreamConnectNanos = upstreamConnectNanos
+        self.upstreamResponseNanos = upstreamResponseNanos
+    }
+
+    /// The names of the JSON line's fields, in order (docs/metrics-and-logs.md documents each).
+    public static let jsonFields = ["time", "log", "type", "client", "method", "path", "protocol", "status", "pool", "endpoint",
+                                    "bytes_in", "bytes_out", "duration_ms", "upstream_connect_ms", "upstream_response_ms",
+                                    "request_id", "retries", "route", "error"]
+
+    /// The JSON line (`log_format: json`), without the newline: every field of `jsonFields`,
+    /// always present (null when it does not apply), in that order.
+    public func json(time: String) -> String {
+        String(decoding: jsonBytes(timeNanos: nil, time: time), as: UTF8.self)
+    }
+
+    /// The JSON line with a newline, as bytes, stamped `timeNanos` (wall clock, since the epoch).
+    public func jsonLine(timeNanos: UInt64) -> [UInt8] {
+        var b = jsonBytes(timeNanos: timeNanos, time: nil)
+        b.append(10)
+        return b
+    }
+
+    private func jsonBytes(timeNanos: UInt64?, time: String?) -> [UInt8] {
+        var j = JSONLine()
+        if let timeNanos { j.time("time", timeNanos) } else { j.string("time", time) }
+        j.literal("log", "access")
+        switch kind {
+        case .request(let method, let target, let version, let status, let bytes):
+            j.literal("type", "request")
+            j.string("client", clientIP)
+            j.string("method", method)
+            j.string("path", target)
+            j.string("protocol", version)
+            j.int("status", Int64(status))
+            j.string("pool", pool)
+            j.string("endpoint", endpoint)
+            j.int("bytes_in", bytesIn)
+            j.int("bytes_out", bytes)
+        case .tunnel(let target, let up, let down, let http2):
+            j.literal("type", "tunnel")
+            j.string("client", clientIP)
+            if http2 { j.literal("method", "CONNECT") } else { j.literal("method", "GET") }
+            j.string("path", target)
+            if http2 { j.literal("protocol", "HTTP/2") } else { j.literal("protocol", "HTTP/1.1") }
+            j.int("status", http2 ? 200 : 101)
+            j.string("pool", pool)
+            j.string("endpoint", endpoint)
+            j.int("bytes_in", up)
+            j.int("bytes_out", down)
+        }
+        j.milliseconds("duration_ms", nanos: durationNanos)
+        j.milliseconds("upstream_connect_ms", nanos: upstreamConnectNanos)
+        j.milliseconds("upstream_response_ms", nanos: upstreamResponseNanos)
+        j.string("request_id", requestID)
+        j.int("retries", Int64(max(attempts - 1, 0)))
+        j.string("route", route)
+        j.string("error", error)
+        return j.finish()
     }
 
     /// The text line (README, "Access log").

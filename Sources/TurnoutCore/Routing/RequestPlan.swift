@@ -21,6 +21,8 @@ public enum RequestPlan {
         public let upstreamHead: [UInt8]
         /// The request asks for a protocol switch (a 101 opens a tunnel).
         public let upgrade: Bool
+        /// The request id (`X-Request-Id`) as it went upstream.
+        public let requestID: String
     }
 
     /// `upgrade`: the protocol the request switches to (HTTP/1.1 `Upgrade`, or `websocket` for an
@@ -47,10 +49,12 @@ public enum RequestPlan {
         let decision = table.route(stickyKey: stickyKey, previewPool: preview)
         let poolName = table.pools[decision.pool].name
         guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
+        let requestID = RequestID.of(head.headers)
         let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
-                                                          fallbackHost: endpoint.description, upgrade: upgrade)
+                                                          fallbackHost: endpoint.description, upgrade: upgrade,
+                                                          addRequestID: requestID.made ? requestID.id : nil)
         return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
-                                upstreamHead: upstreamHead, upgrade: upgrade != nil))
+                                upstreamHead: upstreamHead, upgrade: upgrade != nil, requestID: requestID.id))
     }
 
     static func randomCohortKey() -> String {

@@ -19,6 +19,14 @@ public struct TurnoutEvent: Sendable {
         self.fields = fields
     }
 
+    /// The event as a log line (`log_format: json`): the time first, then as on the stream.
+    public var logJSON: String {
+        var out = "{\"time\":\(JSONWriter.quote(Timestamp.iso8601(time))),\"log\":\"event\",\"level\":\"info\""
+        out += ",\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"reason\":\(JSONWriter.quote(reason))"
+        for (k, v) in fields { out += ",\(JSONWriter.quote(k)):\(v)" }
+        return out + "}"
+    }
+
     public var json: String {
         var out = "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(Timestamp.iso8601(time)))"
         out += ",\"reason\":\(JSONWriter.quote(reason))"
@@ -36,6 +44,10 @@ public final class EventBus: Sendable {
     }
 
     private let subscribers = Mutex<[ObjectIdentifier: Subscriber]>([:])
+    /// Writes each event to the log as well (`log_format: json`); set once at start.
+    private let logger = Mutex<(@Sendable (TurnoutEvent) -> Void)?>(nil)
+
+    func logEvents(_ write: @escaping @Sendable (TurnoutEvent) -> Void) { logger.withLock { $0 = write } }
 
     public init() {}
 
@@ -52,6 +64,7 @@ public final class EventBus: Sendable {
     }
 
     public func publish(_ event: TurnoutEvent) {
+        logger.withLock { $0 }?(event)
         let line = event.json
         let current = subscribers.withLock { Array($0) }
         for (id, s) in current where !s.deliver(line) {

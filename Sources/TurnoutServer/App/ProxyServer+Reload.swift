@@ -72,6 +72,7 @@ extension ProxyServer {
         if new.admin != old.admin { outcome.restartRequired.append("admin") }
         if new.stateFile != old.stateFile { outcome.restartRequired.append("state_file") }
         if new.accessLog != old.accessLog { outcome.restartRequired.append("access_log") }
+        if new.logFormat != old.logFormat { outcome.restartRequired.append("log_format") }
 
         // Listeners: bind the new ones first, so a port in use changes nothing.
         let current = listenerSnapshot()
@@ -120,6 +121,7 @@ extension ProxyServer {
         applied.admin = old.admin
         applied.stateFile = old.stateFile
         applied.accessLog = old.accessLog
+        applied.logFormat = old.logFormat
         context.replace(config: applied)
         discovery.reconfigure(applied)
         for (l, cfg) in kept {

@@ -50,6 +50,11 @@ public final class ProxyServer: @unchecked Sendable {
         self.logger = logger
         self.store = RoutingStore(config: config, state: state)
         self.context = ProxyContext(config: config, store: store, logger: logger)
+        if config.logFormat == .json {
+            // From here on every line is JSON, and each routing event is a line of its own.
+            AsyncLogHandler.json.store(true, ordering: .relaxed)
+            context.events.logEvents { AsyncLogHandler.writeLine($0.logJSON + "\n") }
+        }
         let context = self.context
         self.stateFile = config.stateFile.map { StateFileWriter(path: $0) }
         let router = AdminRouter(store: store, stateFile: stateFile, logger: logger, events: context.events,

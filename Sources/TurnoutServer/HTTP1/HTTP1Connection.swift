@@ -399,6 +399,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         closed = true
         loop.unregister(self)
         let tunnel = Tunnel(client: transport, upstream: upstream, env: env, poolName: ex.poolName, target: ex.head.target)
+        tunnel.requestID = ex.requestID
         let fromClient = input[inputStart...]
         tunnel.start(fromClient: fromClient, fromUpstream: leftover)
         input = []

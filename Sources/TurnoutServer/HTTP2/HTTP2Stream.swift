@@ -279,6 +279,7 @@ final class HTTP2Stream: ExchangeSink {
         connection.submitResponse(id, block, endStream: false)
         let t = HTTP2Tunnel(stream: self, upstream: upstream, context: connection.context, clientIP: connection.clientIP,
                             poolName: ex.poolName, target: ex.head.target)
+        t.requestID = ex.requestID
         tunnel = t
         let early = Array(body[bodyStart...])
         body = []

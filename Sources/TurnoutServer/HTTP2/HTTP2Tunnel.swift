@@ -7,6 +7,8 @@ import TurnoutCore
 /// the upstream's bytes come back as DATA, with flow control and backpressure both ways. The
 /// tunnel stays on its endpoint whatever routing does later. Owned by its `HTTP2Stream`.
 final class HTTP2Tunnel: UpstreamOwner, @unchecked Sendable {
+    /// The request id of the request that opened the tunnel, for its access line.
+    var requestID: String?
     unowned let stream: HTTP2Stream
     let upstream: UpstreamConnection
     private let context: ProxyContext
@@ -116,11 +118,11 @@ final class HTTP2Tunnel: UpstreamOwner, @unchecked Sendable {
         upstream.endpoint.tunnelClosed()
         upstream.endpoint.requestEnded()
         if resetStream { stream.connection.resetStream(stream.id, code: NGHTTP2_CANCEL) } else { stream.endTunnelOutput() }
-        if let access = context.accessLogger {
-            let record = AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: true),
+        if let access = context.accessLog {
+            access.write(AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: true),
                                       pool: poolName, endpoint: "\(upstream.endpoint.address)",
-                                      durationNanos: EventLoop.now() - startTime, error: reason)
-            access.info("\(record.text)")
+                                      durationNanos: EventLoop.now() - startTime, error: reason, requestID: requestID,
+                                      bytesIn: Int64(bytesUp)))
         }
     }
 }

@@ -21,6 +21,17 @@ public struct AsyncLogHandler: LogHandler {
         init(fd: Int32) { self.fd = fd }
 
         func write(_ line: String) {
+            enqueue { fd in
+                var text = line
+                text.withUTF8 { Sink.writeAll(fd, UnsafeRawBufferPointer($0)) }
+            }
+        }
+
+        func write(bytes: [UInt8]) {
+            enqueue { fd in bytes.withUnsafeBytes { Sink.writeAll(fd, $0) } }
+        }
+
+        private func enqueue(_ emit: @escaping @Sendable (Int32) -> Void) {
             let accepted = backlog.withLock { b -> Bool in
                 if b.pending >= maxBacklog {
                     b.dropped += 1
@@ -31,22 +42,28 @@ public struct AsyncLogHandler: LogHandler {
             }
             guard accepted else { return }
             queue.async { [self] in
-                var text = line
                 let dropped = backlog.withLock { b -> Int in
                     b.pending -= 1
                     let d = b.dropped
                     b.dropped = 0
                     return d
                 }
-                if dropped > 0 { text = "turnout: log backlog full, dropped \(dropped) line(s)\n" + text }
-                text.withUTF8 { p in
-                    var off = 0
-                    while off < p.count {
-                        let n = Glibc.write(fd, p.baseAddress! + off, p.count - off)
-                        if n <= 0 { if errno == EINTR { continue }; return }
-                        off += n
-                    }
+                if dropped > 0 {
+                    var note = AsyncLogHandler.json.load(ordering: .relaxed)
+                        ? "{\"time\":\"\(Timestamp.iso8601())\",\"log\":\"turnout\",\"level\":\"warning\",\"logger\":\"turnout\",\"message\":\"log backlog full, dropped \(dropped) line(s)\"}\n"
+                        : "turnout: log backlog full, dropped \(dropped) line(s)\n"
+                    note.withUTF8 { Sink.writeAll(fd, UnsafeRawBufferPointer($0)) }
                 }
+                emit(fd)
+            }
+        }
+
+        static func writeAll(_ fd: Int32, _ p: UnsafeRawBufferPointer) {
+            var off = 0
+            while off < p.count {
+                let n = Glibc.write(fd, p.baseAddress! + off, p.count - off)
+                if n <= 0 { if errno == EINTR { continue }; return }
+                off += n
             }
         }
 
@@ -55,6 +72,9 @@ public struct AsyncLogHandler: LogHandler {
     }
 
     static let standardError = Sink(fd: 2)
+    /// `log_format: json` in force: every line is a JSON object (set once the config is read;
+    /// lines before that, such as config errors, are text).
+    static let json = Atomic<Bool>(false)
 
     public var logLevel: Logger.Level = .info
     public var metadata: Logger.Metadata = [:]
@@ -74,6 +94,17 @@ public struct AsyncLogHandler: LogHandler {
     public func log(event: LogEvent) {
         var merged = metadata
         if let m = event.metadata { merged.merge(m) { $1 } }
+        if Self.json.load(ordering: .relaxed) {
+            // {"time","log","level","logger","message", then metadata}: "log" names the stream
+            // (access lines and events say "access" and "event"; everything else "turnout").
+            var line = "{\"time\":\"\(Timestamp.iso8601())\",\"log\":"
+            line += JSONWriter.quote(merged.removeValue(forKey: "log").map { "\($0)" } ?? "turnout")
+            line += ",\"level\":\"\(event.level.rawValue)\",\"logger\":\(JSONWriter.quote(label))"
+            line += ",\"message\":\(JSONWriter.quote(event.message.description))"
+            for (k, v) in merged.sorted(by: { $0.key < $1.key }) { line += ",\(JSONWriter.quote(k)):\(JSONWriter.quote("\(v)"))" }
+            sink.write(line + "}\n")
+            return
+        }
         var line = Timestamp.iso8601()
         line += " "
         line += event.level.rawValue
@@ -88,6 +119,10 @@ public struct AsyncLogHandler: LogHandler {
         line += "\n"
         sink.write(line)
     }
+
+    /// Writes one line as it is (a JSON access line), in order with the others.
+    static func writeLine(_ line: String) { standardError.write(line) }
+    static func writeLine(bytes: [UInt8]) { standardError.write(bytes: bytes) }
 
     /// Writes out everything logged so far; call before exiting.
     public static func flush() { standardError.flush() }

@@ -78,7 +78,7 @@ final class ProxyContext: Sendable {
     let store: RoutingStore
     let addresses: AddressBook
     let logger: Logger
-    let accessLogger: Logger?
+    let accessLog: AccessLog?
     let draining = ManagedAtomic<Bool>(false)
     let events = EventBus()
     /// Passive outlier detection; the data path reports failures and answers to it.
@@ -95,7 +95,7 @@ final class ProxyContext: Sendable {
         var access = logger
         access[metadataKey: "log"] = "access"
         // Whether access lines are logged is fixed at start-up (`access_log` needs a restart).
-        self.accessLogger = config.accessLog ? access : nil
+        self.accessLog = config.accessLog ? AccessLog(format: config.logFormat, logger: access) : nil
         self.outliers = OutlierDetector(store: store, events: events, logger: logger,
                                         config: { current.load(ordering: .acquiring).config })
         addLiteralAddresses()

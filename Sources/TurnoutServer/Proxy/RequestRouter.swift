@@ -9,7 +9,7 @@ enum RequestRouter {
     /// is also copied to the mirror pool.
     static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
                          sink: ExchangeSink) -> UpstreamExchange {
-        let ex = UpstreamExchange(head: head, upstreamHead: plan.upstreamHead, poolName: plan.poolName, endpoint: plan.endpoint,
+        let ex = UpstreamExchange(head: head, upstreamHead: plan.upstreamHead, requestID: plan.requestID, poolName: plan.poolName, endpoint: plan.endpoint,
                                   reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
                                   context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
         if table.mirror != nil, let tee = env.mirrors.tee(for: head, plan: plan, table: table, clientIP: env.clientIP) {
@@ -22,12 +22,12 @@ enum RequestRouter {
     static func recordUnforwarded(_ head: HTTPRequestHead, status: Int, pool: String, bytes: Int, clientIP: String,
                                   context: ProxyContext, stats: LoopStats) {
         stats.record(endpoint: nil, pool: pool, status: status, startedAt: EventLoop.now(), proxyGenerated: status >= 500)
-        if let access = context.accessLogger {
-            let record = AccessRecord(clientIP: clientIP,
+        if let access = context.accessLog {
+            // Never forwarded: the client's id if it sent one, else one made for the log line.
+            access.write(AccessRecord(clientIP: clientIP,
                                       kind: .request(method: head.method, target: head.target, version: head.version.text,
                                                      status: status, bytes: Int64(bytes)),
-                                      pool: pool, endpoint: nil, durationNanos: 0)
-            access.info("\(record.text)")
+                                      pool: pool, endpoint: nil, durationNanos: 0, requestID: RequestID.of(head.headers).id))
         }
     }
 }

@@ -6,6 +6,8 @@ import TurnoutCore
 /// backpressure each way. The tunnel stays on the endpoint it was opened on, whatever routing
 /// does later, and counts as in flight there (and in `tunnels`) while it lasts. Loop-confined.
 final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Sendable {
+    /// The request id of the request that opened the tunnel, for its access line.
+    var requestID: String?
     let client: ClientTransport
     let upstream: UpstreamConnection
     unowned let loop: EventLoop
@@ -143,11 +145,11 @@ final class Tunnel: ChannelDelegate, UpstreamOwner, ClientSession, @unchecked Se
         upstream.endpoint.requestEnded()
         if upstreamDone || upstream.channel.pendingBytes == 0 { upstream.close() }
         if reason != nil || client.pendingBytes == 0 { client.close() } else { client.finish() }
-        if let access = context.accessLogger {
-            let record = AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: false),
+        if let access = context.accessLog {
+            access.write(AccessRecord(clientIP: clientIP, kind: .tunnel(target: target, bytesUp: Int64(bytesUp), bytesDown: Int64(bytesDown), http2: false),
                                       pool: poolName, endpoint: "\(upstream.endpoint.address)",
-                                      durationNanos: EventLoop.now() - startTime, error: reason)
-            access.info("\(record.text)")
+                                      durationNanos: EventLoop.now() - startTime, error: reason, requestID: requestID,
+                                      bytesIn: Int64(bytesUp)))
         }
         if client.isClosed && upstream.isClosed { release() }
     }

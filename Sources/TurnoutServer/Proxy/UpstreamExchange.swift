@@ -78,6 +78,12 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// The start of a response head that has not fully arrived.
     private var headBuffer: [UInt8] = []
     private(set) var attempts = 1
+    /// The request id that went upstream (`X-Request-Id`), for the access log.
+    let requestID: String?
+    /// When the request head last went to an endpoint, and when its answer's first byte came
+    /// (0: not yet), for the access log's upstream times.
+    private var headSentAt: UInt64 = 0
+    private var firstByteAt: UInt64 = 0
     /// Bytes the sink sent to the client for this exchange (it adds them).
     var bytesToClient: Int64 = 0
     /// HTTP/2 upstreams: the request body sent so far (at most `maxReplayBytes`), kept until the
@@ -98,13 +104,14 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     var requestComplete: Bool { machine.requestComplete }
     var status: Int { machine.status }
 
-    init(head: HTTPRequestHead, upstreamHead: [UInt8], poolName: String, endpoint: UpstreamEndpoint,
+    init(head: HTTPRequestHead, upstreamHead: [UInt8], requestID: String? = nil, poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
          context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
          role: Role = .live) {
         self.role = role
         self.head = head
         self.upstreamHead = upstreamHead
+        self.requestID = requestID
         self.poolName = poolName
         self.endpoint = endpoint
         self.routeReason = reason
@@ -312,10 +319,21 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         }
     }
 
+    /// The upstream answered something (the response's first byte, or more).
+    @inline(__always)
+    private func heard() {
+        machine.heardFromUpstream(now: loop.coarseNow)
+        if firstByteAt == 0 && headSentAt != 0 { firstByteAt = EventLoop.now() }
+    }
+
     private func connected(pooled: Bool) {
         guard let u = upstream else { return }
         switch machine.connected(pooled: pooled, now: loop.coarseNow) {
         case .sendHead(let wantBody):
+            if context.accessLog != nil {
+                headSentAt = EventLoop.now()
+                firstByteAt = 0
+            }
             // Sent again after an HTTP/2 upstream refused the stream: the body that had gone, first.
             let held = replayBody ?? []
             u.sendHead(upstreamHead, request: head, endStream: !wantBody && held.isEmpty)
@@ -351,7 +369,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             deliverBody(bytes, from: 0, to: sink)
             return
         }
-        machine.heardFromUpstream(now: loop.coarseNow)
+        heard()
         if headBuffer.isEmpty {
             // A read that starts a response: its heads are parsed straight from the read buffer
             // (a head keeps one copy of its fields), and the body bytes behind them go to the
@@ -609,13 +627,15 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     }
 
     private func logAccess(note: String?) {
-        guard role == .live, let access = context.accessLogger else { return }
-        let record = AccessRecord(clientIP: clientIP,
+        guard role == .live, let access = context.accessLog else { return }
+        access.write(AccessRecord(clientIP: clientIP,
                                   kind: .request(method: head.method, target: head.target, version: head.version.text,
                                                  status: status, bytes: bytesToClient),
                                   pool: poolName, endpoint: "\(endpoint.address)", durationNanos: EventLoop.now() - startTime,
-                                  attempts: attempts, route: routeReason == .weighted ? nil : routeReason.rawValue, error: note)
-        access.info("\(record.text)")
+                                  attempts: attempts, route: routeReason == .weighted ? nil : routeReason.rawValue, error: note,
+                                  requestID: requestID, bytesIn: Int64(machine.bodyBytesSent),
+                                  upstreamConnectNanos: headSentAt == 0 ? nil : headSentAt - startTime,
+                                  upstreamResponseNanos: firstByteAt == 0 || headSentAt == 0 ? nil : firstByteAt - headSentAt))
     }
 }
 
@@ -635,7 +655,7 @@ extension UpstreamExchange: H2StreamOwner {
     func h2Head(_ s: H2UpstreamStream, _ parsed: HTTPResponseHead) {
         guard !isOver, upstream === s, let sink else { return }
         defer { sink.exchangeReadDone(self) }
-        machine.heardFromUpstream(now: loop.coarseNow)
+        heard()
         replayBody = nil  // answered: never sent again
         if parsed.status >= 200, let g = parsed.headers.first("grpc-status") { grpcStatus = Int(g) }
         switch takeHead(parsed, sink: sink) {
