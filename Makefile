@@ -103,7 +103,7 @@ clean:
 	rm -rf .build Fuzz/.build Benchmarks/.build
 
 # libFuzzer targets (Fuzz/): each runs FUZZ_SECONDS (default 60) from the seed corpus in
-# Fuzz/Corpus/TARGET; findings land in Fuzz/findings/. See README "Fuzzing".
+# Fuzz/Corpus/TARGET; findings land in Fuzz/findings/. See docs/operations.md, "Hardening".
 FUZZ_TARGETS := FuzzRequestHead FuzzResponseHead FuzzChunked FuzzConfig FuzzAdminJSON
 FUZZ_SECONDS ?= 60
 
@@ -126,7 +126,7 @@ fuzz: fuzz-build
 	done
 
 # Turnout against HAProxy, nginx and nghttpx (one worker each), then idle-connection memory:
-# see README "Benchmarks".
+# see docs/benchmarks.md.
 BENCH_PACKAGES := nginx haproxy nghttp2-proxy nghttp2-client wrk openssl
 
 bench-deps: deps
@@ -145,24 +145,24 @@ bench-micro: deps
 bench-idle: build
 	$(PYTHON) Benchmarks/idle_connections.py --connections 10000
 
-# Switch latency under proxy load (median, p90, p99): see README "Benchmarks".
+# Switch latency under proxy load (median, p90, p99): see docs/benchmarks.md.
 bench-switch: build test-deps
 	$(PYTHON) Benchmarks/switch_latency.py --switches 500
 
 # Endpoint churn by DNS under load: failed requests, throughput, and how long a DNS change takes
-# to reach routing (see README "Endpoints and discovery").
+# to reach routing (see docs/health-and-endpoints.md).
 bench-discovery: build test-deps bench-deps
 	$(PYTHON) Benchmarks/discovery_churn.py
 
 # Cluster mode: convergence from the etcd commit of a switch to every replica routing by it, and
-# etcd's load, with 3, 10 and 30 replicas on a three-member etcd: see README "Running several replicas".
+# etcd's load, with 3, 10 and 30 replicas on a three-member etcd: see docs/cluster.md.
 bench-cluster: build test-deps
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 3 --switches 100
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 10 --switches 100
 	$(PYTHON) Benchmarks/cluster_convergence.py --replicas 30 --switches 100
 
 # What mirroring costs the live path with a slow and a dead mirror pool, against mirroring off in
-# the same run: see README "Mirroring".
+# the same run: see docs/routing-and-ramps.md, "Mirroring".
 bench-mirror: build bench-deps
 	$(PYTHON) Benchmarks/mirror_overhead.py
 

@@ -11,7 +11,7 @@ struct Turnout: ParsableCommand {
         abstract: "A reverse proxy that switches traffic between blue and green application pools.",
         discussion: """
             Run the proxy with `turnout serve --config FILE`, or try it with `turnout demo`.
-            See README.md for the config file reference.
+            The reference (config file, admin API, routing, metrics and logs) is in docs/ of the source tree, starting at docs/README.md.
             """,
         version: TurnoutVersion.text,
         subcommands: [Serve.self, Demo.self, CheckConfig.self, Status.self, Switch.self, Weights.self, Rollback.self, Mirror.self, Reload.self, Ramp.self, Events.self, Endpoints.self, WaitDrained.self]

@@ -211,8 +211,8 @@ struct MetricsRenderer {
         family("turnout_generation", "gauge", "Generation of the routing state (bumped by every change).")
         sample("turnout_generation", [], "\(state.generation)")
 
-        family("turnout_ramp_step", "gauge", "Current ramp step (1-based), 0 without a ramp.")
-        sample("turnout_ramp_step", [], state.ramp.map { "\($0.step + 1)" } ?? "0")
+        family("turnout_ramp_step", "gauge", "Current ramp step (1-based), 0 without a ramp or in its mirroring step.")
+        sample("turnout_ramp_step", [], state.ramp.map { $0.isMirroring ? "0" : "\($0.step + 1)" } ?? "0")
         family("turnout_ramp_weight_percent", "gauge", "The ramping pool's weight at the current step, 0 without a ramp.")
         sample("turnout_ramp_weight_percent", [], state.ramp.map { Percent.format(basisPoints: $0.currentWeight) } ?? "0")
         family("turnout_ramp_status", "gauge", "1 for the status of the current or last ramp.")
