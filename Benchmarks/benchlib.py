@@ -1,6 +1,10 @@
 """Helpers the benchmark scripts share."""
 import http.client
+import os
+import shutil
 import socket
+import sys
+import tempfile
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -21,3 +25,19 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def prepare(settings, intro="Turnout runs with the defaults README ships, except:", tools=("nginx", "wrk")):
+    """The start of a benchmark that runs Turnout beside nginx and wrk: exits when a tool is
+    missing, prints every setting that differs from the shipped defaults and why, and returns a
+    fresh working directory (readable by nginx's worker)."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed: make bench-deps")
+    print(intro)
+    for setting, why in settings:
+        print(f"  {setting:18} {why}")
+    print()
+    workdir = tempfile.mkdtemp(prefix="turnout-bench-")
+    os.chmod(workdir, 0o755)
+    return workdir

@@ -17,11 +17,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchlib import free_port  # noqa: E402
+from benchlib import free_port, prepare  # noqa: E402
 from compare import Proc, ROOT, cpu_seconds, run_wrk, start_upstreams  # noqa: E402
 
 SETTINGS = [
@@ -37,15 +36,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--connections", type=int, default=50)
     a = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is needed: make bench-deps")
-    print("Turnout runs with the defaults README ships (the access log on), except:")
-    for setting, why in SETTINGS:
-        print(f"  {setting:18} {why}")
-    print()
-    workdir = tempfile.mkdtemp(prefix="turnout-bench-")
-    os.chmod(workdir, 0o755)
+    workdir = prepare(SETTINGS, intro="Turnout runs with the defaults README ships (the access log on), except:")
     results = {"text": [], "json": []}
     upstreams = None
     binary = os.environ.get("TURNOUT_BIN", os.path.join(ROOT, ".build", "release", "turnout"))

@@ -27,12 +27,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from benchlib import UnixHTTPConnection, free_port  # noqa: E402
+from benchlib import UnixHTTPConnection, free_port, prepare  # noqa: E402
 from compare import Proc, ROOT, run_wrk, start_upstreams, wait_port  # noqa: E402
 
 SETTINGS = [
@@ -96,15 +95,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--mirror-delay", type=float, default=5.0)
     a = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} is needed: make bench-deps")
-    print("Turnout runs with the defaults README ships, except:")
-    for setting, why in SETTINGS:
-        print(f"  {setting:18} {why}")
-    print()
-    workdir = tempfile.mkdtemp(prefix="turnout-bench-")
-    os.chmod(workdir, 0o755)
+    workdir = prepare(SETTINGS)
     results = {}
     upstreams = None
     try:

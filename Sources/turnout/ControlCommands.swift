@@ -320,8 +320,7 @@ struct Ramp: ParsableCommand {
             guard let steps else { throw ValidationError("give --steps, e.g. --steps 1,5,25,50,100") }
             var stepList: [String] = []
             for s in steps.split(separator: ",") {
-                let t = s.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "")
-                guard case .success = Percent.parseBasisPoints(t) else { throw ValidationError("--steps: \"\(s)\" is not a percentage") }
+                guard let t = Self.percentText(s) else { throw ValidationError("--steps: \"\(s)\" is not a percentage") }
                 stepList.append(t)
             }
             if let interval, DurationParser.milliseconds(interval) == nil { throw ValidationError("--interval: \"\(interval)\" is not a duration such as 30s") }
@@ -340,8 +339,7 @@ struct Ramp: ParsableCommand {
             if let minRequests { gates.append("\"min_requests\":\(minRequests)") }
             var mirrorField = ""
             if let mirror {
-                let t = mirror.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "")
-                guard case .success = Percent.parseBasisPoints(t) else { throw ValidationError("--mirror: \"\(mirror)\" is not a percentage") }
+                guard let t = Self.percentText(mirror) else { throw ValidationError("--mirror: \"\(mirror)\" is not a percentage") }
                 var fields = ["\"percent\":\(t)"]
                 if let mirrorFor {
                     guard DurationParser.milliseconds(mirrorFor) != nil else { throw ValidationError("--mirror-for: \"\(mirrorFor)\" is not a duration such as 1m") }
@@ -359,6 +357,15 @@ struct Ramp: ParsableCommand {
             let r = try callAdmin(options, "POST", "/v1/ramp", json: body, wait: waitOption)
             if !options.json { print(RampText.render(r)) }
         }
+    }
+}
+
+extension Ramp {
+    /// A percentage as given (`25`, `12.5%`, ` 5 `) as the number the API takes, nil when it is not one.
+    static func percentText<S: StringProtocol>(_ s: S) -> String? {
+        let t = s.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "%", with: "")
+        guard case .success = Percent.parseBasisPoints(t) else { return nil }
+        return t
     }
 }
 

@@ -28,7 +28,8 @@ import Testing
         let r = AccessRecord(clientIP: "10.0.0.1", kind: .request(method: "POST", target: "/a?\"q\"", version: "HTTP/2", status: 201, bytes: 42),
                              pool: "blue", endpoint: "10.0.0.2:80", durationNanos: 2_500_000, attempts: 2, route: "sticky",
                              error: nil, requestID: "rid", bytesIn: 7, upstreamConnectNanos: 1_000_000, upstreamResponseNanos: 1_250_000)
-        let line = r.json(time: "2026-12-03T10:00:00.000Z")
+        let line = String(decoding: r.jsonLine(timeNanos: 1_796_292_000_000_000_000).dropLast(), as: UTF8.self)
+        #expect(line.hasPrefix("{\"time\":\"2026-12-03T10:00:00.000Z\","))
         let keys = line.split(separator: ",").compactMap { part -> String? in
             guard let m = part.firstRange(of: "\":") else { return nil }
             let head = part[..<m.lowerBound]
@@ -45,7 +46,7 @@ import Testing
     @Test func aTunnelLineHasTheSameFields() throws {
         let r = AccessRecord(clientIP: "::1", kind: .tunnel(target: "/ws", bytesUp: 5, bytesDown: 9, http2: true),
                              pool: "green", endpoint: nil, durationNanos: 0, error: "upstream closed")
-        let o = try parse(r.json(time: "t"))
+        let o = try parse(String(decoding: r.jsonLine(timeNanos: 0), as: UTF8.self))
         #expect(Set(o.keys) == Set(AccessRecord.jsonFields))
         #expect(o["type"] as? String == "tunnel" && o["method"] as? String == "CONNECT" && o["status"] as? Int == 200)
         #expect(o["bytes_in"] as? Int == 5 && o["bytes_out"] as? Int == 9 && o["endpoint"] is NSNull && o["request_id"] is NSNull)

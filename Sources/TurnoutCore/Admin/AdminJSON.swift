@@ -90,6 +90,16 @@ public enum AdminJSON {
         return n.intValue
     }
 
+    /// A list of method names (upper-cased; checked as a mirror's by `MirrorSpec.problem`), or nil
+    /// when absent or null.
+    public static func methods(_ v: Any?, name: String) throws(AdminError) -> [String]? {
+        guard let v, !(v is NSNull) else { return nil }
+        guard let list = v as? [Any], list.allSatisfy({ $0 is String && !isBool($0) }) else {
+            throw .badRequest("\(name) must be a list of method names, e.g. [\"GET\", \"HEAD\"]", code: "wrong_type")
+        }
+        return list.map { ($0 as! String).uppercased() }
+    }
+
     /// The body of `PUT /v1/mirror`: `{"pool","percent","methods","max_body_bytes","max_in_flight"}`,
     /// or `null` (mirroring off). The spec is checked against the pools by `RoutingCommands.setMirror`.
     public static func mirror(_ body: [UInt8]) throws(AdminError) -> MirrorSpec? {
@@ -98,12 +108,7 @@ public enum AdminJSON {
         let pool = try string(obj, "pool", required: true)!
         guard let rawPercent = obj["percent"] else { throw .badRequest("missing field \"percent\"", code: "missing_field") }
         var spec = MirrorSpec(pool: pool, percentBP: try percent(rawPercent, name: "percent", code: "invalid_mirror"))
-        if let v = obj["methods"], !(v is NSNull) {
-            guard let list = v as? [Any], list.allSatisfy({ $0 is String && !isBool($0) }) else {
-                throw .badRequest("methods must be a list of method names, e.g. [\"GET\", \"HEAD\"]", code: "wrong_type")
-            }
-            spec.methods = list.map { ($0 as! String).uppercased() }
-        }
+        if let m = try methods(obj["methods"], name: "methods") { spec.methods = m }
         if let n = try int(obj, "max_body_bytes", min: 0, max: MirrorSpec.maxMaxBodyBytes) { spec.maxBodyBytes = n }
         if let n = try int(obj, "max_in_flight", min: 1, max: MirrorSpec.maxMaxInFlight) { spec.maxInFlight = n }
         return spec
@@ -114,23 +119,40 @@ public enum AdminJSON {
 /// wrote (`12.5`, not `12.499999`), and keys keep a stable order.
 public enum JSONWriter {
     public static func quote(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if u.value < 0x20 {
-                    out += String(format: "\\u%04x", u.value)
-                } else {
-                    out.unicodeScalars.append(u)
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count + 2)
+        appendQuoted(s, to: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `s` as a JSON string, in quotes: `"` and `\` escaped, control characters as `\n`,
+    /// `\r`, `\t` or `\u00XX`, everything else (UTF-8 included) as it is. A string with nothing
+    /// to escape is copied in one go.
+    public static func appendQuoted(_ s: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { u in
+            if !u.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) {
+                out.append(contentsOf: u)
+                return
+            }
+            for c in u {
+                switch c {
+                case 0x22: out.append(literal: "\\\"")
+                case 0x5C: out.append(literal: "\\\\")
+                case 0x0A: out.append(literal: "\\n")
+                case 0x0D: out.append(literal: "\\r")
+                case 0x09: out.append(literal: "\\t")
+                case ..<0x20:
+                    let hex: StaticString = "0123456789abcdef"
+                    out.append(literal: "\\u00")
+                    out.append(hex.utf8Start[Int(c >> 4)])
+                    out.append(hex.utf8Start[Int(c & 0xF)])
+                default: out.append(c)
                 }
             }
         }
-        return out + "\""
+        out.append(UInt8(ascii: "\""))
     }
 
     /// The mirror as the admin API shows it: the spec in force (null when off) and what each pool

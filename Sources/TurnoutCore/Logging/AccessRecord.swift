@@ -53,22 +53,12 @@ public struct AccessRecord: Sendable, Equatable {
                                     "bytes_in", "bytes_out", "duration_ms", "upstream_connect_ms", "upstream_response_ms",
                                     "request_id", "retries", "route", "error"]
 
-    /// The JSON line (`log_format: json`), without the newline: every field of `jsonFields`,
-    /// always present (null when it does not apply), in that order.
-    public func json(time: String) -> String {
-        String(decoding: jsonBytes(timeNanos: nil, time: time), as: UTF8.self)
-    }
-
-    /// The JSON line with a newline, as bytes, stamped `timeNanos` (wall clock, since the epoch).
+    /// The JSON line (`log_format: json`) with its newline, stamped `timeNanos` (wall clock,
+    /// since the epoch): every field of `jsonFields`, always present (null when it does not
+    /// apply), in that order.
     public func jsonLine(timeNanos: UInt64) -> [UInt8] {
-        var b = jsonBytes(timeNanos: timeNanos, time: nil)
-        b.append(10)
-        return b
-    }
-
-    private func jsonBytes(timeNanos: UInt64?, time: String?) -> [UInt8] {
         var j = JSONLine()
-        if let timeNanos { j.time("time", timeNanos) } else { j.string("time", time) }
+        j.time("time", timeNanos)
         j.literal("log", "access")
         switch kind {
         case .request(let method, let target, let version, let status, let bytes):
@@ -101,7 +91,9 @@ public struct AccessRecord: Sendable, Equatable {
         j.int("retries", Int64(max(attempts - 1, 0)))
         j.string("route", route)
         j.string("error", error)
-        return j.finish()
+        var line = j.finish()
+        line.append(10)
+        return line
     }
 
     /// The text line (README, "Access log").

@@ -15,44 +15,22 @@ public struct JSONLine {
         if !first { bytes.append(UInt8(ascii: ",")) }
         first = false
         bytes.append(UInt8(ascii: "\""))
-        bytes.append(contentsOf: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
+        bytes.append(literal: name)
+        bytes.append(literal: "\":")
     }
 
     /// A string value (null for nil), escaped as JSON needs.
     public mutating func string(_ name: StaticString, _ value: String?) {
         key(name)
-        guard var v = value else { return null() }
-        bytes.append(UInt8(ascii: "\""))
-        v.withUTF8 { u in
-            if !u.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) {
-                bytes.append(contentsOf: u)
-                return
-            }
-            for c in u {
-                switch c {
-                case 0x22: bytes.append(contentsOf: [0x5C, 0x22])
-                case 0x5C: bytes.append(contentsOf: [0x5C, 0x5C])
-                case 0x0A: bytes.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-                case 0x0D: bytes.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-                case 0x09: bytes.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-                case ..<0x20:
-                    let hex: StaticString = "0123456789abcdef"
-                    bytes.append(contentsOf: [0x5C, UInt8(ascii: "u"), 0x30, 0x30,
-                                              hex.utf8Start[Int(c >> 4)], hex.utf8Start[Int(c & 0xF)]])
-                default: bytes.append(c)
-                }
-            }
-        }
-        bytes.append(UInt8(ascii: "\""))
+        guard let value else { return null() }
+        JSONWriter.appendQuoted(value, to: &bytes)
     }
 
     /// A string value known to need no escaping.
     public mutating func literal(_ name: StaticString, _ value: StaticString) {
         key(name)
         bytes.append(UInt8(ascii: "\""))
-        bytes.append(contentsOf: UnsafeBufferPointer(start: value.utf8Start, count: value.utf8CodeUnitCount))
+        bytes.append(literal: value)
         bytes.append(UInt8(ascii: "\""))
     }
 
@@ -82,26 +60,11 @@ public struct JSONLine {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    private mutating func null() { bytes.append(contentsOf: [110, 117, 108, 108]) }
+    private mutating func null() { bytes.append(literal: "null") }
 
     private mutating func appendDecimal(_ value: Int64) {
-        if value < 0 {
-            bytes.append(UInt8(ascii: "-"))
-            return appendDecimal(value == .min ? .max : -value)
-        }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = value
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat {
-                d[19 - count] = UInt8(48 + n % 10)
-                n /= 10
-                count += 1
-            } while n > 0
-            bytes.append(contentsOf: d[(20 - count)...])
-        }
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        HeaderRewriter.appendDecimal(&bytes, value.magnitude)
     }
 
     /// The object, closed.

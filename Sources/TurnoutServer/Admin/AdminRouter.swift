@@ -389,12 +389,7 @@ final class AdminRouter: @unchecked Sendable {
                 duration = ms
             }
             var plan = RampMirrorPlan(percentBP: percent, durationMs: duration)
-            if let v = mobj["methods"], !(v is NSNull) {
-                guard let list = v as? [Any], list.allSatisfy({ $0 is String && !AdminJSON.isBool($0) }) else {
-                    throw .badRequest("mirror methods must be a list of method names, e.g. [\"GET\", \"HEAD\"]", code: "wrong_type")
-                }
-                plan.methods = list.map { ($0 as! String).uppercased() }
-            }
+            if let m = try AdminJSON.methods(mobj["methods"], name: "mirror methods") { plan.methods = m }
             mirror = plan
         }
         return RampPlan(pool: pool, steps: steps, intervalMs: interval, gates: gates, mirror: mirror)

@@ -21,15 +21,18 @@ public struct TurnoutEvent: Sendable {
 
     /// The event as a log line (`log_format: json`): the time first, then as on the stream.
     public var logJSON: String {
-        var out = "{\"time\":\(JSONWriter.quote(Timestamp.iso8601(time))),\"log\":\"event\",\"level\":\"info\""
-        out += ",\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"reason\":\(JSONWriter.quote(reason))"
-        for (k, v) in fields { out += ",\(JSONWriter.quote(k)):\(v)" }
-        return out + "}"
+        "{\"time\":\(JSONWriter.quote(Timestamp.iso8601(time))),\"log\":\"event\",\"level\":\"info\""
+            + ",\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"reason\":\(JSONWriter.quote(reason))" + fieldsJSON
     }
 
     public var json: String {
-        var out = "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(Timestamp.iso8601(time)))"
-        out += ",\"reason\":\(JSONWriter.quote(reason))"
+        "{\"kind\":\(JSONWriter.quote(kind)),\"generation\":\(generation),\"time\":\(JSONWriter.quote(Timestamp.iso8601(time)))"
+            + ",\"reason\":\(JSONWriter.quote(reason))" + fieldsJSON
+    }
+
+    /// The kind's own fields and the closing brace.
+    private var fieldsJSON: String {
+        var out = ""
         for (k, v) in fields { out += ",\(JSONWriter.quote(k)):\(v)" }
         return out + "}"
     }
