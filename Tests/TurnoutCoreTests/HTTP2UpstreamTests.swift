@@ -27,6 +27,12 @@ import Testing
         #expect(!got.contains { $0.0 == "host" })
     }
 
+    @Test func onlyTheRequestIdIsKeptOutOfTheHPACKTable() throws {
+        let bytes = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: 0123abcd\r\nX-Forwarded-For: 10.0.0.1\r\nx-request-idx: 1\r\n\r\n".utf8)
+        let f = try bytes.withUnsafeBytes { raw in try HTTP2RequestFields(head: raw, scheme: "http", teTrailers: false) }
+        #expect(zip(f.pairs, f.spans).filter { !$0.1.indexed }.map(\.0.0) == ["x-request-id"])
+    }
+
     @Test func aMalformedHeadIsRefused() {
         #expect(throws: HTTP2RequestFields.Invalid.self) { try fields("GARBAGE\r\n\r\n") }
         #expect(throws: HTTP2RequestFields.Invalid.self) { try fields("GET / HTTP/1.1\r\nNoColon\r\n\r\n") }

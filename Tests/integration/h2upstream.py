@@ -5,7 +5,8 @@ Run: h2upstream.py --port PORT --name NAME [--max-streams N] [--unhealthy-file P
 
 Paths:
   /healthz            200 "ok" (500 while --unhealthy-file exists)
-  /echo               JSON: method, path, headers, body length and sha256
+  /echo               JSON: method, path, headers, the fields HPACK sent never-indexed, body
+                      length and sha256
   /trailers           "NAME\\n" then trailers x-name: NAME and x-body-sha256 of the request body
   /big?bytes=N        N bytes of the pattern upstream.py sends
   /slow?ms=N          answers after N ms
@@ -85,7 +86,10 @@ class Conn(asyncio.Protocol):
                 if self.goaway_after is not None and ev.stream_id > self.goaway_after:
                     self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                     continue
-                self.requests[ev.stream_id] = {"headers": dict(ev.headers), "body": hashlib.sha256(), "length": 0}
+                # HPACK's never-indexed fields (hpack gives them as tuples that are not indexable).
+                unindexed = [k for k, _ in [h for h in ev.headers if not getattr(h, "indexable", True)]]
+                self.requests[ev.stream_id] = {"headers": dict(ev.headers), "body": hashlib.sha256(), "length": 0,
+                                               "unindexed": unindexed}
                 self.open += 1
                 Stats.max_open = max(Stats.max_open, self.open)
                 # A request without a body is handled on its StreamEnded event, as any other.
@@ -171,6 +175,7 @@ class Conn(asyncio.Protocol):
         elif path == "/echo":
             body = json.dumps({"name": self.args.name, "method": h.get(":method"), "path": h.get(":path"),
                                "authority": h.get(":authority"), "headers": [[k, v] for k, v in h.items()],
+                               "unindexed": r["unindexed"],
                                "body_length": r["length"], "body_sha256": r["body"].hexdigest()}).encode()
             self.respond(sid, 200, body, [("content-type", "application/json")])
         elif path == "/trailers":

@@ -135,6 +135,9 @@ def test_requests_reach_an_h2c_pool_from_both_client_protocols(cleanup):
     assert echo["authority"] == "app.example"
     names = [k for k, _ in echo["headers"]]
     assert "x-forwarded-for" in names and "connection" not in names and "host" not in names
+    # The request id is new on every request: it goes without indexing, so that HPACK's table
+    # keeps the fields that repeat; those stay indexable.
+    assert echo["unindexed"] == ["x-request-id"]
     # A chunked body from an HTTP/1.1 client arrives as DATA, without chunk framing.
     c.putrequest("POST", "/echo")
     c.putheader("Transfer-Encoding", "chunked")

@@ -9,8 +9,13 @@ public struct HTTP2RequestFields: Sendable {
     /// Names and values, lowercase names, one after another (the buffer is kept from request to
     /// request: bytes past the last span are left over from earlier ones).
     public private(set) var storage: [UInt8] = []
-    /// Each field as offsets into `storage`, pseudo-headers first.
-    public private(set) var spans: [(name: Int, nameLength: Int, value: Int, valueLength: Int)] = []
+    /// Each field as offsets into `storage`, pseudo-headers first. `indexed` is false for a field
+    /// whose value is new on every request (`x-request-id`): HPACK must not put it in the dynamic
+    /// table (RFC 7541 6.2.2), where each request's id would push out an entry that repeats (the
+    /// forwarded fields, `via`, `user-agent`), and make both ends insert, evict and search for
+    /// nothing.
+    public typealias Span = (name: Int, nameLength: Int, value: Int, valueLength: Int, indexed: Bool)
+    public private(set) var spans: [Span] = []
 
     public struct Invalid: Error, Equatable, Sendable {
         public let reason: String
@@ -45,19 +50,19 @@ public struct HTTP2RequestFields: Sendable {
 
     /// Writes the fields of `b` at `o`, recording their spans; returns what is malformed, if anything.
     private static func convert(_ b: UnsafeBufferPointer<UInt8>, into o: UnsafeMutablePointer<UInt8>,
-                                spans: inout [(name: Int, nameLength: Int, value: Int, valueLength: Int)],
+                                spans: inout [Span],
                                 scheme: String, teTrailers: Bool) -> String? {
         var w = 0
         func put(_ p: UnsafePointer<UInt8>, _ n: Int) {
             (o + w).update(from: p, count: n)
             w += n
         }
-        func field(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ count: Int) -> (Int, Int, Int, Int) {
+        func field(_ name: StaticString, _ value: UnsafePointer<UInt8>, _ count: Int) -> Span {
             let n = w
             put(name.utf8Start, name.utf8CodeUnitCount)
             let v = w
             put(value, count)
-            return (n, v - n, v, count)
+            return (n, v - n, v, count, true)
         }
         // Request line: METHOD SP TARGET SP HTTP/1.1 CRLF
         guard let base = b.baseAddress, let sp1 = find(b, 32, from: 0), let sp2 = find(b, 32, from: sp1 + 1),
@@ -96,7 +101,8 @@ public struct HTTP2RequestFields: Sendable {
                 }
                 let v = w
                 put(base + vs, ve - vs)
-                spans.append((n, v - n, v, ve - vs))
+                let indexed = !(v - n == 12 && UnsafeBufferPointer(start: o + n, count: 12).equals("x-request-id"))
+                spans.append((n, v - n, v, ve - vs, indexed))
             }
             i = end + 2
         }

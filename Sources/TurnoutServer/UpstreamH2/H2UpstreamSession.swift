@@ -132,8 +132,9 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
             let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
             return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.spans.count) { nva in
                 for (i, f) in fields.spans.enumerated() {
+                    let flags = f.indexed ? NGHTTP2_NV_FLAG_NONE.rawValue : NGHTTP2_NV_FLAG_NO_INDEX.rawValue
                     nva.initializeElement(at: i, to: nghttp2_nv(name: base + f.name, value: base + f.value, namelen: f.nameLength,
-                                                                valuelen: f.valueLength, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                                                                valuelen: f.valueLength, flags: UInt8(flags)))
                 }
                 if endStream {
                     return nghttp2_submit_request(session, nil, nva.baseAddress, fields.spans.count, nil, nil)
