@@ -11,7 +11,7 @@ import TurnoutCore
 /// once the upstream took it, and a stream's response stops being read from its upstream while
 /// more than `SocketChannel.highWatermark` bytes of it wait for the client's window or socket.
 /// Loop-confined.
-final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHolder, @unchecked Sendable {
+final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHolder, LoopFlushable, @unchecked Sendable {
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
     /// The rule on stream identifiers that libnghttp2 leaves to us.
     private var streamOrder = HTTP2StreamOrder(prefaceLength: preface.count)
@@ -178,10 +178,12 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     func scheduleFlush() {
         guard !flushScheduled, !closed else { return }
         flushScheduled = true
-        loop.queue.async { [self] in
-            flushScheduled = false
-            flush()
-        }
+        loop.flushAfterTurn(self)
+    }
+
+    func flushAtTurnEnd() {
+        flushScheduled = false
+        flush()
     }
 
     private func wakeWaitingStreams() {

@@ -106,6 +106,8 @@ final class EpollPoller: @unchecked Sendable {
                       let target = slots[fd].target else { continue }
                 target.handleEvents(events[i])
             }
+            // What the round produced leaves now, before the poller looks for more.
+            loop.runTurnFlushes()
         }
     }
 

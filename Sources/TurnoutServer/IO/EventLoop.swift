@@ -7,6 +7,13 @@ protocol LoopTimed: AnyObject {
     func checkTimeouts(now: UInt64)
 }
 
+/// Something owned by an event loop that gathers output during a turn of the loop and writes it
+/// once at the turn's end (an HTTP/2 session: the frames of every stream an event touched).
+protocol LoopFlushable: AnyObject, Sendable {
+    /// The turn is over: write what was gathered.
+    func flushAtTurnEnd()
+}
+
 /// One event loop: a serial Dispatch queue that owns a set of connections. Every connection, its
 /// sources and its buffers are touched only on this queue. A 100 ms tick drives all timeouts.
 public final class EventLoop: @unchecked Sendable {
@@ -76,6 +83,33 @@ public final class EventLoop: @unchecked Sendable {
     var coarseNow: UInt64 {
         let t = roundStart
         return t != 0 ? t : (testClock ?? Self.now())
+    }
+
+    /// Who asked to write at the end of the poller's current round (`flushAfterTurn`).
+    private var turnFlushes: [LoopFlushable] = []
+    private var spareTurnFlushes: [LoopFlushable] = []
+
+    /// Has `target.flushAtTurnEnd()` run once the current turn of the loop is done: at the end of
+    /// the poller's current round of events, or, outside a round (the `dispatch` I/O mode, a
+    /// timer, work handed to the loop), as the next work item on the queue. The round's end costs
+    /// no Dispatch work item and sends what a round produced before the poller looks for more.
+    /// The caller asks once per turn (it keeps its own "scheduled" flag).
+    func flushAfterTurn(_ target: LoopFlushable) {
+        if roundStart != 0 {
+            turnFlushes.append(target)
+        } else {
+            queue.async { target.flushAtTurnEnd() }
+        }
+    }
+
+    /// Runs the flushes the round asked for, and those they ask for in turn. Called by the poller
+    /// at the end of each round.
+    func runTurnFlushes() {
+        while !turnFlushes.isEmpty {
+            swap(&turnFlushes, &spareTurnFlushes)
+            for target in spareTurnFlushes { target.flushAtTurnEnd() }
+            spareTurnFlushes.removeAll(keepingCapacity: true)
+        }
     }
 
     /// A clock a test moves (`advanceTestClock`): while set, deadlines are set and checked by it,

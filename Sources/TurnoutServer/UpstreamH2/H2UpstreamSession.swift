@@ -10,7 +10,7 @@ import TurnoutCore
 /// after a GOAWAY it takes none and closes once its streams are over. Response DATA is
 /// acknowledged (WINDOW_UPDATE) as the client takes it, so a slow client holds back its own stream
 /// only. Loop-confined.
-final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
+final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendable {
     let endpoint: UpstreamEndpoint
     unowned let pool: UpstreamPool
     let transport: ClientTransport
@@ -237,10 +237,12 @@ final class H2UpstreamSession: ChannelDelegate, @unchecked Sendable {
     func scheduleFlush() {
         guard !flushScheduled, !closed else { return }
         flushScheduled = true
-        pool.loop.queue.async { [self] in
-            flushScheduled = false
-            flush()
-        }
+        pool.loop.flushAfterTurn(self)
+    }
+
+    func flushAtTurnEnd() {
+        flushScheduled = false
+        flush()
     }
 
     /// Writes what nghttp2 has to send while the socket keeps up.
