@@ -69,6 +69,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         var option: OpaquePointer?
         nghttp2_option_new(&option)
         nghttp2_option_set_no_auto_window_update(option, 1)
+        // Closed streams are forgotten at once: nghttp2 keeps them only for RFC 7540 priorities,
+        // which Turnout turns off (the setting below).
+        nghttp2_option_set_no_closed_streams(option, 1)
         nghttp2_option_set_stream_reset_rate_limit(option, Limits.resetBurst, Limits.resetRate)
         nghttp2_option_set_max_continuations(option, Limits.maxContinuations)
         nghttp2_option_set_max_outbound_ack(option, Limits.maxOutboundAcks)
@@ -88,6 +91,10 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
                                    value: UInt32(limits.maxRequestHeadBytes)),
             // WebSocket over HTTP/2 (RFC 8441).
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1),
+            // No RFC 7540 priority tree (RFC 9113 5.3.2 deprecates its scheme; a reverse proxy
+            // has nothing to order by it): nghttp2 schedules streams without inserting each into
+            // a dependency tree.
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
         ]
         nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
         nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)

@@ -69,6 +69,9 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         var option: OpaquePointer?
         nghttp2_option_new(&option)
         nghttp2_option_set_no_auto_window_update(option, 1)
+        // Closed streams are forgotten at once (kept only for RFC 7540 priorities, turned off
+        // with the setting below).
+        nghttp2_option_set_no_closed_streams(option, 1)
         nghttp2_option_set_peer_max_concurrent_streams(option, UInt32(Limits.defaultStreams))
         let rc = nghttp2_session_client_new2(&session, H2UpstreamCallbacks.shared, Unmanaged.passUnretained(self).toOpaque(), option)
         nghttp2_option_del(option)
@@ -77,6 +80,8 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
                 nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
                 nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Limits.streamWindow),
                 nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(Limits.maxHeaderBytes)),
+                // No RFC 7540 priority tree, as on the client side (HTTP2Connection).
+                nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_NO_RFC7540_PRIORITIES.rawValue), value: 1),
             ]
             nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
             nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Limits.connectionWindow)
