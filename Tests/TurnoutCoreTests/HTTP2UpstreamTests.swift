@@ -2,40 +2,81 @@ import Testing
 @testable import TurnoutCore
 
 @Suite struct HTTP2RequestFieldsTests {
-    func fields(_ head: String, scheme: String = "http", te: Bool = false) throws -> [(String, String)] {
+    func request(_ head: String, upgrade: String? = nil, requestID: String? = nil, mirror: Bool = false) throws -> UpstreamRequest {
         let bytes = Array(head.utf8)
-        return try bytes.withUnsafeBytes { raw in try HTTP2RequestFields(head: raw, scheme: scheme, teTrailers: te).pairs }
+        var r = UpstreamRequest(head: try HTTPHeadParser.parseRequest(bytes, start: 0, end: bytes.count), clientIP: "192.0.2.9",
+                                scheme: "https", fallbackHost: "u:1", upgrade: upgrade, addRequestID: requestID)
+        r.mirrorCopy = mirror
+        return r
+    }
+
+    func fields(_ head: String, scheme: String = "http", te: Bool = false) throws -> [(String, String)] {
+        HTTP2RequestFields(try request(head), scheme: scheme, teTrailers: te).pairs
     }
 
     @Test func theRewrittenHeadBecomesPseudoHeadersAndLowercaseFields() throws {
         let got = try fields("POST /a?b=1 HTTP/1.1\r\nHost: app.example\r\nContent-Length: 3\r\nX-Forwarded-For: 10.0.0.1\r\n"
-                             + "Content-Type:  application/grpc \r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n"
-                             + "Keep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: x\r\nVia: 1.1 turnout\r\n\r\n")
-        #expect(got.map(\.0) == [":method", ":scheme", ":path", ":authority", "content-length", "x-forwarded-for", "content-type", "via"])
-        #expect(got.map(\.1) == ["POST", "http", "/a?b=1", "app.example", "3", "10.0.0.1", "application/grpc", "1.1 turnout"])
+                             + "Content-Type:  application/grpc \r\nConnection: keep-alive\r\n"
+                             + "Keep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: x\r\nVia: 1.1 edge\r\n\r\n")
+        #expect(got.map(\.0) == [":method", ":scheme", ":path", ":authority", "content-type", "x-forwarded-for", "x-forwarded-proto",
+                                 "x-forwarded-host", "via", "content-length"])
+        #expect(got.map(\.1) == ["POST", "http", "/a?b=1", "app.example", "application/grpc", "10.0.0.1, 192.0.2.9", "https",
+                                 "app.example", "1.1 edge, 1.1 turnout", "3"])
     }
 
     @Test func teTrailersIsSentOnlyWhenTheClientAskedAndSchemeFollowsTheUpstream() throws {
         let got = try fields("GET / HTTP/1.1\r\nHost: h\r\n\r\n", scheme: "https", te: true)
-        #expect(got.map(\.0) == [":method", ":scheme", ":path", ":authority", "te"])
-        #expect(got[1].1 == "https" && got[4].1 == "trailers")
+        #expect(got.map(\.0) == [":method", ":scheme", ":path", ":authority", "x-forwarded-for", "x-forwarded-proto",
+                                 "x-forwarded-host", "via", "te"])
+        #expect(got[1].1 == "https" && got.last!.1 == "trailers")
     }
 
-    @Test func onlyTheFirstHostIsTheAuthority() throws {
-        let got = try fields("GET / HTTP/1.1\r\nHost: one\r\nHost: two\r\n\r\n")
-        #expect(got.filter { $0.0 == ":authority" }.map(\.1) == ["one"])
-        #expect(!got.contains { $0.0 == "host" })
+    @Test func withoutHostTheEndpointIsTheAuthority() throws {
+        let got = try fields("GET / HTTP/1.0\r\nAccept: */*\r\n\r\n")
+        #expect(got.filter { $0.0 == ":authority" }.map(\.1) == ["u:1"])
+        #expect(got[3].0 == ":authority" && !got.contains { $0.0 == "host" })
     }
 
     @Test func onlyTheRequestIdIsKeptOutOfTheHPACKTable() throws {
-        let bytes = Array("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: 0123abcd\r\nX-Forwarded-For: 10.0.0.1\r\nx-request-idx: 1\r\n\r\n".utf8)
-        let f = try bytes.withUnsafeBytes { raw in try HTTP2RequestFields(head: raw, scheme: "http", teTrailers: false) }
-        #expect(zip(f.pairs, f.spans).filter { !$0.1.indexed }.map(\.0.0) == ["x-request-id"])
+        for id in [nil, "f00d"] {
+            let r = try request("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: 0123abcd\r\nx-request-idx: 1\r\n\r\n", requestID: id)
+            let f = HTTP2RequestFields(r, scheme: "http", teTrailers: false)
+            #expect(zip(f.pairs, f.spans).filter { !$0.1.indexed }.map { "\($0.0.0)=\($0.0.1)" } == ["x-request-id=\(id ?? "0123abcd")"])
+        }
     }
 
-    @Test func aMalformedHeadIsRefused() {
-        #expect(throws: HTTP2RequestFields.Invalid.self) { try fields("GARBAGE\r\n\r\n") }
-        #expect(throws: HTTP2RequestFields.Invalid.self) { try fields("GET / HTTP/1.1\r\nNoColon\r\n\r\n") }
+    /// What an HTTP/2 upstream gets says what an HTTP/1.1 upstream gets: the HTTP/1.1 head,
+    /// parsed again, less the connection-specific fields, with Host as `:authority`.
+    @Test func bothFormsOfTheUpstreamRequestAgree() throws {
+        let cases: [(String, String?, String?, Bool)] = [
+            ("GET /x HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\nX-Forwarded-For: 10.1.1.1\r\nVia: 1.0 p\r\n\r\n", nil, nil, false),
+            ("POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\r\n", nil, "id-7", true),
+            ("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, X-Drop\r\nUpgrade: websocket\r\nX-Drop: 1\r\n\r\n",
+             "websocket", nil, false),
+            ("PUT /p HTTP/1.1\r\nContent-Length: 0\r\nX-Request-Id: bad id\r\nHost: a\r\n\r\n", nil, "id-8", false),
+            ("GET / HTTP/1.0\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: evil\r\n\r\n", nil, nil, true),
+        ]
+        for (head, upgrade, id, mirror) in cases {
+            let r = try request(head, upgrade: upgrade, requestID: id, mirror: mirror)
+            let h1 = r.http1Head()
+            let parsed = try HTTPHeadParser.parseRequest(h1, start: 0, end: h1.count)
+            var expected = [(":method", parsed.method), (":scheme", "http"), (":path", parsed.target)]
+            var authority: String?
+            let dropped: Set<String> = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer"]
+            parsed.headers.forEach { n, v in
+                let name = String(decoding: n, as: UTF8.self).lowercased(), value = String(decoding: v, as: UTF8.self)
+                if name == "host" {
+                    if authority == nil { authority = value }
+                } else if !dropped.contains(name) {
+                    expected.append((name, value))
+                }
+            }
+            expected.insert((":authority", authority ?? "?"), at: 3)
+            let got = HTTP2RequestFields(r, scheme: "http", teTrailers: false).pairs
+            #expect(got.map(\.0) == expected.map(\.0), "\(head)")
+            #expect(got.map(\.1) == expected.map(\.1), "\(head)")
+            #expect(got.contains { $0 == ("x-turnout-mirror", "1") } == mirror)
+        }
     }
 }
 

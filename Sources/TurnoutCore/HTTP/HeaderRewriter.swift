@@ -45,26 +45,32 @@ public enum HeaderRewriter {
         }
     }
 
-    /// The request head for the upstream, always HTTP/1.1.
-    /// With `upgrade`, the request asks the upstream to switch to that protocol (`Upgrade` and
-    /// `Connection: Upgrade` are sent; they are dropped otherwise).
-    /// `addRequestID`: an `X-Request-Id` Turnout made, sent instead of any the client sent (one it
-    /// could not use); nil sends the client's as it came.
+    /// The request head for the upstream as HTTP/1.1 bytes (`UpstreamRequest.http1Head`).
     public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
                                        upgrade: String? = nil, addRequestID: String? = nil) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(256 + head.headers.byteCount + head.target.utf8.count + (head.host?.utf8.count ?? 0))
-        out.appendUTF8(head.method)
-        out.append(32)
-        out.appendUTF8(head.target)
-        out.append(literal: " HTTP/1.1\r\n")
+        UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
+                        addRequestID: addRequestID).http1Head()
+    }
+
+    /// Writes what goes upstream for `request` into `sink`, whatever protocol the sink writes:
+    /// the client's fields less the hop-by-hop ones (and those its `Connection` names) and the
+    /// forwarding fields Turnout sets itself; then `Host` when the client sent none, the request
+    /// id Turnout made (instead of the client's), `X-Forwarded-For` (the client's list, then the
+    /// client), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via`, the upgrade (`Upgrade` and
+    /// `Connection: Upgrade`) when the request switches protocols, the body's framing, and a
+    /// mirror's mark.
+    public static func writeUpstreamRequest<S: UpstreamHeadSink>(_ request: UpstreamRequest, into sink: inout S) {
+        let head = request.head
+        sink.requestLine(method: head.method, target: head.target)
         let named = namedByConnection(head.headers)
         var hasForwardedFor = false
         var hasVia = false
         var sawHost = false
         var sawContentLength = false
+        let replaceID = request.addRequestID != nil
         head.headers.forEach { name, value in
-            switch kind(name) {
+            let k = kind(name)
+            switch k {
             case .hopByHop, .forwardedProto, .forwardedHost: return
             case .contentLength: sawContentLength = true; return
             case .forwardedFor: hasForwardedFor = true; return
@@ -72,40 +78,50 @@ public enum HeaderRewriter {
             case .host: sawHost = true
             case .other:
                 if isNamed(name, in: named) { return }
-                if addRequestID != nil && name.count == 12 && name.equalsIgnoringASCIICase("x-request-id") { return }
+                if replaceID && name.count == 12 && name.equalsIgnoringASCIICase("x-request-id") { return }
             }
-            appendField(&out, name, value)
+            sink.field(name, value, kind: k)
         }
-        if !sawHost { appendField(&out, "Host", fallbackHost) }
-        if let addRequestID { appendField(&out, "X-Request-Id", addRequestID) }
-        out.append(literal: "X-Forwarded-For: ")
+        if !sawHost { sink.field("Host", request.fallbackHost, kind: .host) }
+        if let id = request.addRequestID { sink.field("X-Request-Id", id, kind: .other) }
+        sink.beginField("X-Forwarded-For", kind: .forwardedFor)
         if hasForwardedFor {
             head.headers.forEachValue("x-forwarded-for") { v in
-                out.append(contentsOf: v)
-                out.append(literal: ", ")
+                sink.value(v)
+                sink.value(", ")
                 return true
             }
         }
-        out.appendUTF8(clientIP)
-        out.append(literal: "\r\n")
-        appendField(&out, "X-Forwarded-Proto", scheme)
-        if let host = head.host { appendField(&out, "X-Forwarded-Host", host) }
-        appendVia(&out, hasVia ? head.headers : nil, version: head.version)
-        if let upgrade {
-            appendField(&out, "Upgrade", upgrade)
-            out.append(literal: "Connection: Upgrade\r\n")
+        sink.value(request.clientIP)
+        sink.endField()
+        sink.field("X-Forwarded-Proto", request.scheme, kind: .forwardedProto)
+        if let host = head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
+        sink.beginField("Via", kind: .via)
+        if hasVia {
+            head.headers.forEachValue("via") { v in
+                sink.value(v)
+                sink.value(", ")
+                return true
+            }
+        }
+        sink.value(head.version.viaToken)
+        sink.value(" turnout")
+        sink.endField()
+        if let upgrade = request.upgrade {
+            sink.field("Upgrade", upgrade, kind: .hopByHop)
+            sink.field("Connection", "Upgrade", kind: .hopByHop)
         }
         switch head.framing {
         case .length(let n):
-            out.append(literal: "Content-Length: ")
-            appendDecimal(&out, n)
-            out.append(literal: "\r\n")
-        case .chunked: out.append(literal: "Transfer-Encoding: chunked\r\n")
+            sink.beginField("Content-Length", kind: .contentLength)
+            sink.decimal(n)
+            sink.endField()
+        case .chunked: sink.field("Transfer-Encoding", "chunked", kind: .hopByHop)
         case .none, .untilClose:
-            if sawContentLength { out.append(literal: "Content-Length: 0\r\n") }
+            if sawContentLength { sink.field("Content-Length", "0", kind: .contentLength) }
         }
-        out.append(literal: "\r\n")
-        return out
+        if request.mirrorCopy { sink.field("X-Turnout-Mirror", "1", kind: .other) }
+        sink.end()
     }
 
     @inline(__always)

@@ -17,8 +17,8 @@ public enum RequestPlan {
         public let reason: RouteDecision.Reason
         /// The cohort cookie to give a new client.
         public let setCookie: String?
-        /// The request head exactly as it goes upstream.
-        public let upstreamHead: [UInt8]
+        /// What goes upstream, to be written in the upstream's protocol.
+        public let upstream: UpstreamRequest
         /// The request asks for a protocol switch (a 101 opens a tunnel).
         public let upgrade: Bool
         /// The request id (`X-Request-Id`) as it went upstream.
@@ -50,11 +50,10 @@ public enum RequestPlan {
         let poolName = table.pools[decision.pool].name
         guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
         let requestID = RequestID.of(head.headers)
-        let upstreamHead = HeaderRewriter.upstreamRequest(head, clientIP: clientIP, scheme: scheme,
-                                                          fallbackHost: endpoint.description, upgrade: upgrade,
-                                                          addRequestID: requestID.made ? requestID.id : nil)
+        let upstream = UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: endpoint.description,
+                                       upgrade: upgrade, addRequestID: requestID.made ? requestID.id : nil)
         return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
-                                upstreamHead: upstreamHead, upgrade: upgrade != nil, requestID: requestID.id))
+                                upstream: upstream, upgrade: upgrade != nil, requestID: requestID.id))
     }
 
     static func randomCohortKey() -> String {

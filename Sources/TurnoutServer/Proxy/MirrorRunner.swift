@@ -1,19 +1,20 @@
 import TurnoutCore
 
-/// A copy of one request on its way to the mirror pool: the head as it went to the live
-/// upstream (marked `X-Turnout-Mirror: 1`), and the body as the live upstream took it, held up to
-/// the mirror's `max_body_bytes`. Filled by the live exchange; launched once the request is whole.
+/// A copy of one request on its way to the mirror pool: the head as it went to the live upstream
+/// (marked `X-Turnout-Mirror: 1`, its last field), and the body as the live upstream took it, held
+/// up to the mirror's `max_body_bytes`. Filled by the live exchange; launched once the request is
+/// whole.
 final class MirrorTee {
-    let head: HTTPRequestHead
-    let upstreamHead: [UInt8]
+    let upstream: UpstreamRequest
     let pool: String
     let clientIP: String
     let maxBody: Int
     private(set) var body: [UInt8] = []
 
-    init(head: HTTPRequestHead, liveUpstreamHead: [UInt8], pool: String, clientIP: String, maxBody: Int) {
-        self.head = head
-        self.upstreamHead = Self.marked(liveUpstreamHead)
+    init(live: UpstreamRequest, pool: String, clientIP: String, maxBody: Int) {
+        var copy = live
+        copy.mirrorCopy = true
+        self.upstream = copy
         self.pool = pool
         self.clientIP = clientIP
         self.maxBody = maxBody
@@ -27,16 +28,6 @@ final class MirrorTee {
         }
         body.append(contentsOf: bytes)
         return true
-    }
-
-    static let markHeader = Array("X-Turnout-Mirror: 1\r\n\r\n".utf8)
-
-    /// The head with `X-Turnout-Mirror: 1` added as its last field.
-    static func marked(_ head: [UInt8]) -> [UInt8] {
-        var out = head
-        if out.count >= 2 { out.removeLast(2) }  // the empty line that ends the head
-        out.append(contentsOf: markHeader)
-        return out
     }
 }
 
@@ -102,7 +93,7 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
             return nil
         }
         collecting += 1
-        return MirrorTee(head: head, liveUpstreamHead: plan.upstreamHead, pool: spec.pool, clientIP: clientIP,
+        return MirrorTee(live: plan.upstream, pool: spec.pool, clientIP: clientIP,
                          maxBody: spec.maxBodyBytes)
     }
 
@@ -121,7 +112,7 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
             return
         }
         let sink = MirrorSink(runner: self, body: tee.body)
-        let ex = UpstreamExchange(head: tee.head, upstreamHead: tee.upstreamHead, poolName: tee.pool, endpoint: endpoint,
+        let ex = UpstreamExchange(upstream: tee.upstream, poolName: tee.pool, endpoint: endpoint,
                                   reason: .weighted, setCookie: nil, clientIP: tee.clientIP, loop: loop, context: context,
                                   pool: pool, stats: stats, sink: sink, role: .mirror)
         sink.exchange = ex

@@ -53,8 +53,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     let role: Role
     let head: HTTPRequestHead
-    /// The request head exactly as sent upstream (kept to replay on a retry).
-    let upstreamHead: [UInt8]
+    /// What goes upstream (kept to send again on a retry).
+    let upstreamRequest: UpstreamRequest
     let startTime: UInt64
     let clientIP: String
     let setCookie: String?
@@ -104,13 +104,13 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     var requestComplete: Bool { machine.requestComplete }
     var status: Int { machine.status }
 
-    init(head: HTTPRequestHead, upstreamHead: [UInt8], requestID: String? = nil, poolName: String, endpoint: UpstreamEndpoint,
+    init(upstream: UpstreamRequest, requestID: String? = nil, poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
          context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
          role: Role = .live) {
         self.role = role
-        self.head = head
-        self.upstreamHead = upstreamHead
+        self.head = upstream.head
+        self.upstreamRequest = upstream
         self.requestID = requestID
         self.poolName = poolName
         self.endpoint = endpoint
@@ -336,7 +336,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             }
             // Sent again after an HTTP/2 upstream refused the stream: the body that had gone, first.
             let held = replayBody ?? []
-            u.sendHead(upstreamHead, request: head, endStream: !wantBody && held.isEmpty)
+            u.sendHead(upstreamRequest, endStream: !wantBody && held.isEmpty)
             if !held.isEmpty {
                 held.withUnsafeBytes { u.sendBody($0) }
                 if !wantBody { u.endBody(framing: [], lastChunk: false) }

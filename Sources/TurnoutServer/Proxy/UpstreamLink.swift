@@ -2,15 +2,15 @@ import TurnoutCore
 
 /// What an `UpstreamExchange` sends its request on: an HTTP/1.1 connection of its own
 /// (`UpstreamConnection`), or one stream of a shared HTTP/2 connection (`H2UpstreamStream`). The
-/// exchange speaks in HTTP/1.1 terms (the head as `HeaderRewriter` wrote it, body bytes, chunk
-/// framing); an HTTP/2 stream turns the head into HTTP/2 fields and leaves the framing out, which
-/// DATA frames carry instead. Loop-confined.
+/// exchange speaks in HTTP/1.1 terms for the body (body bytes, chunk framing); an HTTP/2 stream
+/// leaves the framing out, which DATA frames carry instead. The head goes as what the rewriter
+/// decided (`UpstreamRequest`), written by each link in its own protocol. Loop-confined.
 protocol UpstreamLink: AnyObject {
     var isClosed: Bool { get }
     /// Request bytes queued and not yet taken by the upstream's socket (or stream window).
     var pendingRequestBytes: Int { get }
     /// The request head. `endStream`: no body follows.
-    func sendHead(_ head: [UInt8], request: HTTPRequestHead, endStream: Bool)
+    func sendHead(_ request: UpstreamRequest, endStream: Bool)
     /// Body bytes as they are.
     func sendBody(_ bytes: UnsafeRawBufferPointer)
     /// Chunk framing, then body bytes (HTTP/1.1 sends both; HTTP/2 only the bytes).
@@ -35,7 +35,7 @@ protocol UpstreamLink: AnyObject {
 extension UpstreamConnection: UpstreamLink {
     var pendingRequestBytes: Int { channel.pendingBytes }
 
-    func sendHead(_ head: [UInt8], request: HTTPRequestHead, endStream: Bool) { channel.write(head) }
+    func sendHead(_ request: UpstreamRequest, endStream: Bool) { channel.write(request.http1Head()) }
 
     func sendBody(_ bytes: UnsafeRawBufferPointer) { channel.write(bytes) }
 

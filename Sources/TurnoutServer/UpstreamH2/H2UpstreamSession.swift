@@ -117,22 +117,16 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     // MARK: requests
 
-    /// Submits a stream's request: the head (as `HeaderRewriter` wrote it for HTTP/1.1) as HTTP/2
-    /// fields, and the body from the stream's queue unless `endStream`.
-    func submit(_ s: H2UpstreamStream, head: [UInt8], teTrailers: Bool, endStream: Bool) {
+    /// Submits a stream's request: its head as HTTP/2 fields, and the body from the stream's queue
+    /// unless `endStream`.
+    func submit(_ s: H2UpstreamStream, request: UpstreamRequest, teTrailers: Bool, endStream: Bool) {
         // Never sent, so never processed: the request may go on another connection.
         guard let session, !closed else { return fail(s, error: nil, refused: true) }
         // The fields are written into this session's buffers, kept from request to request.
         var fields = HTTP2RequestFields()
         swap(&fields, &fieldsScratch)
         defer { swap(&fields, &fieldsScratch) }
-        let converted = head.withUnsafeBytes { raw in
-            Result { () throws(HTTP2RequestFields.Invalid) in try fields.set(head: raw, scheme: scheme, teTrailers: teTrailers) }
-        }
-        if case .failure(let error) = converted {
-            pool.context.logger.error("cannot send a request to \(endpoint.address) over HTTP/2: \(error.reason)")
-            return fail(s, error: nil, refused: false)
-        }
+        fields.set(request, scheme: scheme, teTrailers: teTrailers)
         let id: Int32 = fields.storage.withUnsafeBufferPointer { buf in
             let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
             return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.spans.count) { nva in

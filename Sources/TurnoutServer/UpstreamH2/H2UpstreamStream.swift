@@ -63,11 +63,11 @@ final class H2UpstreamStream: UpstreamLink {
 
     // MARK: UpstreamLink
 
-    func sendHead(_ head: [UInt8], request: HTTPRequestHead, endStream: Bool) {
+    func sendHead(_ request: UpstreamRequest, endStream: Bool) {
         guard let session, !over else { return }
-        let teTrailers = request.headers.tokens("te").contains("trailers")
+        let teTrailers = request.head.headers.hasToken("te", "trailers")
         bodyEnded = endStream
-        session.submit(self, head: head, teTrailers: teTrailers, endStream: endStream)
+        session.submit(self, request: request, teTrailers: teTrailers, endStream: endStream)
     }
 
     func sendBody(_ bytes: UnsafeRawBufferPointer) { queue(bytes) }

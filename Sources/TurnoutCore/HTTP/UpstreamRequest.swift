@@ -1,0 +1,94 @@
+/// What goes upstream for one request, before it is written in the upstream's protocol: the
+/// client's head and what Turnout adds to it. `http1Head()` writes it as HTTP/1.1 bytes, and
+/// `HTTP2RequestFields.set` as HTTP/2 fields, both through `HeaderRewriter.writeUpstreamRequest`:
+/// one rewriter decides what goes upstream whatever the upstream speaks, and neither form is
+/// made from the other.
+public struct UpstreamRequest: Sendable {
+    public var head: HTTPRequestHead
+    /// The client's address, appended to `X-Forwarded-For`.
+    public let clientIP: String
+    /// The client's scheme (`X-Forwarded-Proto`).
+    public let scheme: String
+    /// `Host` when the client sent none (the endpoint's address).
+    public let fallbackHost: String
+    /// The protocol the request switches to (`Upgrade`, with `Connection: Upgrade`), or nil.
+    public let upgrade: String?
+    /// An `X-Request-Id` Turnout made, sent instead of any the client sent (one it could not
+    /// use); nil sends the client's as it came.
+    public let addRequestID: String?
+    /// A mirror's copy: `X-Turnout-Mirror: 1` is its last field.
+    public var mirrorCopy = false
+
+    public init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String? = nil,
+                addRequestID: String? = nil) {
+        self.head = head
+        self.clientIP = clientIP
+        self.scheme = scheme
+        self.fallbackHost = fallbackHost
+        self.upgrade = upgrade
+        self.addRequestID = addRequestID
+    }
+
+    /// The head as HTTP/1.1 bytes, ending with the empty line.
+    public func http1Head() -> [UInt8] {
+        var sink = HTTP1HeadSink()
+        sink.out.reserveCapacity(256 + head.headers.byteCount + head.target.utf8.count + (head.host?.utf8.count ?? 0))
+        HeaderRewriter.writeUpstreamRequest(self, into: &sink)
+        return sink.out
+    }
+}
+
+/// Where `HeaderRewriter.writeUpstreamRequest` writes: the request line, then fields, each with
+/// its `HeaderRewriter.FieldKind` (a writer for HTTP/2 turns `Host` into `:authority` and leaves
+/// the connection-specific ones out).
+public protocol UpstreamHeadSink {
+    mutating func requestLine(method: String, target: String)
+    /// A field as the client sent it (its name in the client's case).
+    mutating func field(_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>, kind: HeaderRewriter.FieldKind)
+    /// A field Turnout writes, named in HTTP/1.1's case; its value follows in pieces, then `endField`.
+    mutating func beginField(_ name: StaticString, kind: HeaderRewriter.FieldKind)
+    mutating func value(_ bytes: UnsafeBufferPointer<UInt8>)
+    mutating func value(_ text: String)
+    mutating func value(_ literal: StaticString)
+    mutating func decimal(_ n: Int64)
+    mutating func endField()
+    /// The head is complete.
+    mutating func end()
+}
+
+extension UpstreamHeadSink {
+    /// A field Turnout writes, whole.
+    mutating func field(_ name: StaticString, _ value: String, kind: HeaderRewriter.FieldKind) {
+        beginField(name, kind: kind)
+        self.value(value)
+        endField()
+    }
+}
+
+/// Writes an upstream request head as HTTP/1.1.
+struct HTTP1HeadSink: UpstreamHeadSink {
+    var out: [UInt8] = []
+
+    mutating func requestLine(method: String, target: String) {
+        out.appendUTF8(method)
+        out.append(32)
+        out.appendUTF8(target)
+        out.append(literal: " HTTP/1.1\r\n")
+    }
+
+    mutating func field(_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>, kind: HeaderRewriter.FieldKind) {
+        HeaderRewriter.appendField(&out, name, value)
+    }
+
+    mutating func beginField(_ name: StaticString, kind: HeaderRewriter.FieldKind) {
+        out.append(literal: name)
+        out.append(literal: ": ")
+    }
+
+    mutating func value(_ bytes: UnsafeBufferPointer<UInt8>) { out.append(contentsOf: bytes) }
+    mutating func value(_ text: String) { out.appendUTF8(text) }
+    mutating func value(_ literal: StaticString) { out.append(literal: literal) }
+    mutating func decimal(_ n: Int64) { HeaderRewriter.appendDecimal(&out, n) }
+    mutating func endField() { out.append(literal: "\r\n") }
+    mutating func end() { out.append(literal: "\r\n") }
+}
