@@ -4,10 +4,8 @@ import Testing
 @Suite struct HTTP2RequestFieldsTests {
     func request(_ head: String, upgrade: String? = nil, requestID: String? = nil, mirror: Bool = false) throws -> UpstreamRequest {
         let bytes = Array(head.utf8)
-        var r = UpstreamRequest(head: try HTTPHeadParser.parseRequest(bytes, start: 0, end: bytes.count), clientIP: "192.0.2.9",
-                                scheme: "https", fallbackHost: "u:1", upgrade: upgrade, addRequestID: requestID)
-        r.mirrorCopy = mirror
-        return r
+        return UpstreamRequest(head: try HTTPHeadParser.parseRequest(bytes, start: 0, end: bytes.count), clientIP: "192.0.2.9",
+                               scheme: "https", fallbackHost: "u:1", upgrade: upgrade, addRequestID: requestID, mirrorCopy: mirror)
     }
 
     func fields(_ head: String, scheme: String = "http", te: Bool = false) throws -> [(String, String)] {

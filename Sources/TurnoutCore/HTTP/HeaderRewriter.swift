@@ -60,15 +60,14 @@ public enum HeaderRewriter {
     /// `Connection: Upgrade`) when the request switches protocols, the body's framing, and a
     /// mirror's mark.
     public static func writeUpstreamRequest<S: UpstreamHeadSink>(_ request: UpstreamRequest, into sink: inout S) {
-        let head = request.head
-        sink.requestLine(method: head.method, target: head.target)
-        let named = namedByConnection(head.headers)
+        sink.requestLine(method: request.head.method, target: request.head.target)
+        let named = namedByConnection(request.head.headers)
         var hasForwardedFor = false
         var hasVia = false
         var sawHost = false
         var sawContentLength = false
         let replaceID = request.addRequestID != nil
-        head.headers.forEach { name, value in
+        request.head.headers.forEach { name, value in
             let k = kind(name)
             switch k {
             case .hopByHop, .forwardedProto, .forwardedHost: return
@@ -86,7 +85,7 @@ public enum HeaderRewriter {
         if let id = request.addRequestID { sink.field("X-Request-Id", id, kind: .other) }
         sink.beginField("X-Forwarded-For", kind: .forwardedFor)
         if hasForwardedFor {
-            head.headers.forEachValue("x-forwarded-for") { v in
+            request.head.headers.forEachValue("x-forwarded-for") { v in
                 sink.value(v)
                 sink.value(", ")
                 return true
@@ -95,23 +94,23 @@ public enum HeaderRewriter {
         sink.value(request.clientIP)
         sink.endField()
         sink.field("X-Forwarded-Proto", request.scheme, kind: .forwardedProto)
-        if let host = head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
+        if let host = request.head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
         sink.beginField("Via", kind: .via)
         if hasVia {
-            head.headers.forEachValue("via") { v in
+            request.head.headers.forEachValue("via") { v in
                 sink.value(v)
                 sink.value(", ")
                 return true
             }
         }
-        sink.value(head.version.viaToken)
+        sink.value(request.head.version.viaToken)
         sink.value(" turnout")
         sink.endField()
         if let upgrade = request.upgrade {
             sink.field("Upgrade", upgrade, kind: .hopByHop)
             sink.field("Connection", "Upgrade", kind: .hopByHop)
         }
-        switch head.framing {
+        switch request.head.framing {
         case .length(let n):
             sink.beginField("Content-Length", kind: .contentLength)
             sink.decimal(n)

@@ -2,9 +2,10 @@
 /// client's head and what Turnout adds to it. `http1Head()` writes it as HTTP/1.1 bytes, and
 /// `HTTP2RequestFields.set` as HTTP/2 fields, both through `HeaderRewriter.writeUpstreamRequest`:
 /// one rewriter decides what goes upstream whatever the upstream speaks, and neither form is
-/// made from the other.
-public struct UpstreamRequest: Sendable {
-    public var head: HTTPRequestHead
+/// made from the other. A class: it is handed from the plan to the exchange, its link and any
+/// mirror copy, and kept for retries; each copy of a struct would retain every part of the head.
+public final class UpstreamRequest: Sendable {
+    public let head: HTTPRequestHead
     /// The client's address, appended to `X-Forwarded-For`.
     public let clientIP: String
     /// The client's scheme (`X-Forwarded-Proto`).
@@ -17,16 +18,23 @@ public struct UpstreamRequest: Sendable {
     /// use); nil sends the client's as it came.
     public let addRequestID: String?
     /// A mirror's copy: `X-Turnout-Mirror: 1` is its last field.
-    public var mirrorCopy = false
+    public let mirrorCopy: Bool
 
     public init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String? = nil,
-                addRequestID: String? = nil) {
+                addRequestID: String? = nil, mirrorCopy: Bool = false) {
         self.head = head
         self.clientIP = clientIP
         self.scheme = scheme
         self.fallbackHost = fallbackHost
         self.upgrade = upgrade
         self.addRequestID = addRequestID
+        self.mirrorCopy = mirrorCopy
+    }
+
+    /// The same request as a mirror's copy.
+    public func mirrored() -> UpstreamRequest {
+        UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
+                        addRequestID: addRequestID, mirrorCopy: true)
     }
 
     /// The head as HTTP/1.1 bytes, ending with the empty line.

@@ -12,9 +12,7 @@ final class MirrorTee {
     private(set) var body: [UInt8] = []
 
     init(live: UpstreamRequest, pool: String, clientIP: String, maxBody: Int) {
-        var copy = live
-        copy.mirrorCopy = true
-        self.upstream = copy
+        self.upstream = live.mirrored()
         self.pool = pool
         self.clientIP = clientIP
         self.maxBody = maxBody

@@ -52,7 +52,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     enum Role { case live, mirror }
 
     let role: Role
-    let head: HTTPRequestHead
+    /// The client's request head.
+    var head: HTTPRequestHead { upstreamRequest.head }
     /// What goes upstream (kept to send again on a retry).
     let upstreamRequest: UpstreamRequest
     let startTime: UInt64
@@ -109,7 +110,6 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
          context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
          role: Role = .live) {
         self.role = role
-        self.head = upstream.head
         self.upstreamRequest = upstream
         self.requestID = requestID
         self.poolName = poolName
@@ -127,9 +127,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         // A mirror copy is fed its body as bytes already taken from the client (never framed
         // by a client, never waiting for 100 Continue).
         let request = role == .live
-            ? ExchangeMachine.Request(head, upgrade: upgrade)
-            : ExchangeMachine.Request(method: head.method, framing: head.framing, framedByClient: false,
-                                      idempotent: head.isIdempotent)
+            ? ExchangeMachine.Request(upstream.head, upgrade: upgrade)
+            : ExchangeMachine.Request(method: upstream.head.method, framing: upstream.head.framing, framedByClient: false,
+                                      idempotent: upstream.head.isIdempotent)
         machine = ExchangeMachine(request, timeouts: .init(connectNanos: UInt64(t.connectMs) * 1_000_000,
                                                            responseNanos: UInt64(t.upstreamResponseMs) * 1_000_000))
     }
