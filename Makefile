@@ -9,7 +9,7 @@ BUILD_PACKAGES := pkg-config libnghttp2-dev libssl-dev libjemalloc-dev
 TEST_PACKAGES  := curl iproute2 openssl python3 python3-pip python3-h2 nghttp2-client wrk prometheus etcd-server etcd-client chromium chromium-driver man-db
 RELEASE_BIN := .build/release/turnout
 
-.PHONY: all deps test-deps apt-install build build-debug demo install man completions test unit-test integration-test check-config bench bench-deps bench-switch bench-mirror bench-logs bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
+.PHONY: all deps test-deps apt-install build build-debug demo install man completions test unit-test integration-test check-config bench bench-deps bench-switch bench-mirror bench-logs bench-h2up-counts bench-rollback bench-cluster bench-discovery bench-idle bench-micro fuzz fuzz-build fuzz-smoke clean
 
 all: build
 
@@ -169,6 +169,12 @@ bench-mirror: build bench-deps
 # The JSON access log against the text one, in the same run.
 bench-logs: build bench-deps
 	$(PYTHON) Benchmarks/log_overhead.py
+
+# Work per request on the h2up load, counted (mallocs, retains, releases, syscalls) instead of
+# timed, for Turnout and nghttpx: see docs/benchmarks.md.
+bench-h2up-counts: build bench-deps
+	@$(MAKE) --no-print-directory apt-install PACKAGES="linux-perf"
+	$(PYTHON) Benchmarks/h2up_counts.py
 
 # Time from a ramp gate breach becoming measurable to the rollback being in force.
 bench-rollback: build test-deps
