@@ -16,7 +16,7 @@ Paths:
                       after are refused (RST_STREAM REFUSED_STREAM), and the connection closes once
                       the streams it took are done (as nghttpd, Go and Envoy do)
   /stats              JSON: connections that carried counted streams, streams, the most streams
-                      open at once on one connection
+                      open at once on one connection, RST_STREAM frames received
   anything else       200 with the server's name as body and x-served-by
 
 Every request but /healthz and /stats is counted.
@@ -42,6 +42,31 @@ class Stats:
     connections = 0
     streams = 0
     max_open = 0
+    resets = 0  # RST_STREAM frames received, on open streams or closed ones
+
+
+class FrameCounter:
+    """Reads the frame headers of what a client sends (python-h2 drops an RST_STREAM on a stream
+    it has closed without a word, so they are counted here, before it)."""
+
+    def __init__(self):
+        self.skip = 24  # the connection preface
+        self.buf = b""
+
+    def feed(self, data):
+        self.buf += data
+        while True:
+            if self.skip:
+                n = min(self.skip, len(self.buf))
+                self.buf, self.skip = self.buf[n:], self.skip - n
+                if self.skip:
+                    return
+            if len(self.buf) < 9:
+                return
+            length, kind = int.from_bytes(self.buf[:3], "big"), self.buf[3]
+            if kind == 3:
+                Stats.resets += 1
+            self.buf, self.skip = self.buf[9:], length
 
 
 class Conn(asyncio.Protocol):
@@ -53,6 +78,7 @@ class Conn(asyncio.Protocol):
         self.goaway_after = None  # the last stream id taken, once GOAWAY was sent
         self.pending = {}  # stream id -> bytes waiting for the flow-control window
         self.in_batch = False
+        self.frames = FrameCounter()
 
     def connection_made(self, transport):
         self.transport = transport
@@ -67,6 +93,7 @@ class Conn(asyncio.Protocol):
             self.transport.write(data)
 
     def data_received(self, data):
+        self.frames.feed(data)
         try:
             events = self.h2.receive_data(data)
         except Exception:
@@ -171,7 +198,7 @@ class Conn(asyncio.Protocol):
             self.respond(sid, 500 if bad else 200, b"unhealthy\n" if bad else b"ok\n")
         elif path == "/stats":
             self.respond(sid, 200, json.dumps({"connections": Stats.connections, "streams": Stats.streams,
-                                               "max_open": Stats.max_open}).encode())
+                                               "max_open": Stats.max_open, "resets": Stats.resets}).encode())
         elif path == "/echo":
             body = json.dumps({"name": self.args.name, "method": h.get(":method"), "path": h.get(":path"),
                                "authority": h.get(":authority"), "headers": [[k, v] for k, v in h.items()],

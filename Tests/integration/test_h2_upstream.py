@@ -197,6 +197,35 @@ def test_trailers_reach_an_http2_client(cleanup):
     assert c.getresponse().read() == b"blue\n"
 
 
+def test_finished_streams_are_not_reset_and_abandoned_ones_are(cleanup):
+    t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
+    # Whole responses (known length, and chunked from /big's pattern) from both client protocols:
+    # the upstream ended each stream itself, so it gets no RST_STREAM for any of them.
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+    for i in range(100):
+        c.request("GET", "/" if i % 2 else "/big?bytes=70000")
+        r = c.getresponse()
+        assert r.status == 200
+        r.read()
+    for _ in range(20):
+        status, _, _, _ = h2_request(t.port, "GET", "/")
+        assert status == 200
+    stats = h2_stats(blue)
+    assert stats["streams"] == 120 and stats["resets"] == 0
+    # A client that resets its stream before the answer: the upstream's stream is reset (CANCEL).
+    s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":path", "/slow?ms=5000"), (":scheme", "http"), (":authority", "t")],
+                      end_stream=True)
+    s.sendall(conn.data_to_send())
+    wait_for(lambda: h2_stats(blue)["streams"] == 121, what="the slow request upstream")
+    conn.reset_stream(1)
+    s.sendall(conn.data_to_send())
+    wait_for(lambda: h2_stats(blue)["resets"] == 1, what="the abandoned stream's reset")
+    s.close()
+
+
 def test_an_upstream_reset_is_a_502_or_a_broken_transfer(cleanup):
     t, blue, green = h2_turnout(cleanup, weights={"blue": 100})
     c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)

@@ -42,6 +42,9 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     /// After this long without a byte from the upstream, a PING asks whether it is still there.
     static let pingAfterNanos: UInt64 = 5_000_000_000
     private var inSession = false
+    /// Inside `nghttp2_session_mem_recv` (see `cancel`).
+    private var reading = false
+    private var cancelAfterRead: [H2UpstreamStream] = []
     /// The buffers of the last request's fields, for the next one.
     private var fieldsScratch = HTTP2RequestFields()
     private var flushScheduled = false
@@ -154,8 +157,15 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     /// The exchange let go of a stream that is still open: reset it (CANCEL), or forget it when it
-    /// was never submitted.
+    /// was never submitted. While nghttp2 is reading, the reset waits until the read is done: an
+    /// exchange whose response came whole by its length lets go on the last DATA, before nghttp2
+    /// has taken that frame's END_STREAM; the stream is closed by then and needs no reset (each
+    /// request used to cost the upstream an RST_STREAM on a stream it had ended).
     func cancel(_ s: H2UpstreamStream) {
+        if reading && s.id > 0 {
+            cancelAfterRead.append(s)
+            return
+        }
         if s.id > 0, let session, streams[s.id] != nil {
             nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, NGHTTP2_CANCEL.rawValue)
             scheduleFlush()
@@ -218,8 +228,16 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         lastHeard = pool.loop.coarseNow
         pingSentAt = 0
         inSession = true
+        reading = true
         let n = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        reading = false
         inSession = false
+        if !cancelAfterRead.isEmpty {
+            let pending = cancelAfterRead
+            cancelAfterRead.removeAll(keepingCapacity: true)
+            // Those nghttp2 closed meanwhile are gone from `streams`: no reset for them.
+            if n >= 0 { for s in pending { cancel(s) } }
+        }
         if n < 0 {
             pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
             return failAll(error: nil, reason: .upstreamClosed)
