@@ -31,6 +31,31 @@ private final class Probe: PollTarget, LoopFlushable, @unchecked Sendable {
     func flushAtTurnEnd() { log.items.append("flush \(name)") }
 }
 
+/// A socket whose event asks for a flush, and whose flush asks for another, `limit` times in all.
+private final class Echo: PollTarget, LoopFlushable, @unchecked Sendable {
+    let fd: Int32
+    unowned let loop: EventLoop
+    let limit: Int
+    var flushes = 0
+
+    init(fd: Int32, loop: EventLoop, limit: Int) {
+        self.fd = fd
+        self.loop = loop
+        self.limit = limit
+    }
+
+    func handleEvents(_ events: UInt32) {
+        var b = [UInt8](repeating: 0, count: 64)
+        _ = read(fd, &b, b.count)
+        loop.flushAfterTurn(self)
+    }
+
+    func flushAtTurnEnd() {
+        flushes += 1
+        if flushes < limit { loop.flushAfterTurn(self) }
+    }
+}
+
 private func pair() -> (Int32, Int32) {
     var fds: [Int32] = [0, 0]
     precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
@@ -71,6 +96,28 @@ private func pair() -> (Int32, Int32) {
         loop.queue.sync {
             loop.poller!.remove(one, deregister: true)
             loop.poller!.remove(two, deregister: true)
+        }
+    }
+
+    @Test func flushesThatKeepAskingForMoreDoNotHoldTheRound() throws {
+        let loop = EventLoop(index: 0, label: "test.turnflush.bound")
+        try loop.usePoller()
+        defer { loop.shutdown() }
+        let (a, b) = pair()
+        defer { close(a); close(b) }
+        let echo = Echo(fd: b, loop: loop, limit: 100)
+        #expect(write(a, "x", 1) == 1)
+        loop.queue.sync {
+            try! loop.poller!.add(echo)
+            loop.poller!.handleEvents()
+            // The round ended after eight passes; the echo goes on as queued work.
+            #expect(echo.flushes == 8)
+        }
+        var turns = 0
+        while loop.queue.sync(execute: { echo.flushes }) < 100 && turns < 10_000 { turns += 1 }
+        loop.queue.sync {
+            #expect(echo.flushes == 100)
+            loop.poller!.remove(echo, deregister: true)
         }
     }
 }

@@ -103,9 +103,18 @@ public final class EventLoop: @unchecked Sendable {
     }
 
     /// Runs the flushes the round asked for, and those they ask for in turn. Called by the poller
-    /// at the end of each round.
+    /// at the end of each round. Flushes that keep asking for more (each pass is bounded, so that
+    /// a session feeding another feeding it back cannot hold the loop) go to the queue after
+    /// eight passes, behind the rest of its work.
     func runTurnFlushes() {
+        var passes = 0
         while !turnFlushes.isEmpty {
+            passes += 1
+            if passes > 8 {
+                for target in turnFlushes { queue.async { target.flushAtTurnEnd() } }
+                turnFlushes.removeAll(keepingCapacity: true)
+                return
+            }
             swap(&turnFlushes, &spareTurnFlushes)
             for target in spareTurnFlushes { target.flushAtTurnEnd() }
             spareTurnFlushes.removeAll(keepingCapacity: true)
