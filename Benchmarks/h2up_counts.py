@@ -19,6 +19,7 @@ hit traps into the kernel, which makes the process many times slower while it is
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     a = ap.parse_args()
     for tool in ("perf", "nginx", "nghttpx", "h2load"):
-        if not C.shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is missing: run `make bench-h2up-counts`, which installs it")
     if os.geteuid() != 0:
         sys.exit("uprobes need root")

@@ -5,7 +5,8 @@ import Testing
     func request(_ head: String, upgrade: String? = nil, requestID: String? = nil, mirror: Bool = false) throws -> UpstreamRequest {
         let bytes = Array(head.utf8)
         return UpstreamRequest(head: try HTTPHeadParser.parseRequest(bytes, start: 0, end: bytes.count), clientIP: "192.0.2.9",
-                               scheme: "https", fallbackHost: "u:1", upgrade: upgrade, addRequestID: requestID, mirrorCopy: mirror)
+                               scheme: "https", fallbackHost: "u:1", upgrade: upgrade, requestID: requestID,
+                               madeRequestID: requestID != nil, mirrorCopy: mirror)
     }
 
     func fields(_ head: String, scheme: String = "http", te: Bool = false) throws -> [(String, String)] {

@@ -49,7 +49,7 @@ public enum HeaderRewriter {
     public static func upstreamRequest(_ head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
                                        upgrade: String? = nil, addRequestID: String? = nil) -> [UInt8] {
         UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
-                        addRequestID: addRequestID).http1Head()
+                        requestID: addRequestID, madeRequestID: addRequestID != nil).http1Head()
     }
 
     /// Writes what goes upstream for `request` into `sink`, whatever protocol the sink writes:
@@ -66,7 +66,7 @@ public enum HeaderRewriter {
         var hasVia = false
         var sawHost = false
         var sawContentLength = false
-        let replaceID = request.addRequestID != nil
+        let replaceID = request.madeRequestID
         request.head.headers.forEach { name, value in
             let k = kind(name)
             switch k {
@@ -82,27 +82,15 @@ public enum HeaderRewriter {
             sink.field(name, value, kind: k)
         }
         if !sawHost { sink.field("Host", request.fallbackHost, kind: .host) }
-        if let id = request.addRequestID { sink.field("X-Request-Id", id, kind: .other) }
+        if replaceID, let id = request.requestID { sink.field("X-Request-Id", id, kind: .other) }
         sink.beginField("X-Forwarded-For", kind: .forwardedFor)
-        if hasForwardedFor {
-            request.head.headers.forEachValue("x-forwarded-for") { v in
-                sink.value(v)
-                sink.value(", ")
-                return true
-            }
-        }
+        if hasForwardedFor { sink.values(of: "x-forwarded-for", in: request.head.headers) }
         sink.value(request.clientIP)
         sink.endField()
         sink.field("X-Forwarded-Proto", request.scheme, kind: .forwardedProto)
         if let host = request.head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
         sink.beginField("Via", kind: .via)
-        if hasVia {
-            request.head.headers.forEachValue("via") { v in
-                sink.value(v)
-                sink.value(", ")
-                return true
-            }
-        }
+        if hasVia { sink.values(of: "via", in: request.head.headers) }
         sink.value(request.head.version.viaToken)
         sink.value(" turnout")
         sink.endField()

@@ -14,27 +14,31 @@ public final class UpstreamRequest: Sendable {
     public let fallbackHost: String
     /// The protocol the request switches to (`Upgrade`, with `Connection: Upgrade`), or nil.
     public let upgrade: String?
-    /// An `X-Request-Id` Turnout made, sent instead of any the client sent (one it could not
-    /// use); nil sends the client's as it came.
-    public let addRequestID: String?
+    /// The request id (`X-Request-Id`) as it goes upstream, for the access log; nil when not known
+    /// (the client's field, if any, goes as it came).
+    public let requestID: String?
+    /// Turnout made `requestID` (the client sent none it could use): it is sent instead of any
+    /// `X-Request-Id` the client sent.
+    public let madeRequestID: Bool
     /// A mirror's copy: `X-Turnout-Mirror: 1` is its last field.
     public let mirrorCopy: Bool
 
     public init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String? = nil,
-                addRequestID: String? = nil, mirrorCopy: Bool = false) {
+                requestID: String? = nil, madeRequestID: Bool = false, mirrorCopy: Bool = false) {
         self.head = head
         self.clientIP = clientIP
         self.scheme = scheme
         self.fallbackHost = fallbackHost
         self.upgrade = upgrade
-        self.addRequestID = addRequestID
+        self.requestID = requestID
+        self.madeRequestID = madeRequestID && requestID != nil
         self.mirrorCopy = mirrorCopy
     }
 
     /// The same request as a mirror's copy.
     public func mirrored() -> UpstreamRequest {
         UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
-                        addRequestID: addRequestID, mirrorCopy: true)
+                        requestID: requestID, madeRequestID: madeRequestID, mirrorCopy: true)
     }
 
     /// The head as HTTP/1.1 bytes, ending with the empty line.
@@ -65,6 +69,16 @@ public protocol UpstreamHeadSink {
 }
 
 extension UpstreamHeadSink {
+    /// The values of every `name` field of `headers`, each followed by ", " (a list Turnout then
+    /// ends with its own entry: `X-Forwarded-For`, `Via`).
+    mutating func values(of name: String, in headers: HTTPHeaders) {
+        headers.forEachValue(name) { v in
+            value(v)
+            value(", ")
+            return true
+        }
+    }
+
     /// A field Turnout writes, whole.
     mutating func field(_ name: StaticString, _ value: String, kind: HeaderRewriter.FieldKind) {
         beginField(name, kind: kind)

@@ -21,8 +21,6 @@ public enum RequestPlan {
         public let upstream: UpstreamRequest
         /// The request asks for a protocol switch (a 101 opens a tunnel).
         public let upgrade: Bool
-        /// The request id (`X-Request-Id`) as it went upstream.
-        public let requestID: String
     }
 
     /// `upgrade`: the protocol the request switches to (HTTP/1.1 `Upgrade`, or `websocket` for an
@@ -51,9 +49,9 @@ public enum RequestPlan {
         guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
         let requestID = RequestID.of(head.headers)
         let upstream = UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: endpoint.description,
-                                       upgrade: upgrade, addRequestID: requestID.made ? requestID.id : nil)
+                                       upgrade: upgrade, requestID: requestID.id, madeRequestID: requestID.made)
         return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
-                                upstream: upstream, upgrade: upgrade != nil, requestID: requestID.id))
+                                upstream: upstream, upgrade: upgrade != nil))
     }
 
     static func randomCohortKey() -> String {

@@ -9,7 +9,7 @@ enum RequestRouter {
     /// is also copied to the mirror pool.
     static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
                          sink: ExchangeSink) -> UpstreamExchange {
-        let ex = UpstreamExchange(upstream: plan.upstream, requestID: plan.requestID, poolName: plan.poolName, endpoint: plan.endpoint,
+        let ex = UpstreamExchange(upstream: plan.upstream, poolName: plan.poolName, endpoint: plan.endpoint,
                                   reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
                                   context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
         if table.mirror != nil, let tee = env.mirrors.tee(for: head, plan: plan, table: table, clientIP: env.clientIP) {

@@ -80,7 +80,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private var headBuffer: [UInt8] = []
     private(set) var attempts = 1
     /// The request id that went upstream (`X-Request-Id`), for the access log.
-    let requestID: String?
+    var requestID: String? { upstreamRequest.requestID }
     /// When the request head last went to an endpoint, and when its answer's first byte came
     /// (0: not yet), for the access log's upstream times.
     private var headSentAt: UInt64 = 0
@@ -105,13 +105,12 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     var requestComplete: Bool { machine.requestComplete }
     var status: Int { machine.status }
 
-    init(upstream: UpstreamRequest, requestID: String? = nil, poolName: String, endpoint: UpstreamEndpoint,
+    init(upstream: UpstreamRequest, poolName: String, endpoint: UpstreamEndpoint,
          reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
          context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
          role: Role = .live) {
         self.role = role
         self.upstreamRequest = upstream
-        self.requestID = requestID
         self.poolName = poolName
         self.endpoint = endpoint
         self.routeReason = reason
