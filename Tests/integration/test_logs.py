@@ -58,9 +58,11 @@ def test_every_line_of_a_json_log_is_an_object_with_the_documented_fields(cleanu
     status = request(t, "GET", "/down", headers={"X-Turnout-Pool": "gone"})
     assert status in (502, 503)
     assert admin_call(t, "POST", "/v1/switch", {"pool": "green"})[0] == 200
-    # A line that is not JSON would fail the parse below; wait for the tunnel's line and the event.
+    # A line that is not JSON would fail the parse below; wait for the tunnel's line and the
+    # switch's event (other events, as the dead endpoint's health, may come before it).
     wait_for(lambda: any('"type":"tunnel"' in line for line in log_lines(t)) and
-             any('"log":"event"' in line for line in log_lines(t)), what="tunnel and event lines")
+             any('"log":"event"' in line and '"kind":"switch"' in line for line in log_lines(t)),
+             what="tunnel and switch event lines")
     access, events, other = [], [], []
     for line in log_lines(t):
         obj = json.loads(line)  # every line, from start-up on
