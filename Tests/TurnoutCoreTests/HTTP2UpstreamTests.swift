@@ -40,7 +40,7 @@ import Testing
         for id in [nil, "f00d"] {
             let r = try request("GET / HTTP/1.1\r\nHost: h\r\nX-Request-Id: 0123abcd\r\nx-request-idx: 1\r\n\r\n", requestID: id)
             let f = HTTP2RequestFields(r, scheme: "http", teTrailers: false)
-            #expect(zip(f.pairs, f.spans).filter { !$0.1.indexed }.map { "\($0.0.0)=\($0.0.1)" } == ["x-request-id=\(id ?? "0123abcd")"])
+            #expect(zip(f.pairs, f.indexed).filter { !$0.1 }.map { "\($0.0.0)=\($0.0.1)" } == ["x-request-id=\(id ?? "0123abcd")"])
         }
     }
 

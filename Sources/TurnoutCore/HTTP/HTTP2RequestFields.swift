@@ -4,51 +4,78 @@
 /// becomes `:authority`, names are lowercase, and the connection-specific fields (`Connection`,
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `TE`) are left out; `te:
 /// trailers` is sent when the client asked for trailers (gRPC does).
-public struct HTTP2RequestFields: Sendable {
-    /// Names and values, one after another (the buffer is kept from request to request).
-    public private(set) var storage: [UInt8] = []
-    /// Each field as offsets into `storage`, pseudo-headers first. `indexed` is false for a field
+///
+/// A class that owns its memory: nghttp2 is given the names and values where they lie here
+/// (`NGHTTP2_NV_FLAG_NO_COPY_*`: no copy, and no second pass to lowercase them) and reads them
+/// when it frames the HEADERS, so the fields live as long as the request's stream holds them; a
+/// session keeps the buffers of requests already framed for the next ones. Written through raw
+/// pointers: a request's dozen fields cost no uniqueness or capacity check per byte appended.
+public final class HTTP2RequestFields: @unchecked Sendable {
+    /// Each field as offsets into `bytes`, pseudo-headers first. `indexed` is false for a field
     /// whose value is new on every request (`x-request-id`): HPACK must not put it in the dynamic
     /// table (RFC 7541 6.2.2), where each request's id would push out an entry that repeats (the
     /// forwarded fields, `via`, `user-agent`), and make both ends insert, evict and search for
     /// nothing.
     public typealias Span = (name: Int, nameLength: Int, value: Int, valueLength: Int, indexed: Bool)
-    public private(set) var spans: [Span] = []
+
+    /// Names and values, one after another (`byteCount` of them written).
+    public private(set) var bytes: UnsafeMutablePointer<UInt8>
+    public private(set) var byteCount = 0
+    public private(set) var byteCapacity: Int
+    /// The fields (`count` of them).
+    public private(set) var spans: UnsafeMutablePointer<Span>
+    public private(set) var count = 0
+    private var spanCapacity: Int
 
     /// `scheme`: "http" (h2c) or "https" (h2). `teTrailers`: the client sent `TE: trailers`.
-    public init(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
+    public convenience init(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
+        self.init()
         set(request, scheme: scheme, teTrailers: teTrailers)
     }
 
-    /// Empty, to be filled by `set` (a sender keeps one and refills it for each request, so that
-    /// its buffers are allocated once).
-    public init() {}
+    /// Empty, to be filled by `set` (and refilled: the buffers are kept).
+    public init() {
+        byteCapacity = 512
+        bytes = .allocate(capacity: byteCapacity)
+        spanCapacity = 16
+        spans = .allocate(capacity: spanCapacity)
+    }
 
-    /// The fields of `request`, replacing what was there (the buffers are kept).
-    public mutating func set(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
-        var w = Writer(scheme: scheme, teTrailers: teTrailers)
-        swap(&w.storage, &storage)
-        swap(&w.spans, &spans)
-        w.storage.removeAll(keepingCapacity: true)
-        w.spans.removeAll(keepingCapacity: true)
-        w.storage.reserveCapacity(128 + request.head.headers.byteCount + request.head.target.utf8.count)
+    deinit {
+        bytes.deallocate()
+        spans.deallocate()
+    }
+
+    /// The fields of `request`, replacing what was there.
+    public func set(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
+        var w = Writer(bytes: bytes, byteCapacity: byteCapacity, spans: spans, spanCapacity: spanCapacity,
+                       scheme: scheme, teTrailers: teTrailers)
         HeaderRewriter.writeUpstreamRequest(request, into: &w)
-        swap(&w.storage, &storage)
-        swap(&w.spans, &spans)
+        (bytes, byteCapacity, byteCount) = (w.bytes, w.byteCapacity, w.count)
+        (spans, spanCapacity, count) = (w.spans, w.spanCapacity, w.spanCount)
     }
 
     /// The fields as (name, value) strings, in order (for tests and logs).
     public var pairs: [(String, String)] {
-        spans.map { s in
-            (String(decoding: storage[s.name..<s.name + s.nameLength], as: UTF8.self),
-             String(decoding: storage[s.value..<s.value + s.valueLength], as: UTF8.self))
+        (0..<count).map { i in
+            let s = spans[i]
+            return (String(decoding: UnsafeBufferPointer(start: bytes + s.name, count: s.nameLength), as: UTF8.self),
+                    String(decoding: UnsafeBufferPointer(start: bytes + s.value, count: s.valueLength), as: UTF8.self))
         }
     }
 
-    /// `HeaderRewriter`'s sink for HTTP/2.
+    /// Whether each field may be indexed, in order (for tests).
+    public var indexed: [Bool] { (0..<count).map { spans[$0].indexed } }
+
+    /// `HeaderRewriter`'s sink for HTTP/2: appends to raw buffers it grows (doubling, copied)
+    /// when a write would not fit.
     private struct Writer: UpstreamHeadSink {
-        var storage: [UInt8] = []
-        var spans: [Span] = []
+        var bytes: UnsafeMutablePointer<UInt8>
+        var byteCapacity: Int
+        var count = 0
+        var spans: UnsafeMutablePointer<Span>
+        var spanCapacity: Int
+        var spanCount = 0
         let scheme: String
         let teTrailers: Bool
         /// Where `:authority` goes: after `:path`, the order nghttp2 likes.
@@ -60,62 +87,107 @@ public struct HTTP2RequestFields: Sendable {
         var fieldIsAuthority = false
         var skipping = false
 
-        init(scheme: String, teTrailers: Bool) {
+        init(bytes: UnsafeMutablePointer<UInt8>, byteCapacity: Int, spans: UnsafeMutablePointer<Span>, spanCapacity: Int,
+             scheme: String, teTrailers: Bool) {
+            self.bytes = bytes
+            self.byteCapacity = byteCapacity
+            self.spans = spans
+            self.spanCapacity = spanCapacity
             self.scheme = scheme
             self.teTrailers = teTrailers
+        }
+
+        @inline(__always)
+        private mutating func write(_ source: UnsafeBufferPointer<UInt8>) {
+            let n = source.count
+            if count + n > byteCapacity { grow(to: count + n) }
+            if n > 0 { (bytes + count).update(from: source.baseAddress!, count: n) }
+            count += n
+        }
+
+        private mutating func grow(to needed: Int) {
+            var capacity = byteCapacity * 2
+            while capacity < needed { capacity *= 2 }
+            let b = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
+            b.update(from: bytes, count: count)
+            bytes.deallocate()
+            bytes = b
+            byteCapacity = capacity
+        }
+
+        @inline(__always)
+        private mutating func write(_ text: String) {
+            var text = text
+            text.withUTF8 { write($0) }
+        }
+
+        @inline(__always)
+        private mutating func write(_ literal: StaticString) { literal.withUTF8Buffer { write($0) } }
+
+        private mutating func addSpan(_ span: Span, at index: Int? = nil) {
+            if spanCount == spanCapacity {
+                let s = UnsafeMutablePointer<Span>.allocate(capacity: spanCapacity * 2)
+                s.moveInitialize(from: spans, count: spanCount)
+                spans.deallocate()
+                spans = s
+                spanCapacity *= 2
+            }
+            if let index, index < spanCount {
+                (spans + index + 1).moveInitialize(from: spans + index, count: spanCount - index)
+                (spans + index).initialize(to: span)
+            } else {
+                (spans + spanCount).initialize(to: span)
+            }
+            spanCount += 1
         }
 
         mutating func requestLine(method: String, target: String) {
             pseudo(":method", method)
             pseudo(":scheme", scheme)
             pseudo(":path", target)
-            authorityIndex = spans.count
+            authorityIndex = spanCount
         }
 
         private mutating func pseudo(_ name: StaticString, _ value: String) {
-            let n = storage.count
-            storage.append(literal: name)
-            let v = storage.count
-            storage.appendUTF8(value)
-            spans.append((n, v - n, v, storage.count - v, true))
+            let n = count
+            write(name)
+            let v = count
+            write(value)
+            addSpan((n, v - n, v, count - v, true))
         }
 
         /// Opens `:authority`, for the first `Host`; false for any later one (left out).
         private mutating func startAuthority() -> Bool {
             if sawAuthority { return false }
             fieldIsAuthority = true
-            fieldStart = storage.count
-            storage.append(literal: ":authority")
-            valueStart = storage.count
+            fieldStart = count
+            write(":authority")
+            valueStart = count
             return true
         }
 
         /// Opens a field whose name the caller writes next, then calls `nameWritten`.
         private mutating func startField() {
             fieldIsAuthority = false
-            fieldStart = storage.count
+            fieldStart = count
         }
 
         /// Lowercases the name just written.
         private mutating func nameWritten() {
-            valueStart = storage.count
-            let from = fieldStart, to = valueStart
-            storage.withUnsafeMutableBufferPointer { b in
-                for i in from..<to where b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
-            }
+            valueStart = count
+            for i in fieldStart..<valueStart where bytes[i] >= 65 && bytes[i] <= 90 { bytes[i] |= 0x20 }
         }
 
         private mutating func close() {
             let nameLength = valueStart - fieldStart
-            let indexed = !(nameLength == 12 && storage.withUnsafeBufferPointer {
-                UnsafeBufferPointer(rebasing: $0[fieldStart..<valueStart]).equals("x-request-id")
-            })
-            let span: Span = (fieldStart, nameLength, valueStart, storage.count - valueStart, indexed)
+            let indexed = !(nameLength == 12
+                            && UnsafeBufferPointer(start: bytes + fieldStart, count: nameLength).equals("x-request-id"))
+            let span: Span = (fieldStart, nameLength, valueStart, count - valueStart, indexed)
             if fieldIsAuthority {
                 sawAuthority = true
-                spans.insert(span, at: authorityIndex)
+                addSpan(span, at: authorityIndex)
             } else {
-                spans.append(span)
+                addSpan(span)
             }
         }
 
@@ -125,10 +197,10 @@ public struct HTTP2RequestFields: Sendable {
             case .host: guard startAuthority() else { return }
             default:
                 startField()
-                storage.append(contentsOf: name)
+                write(name)
                 nameWritten()
             }
-            storage.append(contentsOf: value)
+            write(value)
             close()
         }
 
@@ -139,15 +211,19 @@ public struct HTTP2RequestFields: Sendable {
             default:
                 skipping = false
                 startField()
-                storage.append(literal: name)
+                write(name)
                 nameWritten()
             }
         }
 
-        mutating func value(_ bytes: UnsafeBufferPointer<UInt8>) { if !skipping { storage.append(contentsOf: bytes) } }
-        mutating func value(_ text: String) { if !skipping { storage.appendUTF8(text) } }
-        mutating func value(_ literal: StaticString) { if !skipping { storage.append(literal: literal) } }
-        mutating func decimal(_ n: Int64) { if !skipping { HeaderRewriter.appendDecimal(&storage, n) } }
+        mutating func value(_ bytes: UnsafeBufferPointer<UInt8>) { if !skipping { write(bytes) } }
+        mutating func value(_ text: String) { if !skipping { write(text) } }
+        mutating func value(_ literal: StaticString) { if !skipping { write(literal) } }
+
+        mutating func decimal(_ n: Int64) {
+            guard !skipping else { return }
+            HeaderRewriter.withDecimal(n) { write($0) }
+        }
 
         mutating func endField() {
             if !skipping { close() }
@@ -156,11 +232,11 @@ public struct HTTP2RequestFields: Sendable {
 
         mutating func end() {
             if teTrailers {
-                let n = storage.count
-                storage.append(literal: "te")
-                let v = storage.count
-                storage.append(literal: "trailers")
-                spans.append((n, v - n, v, 8, true))
+                let n = count
+                write("te")
+                let v = count
+                write("trailers")
+                addSpan((n, v - n, v, 8, true))
             }
         }
     }

@@ -130,18 +130,24 @@ public enum HeaderRewriter {
     /// Appends `n` (not negative) in decimal, without building a String.
     @inlinable
     public static func appendDecimal<T: BinaryInteger>(_ out: inout [UInt8], _ n: T) {
+        withDecimal(n) { out.append(contentsOf: $0) }
+    }
+
+    /// Calls `body` with the decimal digits of `n` (not negative), written on the stack.
+    @inlinable
+    public static func withDecimal<T: BinaryInteger, R>(_ n: T, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
         var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
                      UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
             (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
         var v = UInt64(n)
         var count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
+        return withUnsafeMutableBytes(of: &digits) { d in
             repeat {
                 d[19 - count] = UInt8(48 + v % 10)
                 v /= 10
                 count += 1
             } while v > 0
-            out.append(contentsOf: d[(20 - count)...])
+            return body(UnsafeBufferPointer(start: d.baseAddress!.assumingMemoryBound(to: UInt8.self) + (20 - count), count: count))
         }
     }
 

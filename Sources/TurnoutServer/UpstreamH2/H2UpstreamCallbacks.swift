@@ -41,6 +41,11 @@ enum H2UpstreamCallbacks {
             session(user) { $0.dataReceived(streamID, UnsafeRawBufferPointer(start: data, count: len)) }
             return 0
         }
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
+            guard let frame, let user else { return 0 }
+            if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) { session(user) { $0.headersSent(frame.pointee.hd.stream_id) } }
+            return 0
+        }
         nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs) { _, frame, _, user in
             guard let frame, let user else { return 0 }
             // A request whose HEADERS could not go (the connection is going away): never processed.

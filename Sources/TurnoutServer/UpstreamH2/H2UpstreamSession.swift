@@ -45,8 +45,8 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     /// Inside `nghttp2_session_mem_recv` (see `cancel`).
     private var reading = false
     private var cancelAfterRead: [H2UpstreamStream] = []
-    /// The buffers of the last request's fields, for the next one.
-    private var fieldsScratch = HTTP2RequestFields()
+    /// Fields of requests already framed, for the next ones (at most `Limits.spareFields`).
+    private var spareFields: [HTTP2RequestFields] = []
     private var flushScheduled = false
     /// Streams that took request body during the last send: told after it.
     private var tookBody: [H2UpstreamStream] = []
@@ -60,6 +60,9 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         static let defaultStreams = 100
         /// Largest response header block accepted (as for HTTP/1.1 upstreams).
         static let maxHeaderBytes = 64 * 1024
+        /// Request field buffers kept for reuse, and the largest one kept.
+        static let spareFields = 64
+        static let spareFieldBytes = 4096
     }
 
     init(endpoint: UpstreamEndpoint, pool: UpstreamPool, transport: ClientTransport, scheme: String, connected: Bool) {
@@ -125,32 +128,33 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     func submit(_ s: H2UpstreamStream, request: UpstreamRequest, teTrailers: Bool, endStream: Bool) {
         // Never sent, so never processed: the request may go on another connection.
         guard let session, !closed else { return fail(s, error: nil, refused: true) }
-        // The fields are written into this session's buffers, kept from request to request.
-        var fields = HTTP2RequestFields()
-        swap(&fields, &fieldsScratch)
-        defer { swap(&fields, &fieldsScratch) }
+        // nghttp2 reads the names and values where they lie, when it frames the HEADERS: the
+        // stream holds its fields until then (`headersSent`).
+        let fields = spareFields.popLast() ?? HTTP2RequestFields()
         fields.set(request, scheme: scheme, teTrailers: teTrailers)
-        let id: Int32 = fields.storage.withUnsafeBufferPointer { buf in
-            let base = UnsafeMutablePointer(mutating: buf.baseAddress!)
-            return withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.spans.count) { nva in
-                for (i, f) in fields.spans.enumerated() {
-                    let flags = f.indexed ? NGHTTP2_NV_FLAG_NONE.rawValue : NGHTTP2_NV_FLAG_NO_INDEX.rawValue
-                    nva.initializeElement(at: i, to: nghttp2_nv(name: base + f.name, value: base + f.value, namelen: f.nameLength,
-                                                                valuelen: f.valueLength, flags: UInt8(flags)))
-                }
-                if endStream {
-                    return nghttp2_submit_request(session, nil, nva.baseAddress, fields.spans.count, nil, nil)
-                }
-                var provider = nghttp2_data_provider()
-                provider.read_callback = H2UpstreamCallbacks.readCallback
-                return nghttp2_submit_request(session, nil, nva.baseAddress, fields.spans.count, &provider, nil)
+        let noCopy = NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
+        let base = fields.bytes
+        let id: Int32 = withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.count) { nva in
+            for i in 0..<fields.count {
+                let f = fields.spans[i]
+                let flags = f.indexed ? noCopy : noCopy | NGHTTP2_NV_FLAG_NO_INDEX.rawValue
+                nva.initializeElement(at: i, to: nghttp2_nv(name: base + f.name, value: base + f.value, namelen: f.nameLength,
+                                                            valuelen: f.valueLength, flags: UInt8(flags)))
             }
+            if endStream {
+                return nghttp2_submit_request(session, nil, nva.baseAddress, fields.count, nil, nil)
+            }
+            var provider = nghttp2_data_provider()
+            provider.read_callback = H2UpstreamCallbacks.readCallback
+            return nghttp2_submit_request(session, nil, nva.baseAddress, fields.count, &provider, nil)
         }
         guard id > 0 else {
+            recycle(fields)
             // Stream ids ran out: this connection takes no more, the request goes on another.
             goingAway = true
             return fail(s, error: nil, refused: true)
         }
+        s.requestFields = fields
         s.id = id
         streams[id] = s
         scheduleFlush()
@@ -373,6 +377,17 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     private func streamEnded(_ s: H2UpstreamStream, trailers: HTTPHeaders?) {
         s.remoteEnded = true
         s.owner?.h2Ended(s, trailers: trailers)
+    }
+
+    /// A request's HEADERS went out: nghttp2 is done with its fields.
+    func headersSent(_ id: Int32) {
+        guard let s = stream(id), let fields = s.requestFields else { return }
+        s.requestFields = nil
+        recycle(fields)
+    }
+
+    private func recycle(_ fields: HTTP2RequestFields) {
+        if spareFields.count < Limits.spareFields && fields.byteCapacity <= Limits.spareFieldBytes { spareFields.append(fields) }
     }
 
     /// A request's HEADERS were never sent: it can go on another connection.

@@ -30,6 +30,9 @@ final class H2UpstreamStream: UpstreamLink {
     /// The connection was already open when this stream joined it.
     let sessionWasOpen: Bool
 
+    /// The request's fields, until nghttp2 has framed them (it reads them where they lie).
+    var requestFields: HTTP2RequestFields?
+
     // The request body, on its way into DATA frames.
     private var out = HTTP2DataQueue()
     private var bodyEnded = false
