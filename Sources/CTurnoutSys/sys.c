@@ -34,12 +34,12 @@ int turnout_epoll_remove(int epfd, int fd) {
     return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, &ev);
 }
 
-int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max) {
+int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms) {
     struct epoll_event evs[256];
     if (max > 256) max = 256;
     int n;
     do {
-        n = epoll_wait(epfd, evs, max, 0);
+        n = epoll_wait(epfd, evs, max, timeout_ms);
     } while (n < 0 && errno == EINTR);
     for (int i = 0; i < n; i++) {
         tokens[i] = evs[i].data.u64;

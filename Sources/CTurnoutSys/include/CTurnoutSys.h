@@ -21,9 +21,10 @@ int turnout_epoll_add_listener(int epfd, int fd, uint64_t token);
 /// Takes `fd` out of the set.
 int turnout_epoll_remove(int epfd, int fd);
 
-/// epoll_wait without blocking, EINTR retried. Fills `tokens` and `events` (struct epoll_event is
-/// packed on x86-64, so it is unpacked here); returns the count, or -1 with errno set.
-int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max);
+/// epoll_wait for at most `timeout_ms` (0: without blocking), EINTR retried. Fills `tokens` and
+/// `events` (struct epoll_event is packed on x86-64, so it is unpacked here); returns the count,
+/// or -1 with errno set.
+int turnout_epoll_poll(int epfd, uint64_t *tokens, uint32_t *events, int max, int timeout_ms);
 
 /// The event bits, for Swift.
 extern const uint32_t turnout_epoll_in, turnout_epoll_out, turnout_epoll_err, turnout_epoll_hup,

@@ -22,7 +22,8 @@ protocol PollTarget: AnyObject {
 /// timers and cross-loop work all run on it, and nothing else touches a socket.
 final class EpollPoller: @unchecked Sendable {
     private let epfd: Int32
-    unowned let loop: EventLoop
+    /// The loop that owns the poller (`unowned(unsafe)`: no reference count per event).
+    unowned(unsafe) let loop: EventLoop
     private var source: DispatchSourceRead?
     /// Targets by descriptor; an event's token carries the descriptor and the generation of the
     /// registration, so an event fetched for a descriptor that was closed and reused in the same
@@ -31,6 +32,8 @@ final class EpollPoller: @unchecked Sendable {
     private var generation: UInt32 = 0
     private static let batch = 256
     private static let rounds = 8
+    /// How long a loop that had events waits for more before giving its thread back to Dispatch.
+    static let lingerMillis: Int32 = 1
     private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: batch)
     private let events = UnsafeMutablePointer<UInt32>.allocate(capacity: batch)
 
@@ -94,9 +97,18 @@ final class EpollPoller: @unchecked Sendable {
         // Dispatch wake-up (its manager thread re-arms the source and hands the queue to a worker
         // thread) for each small batch; the bound lets timers and other queued work run. Events
         // left over keep the descriptor readable, so Dispatch calls again after that work.
+        //
+        // A loop that had events waits a little for the next ones (`lingerMillis`) before it
+        // gives the thread back: under load the next batch comes within that time, and this
+        // thread takes it from epoll itself instead of Dispatch waking its manager thread (an
+        // eventfd write), re-arming the source (epoll_ctl) and handing the queue to a worker
+        // thread (a futex wake and a context switch): about 5% of the CPU per proxied h2c
+        // request. Waiting costs no CPU; work queued meanwhile from other threads (the tick,
+        // control-plane changes) waits at most that long per round.
         defer { loop.roundStart = 0 }
-        for _ in 0..<Self.rounds {
-            let n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch)))
+        for round in 0..<Self.rounds {
+            var n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch), 0))
+            if n == 0 && round > 0 { n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch), Self.lingerMillis)) }
             if n <= 0 { return }
             loop.roundStart = EventLoop.now()
             for i in 0..<n {
