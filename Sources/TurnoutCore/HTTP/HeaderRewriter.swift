@@ -82,7 +82,7 @@ public enum HeaderRewriter {
             sink.field(name, value, kind: k)
         }
         if !sawHost { sink.field("Host", request.fallbackHost, kind: .host) }
-        if replaceID, let id = request.requestID { sink.field("X-Request-Id", id, kind: .other) }
+        request.writeMadeID(into: &sink)
         sink.beginField("X-Forwarded-For", kind: .forwardedFor)
         if hasForwardedFor { sink.values(of: "x-forwarded-for", in: request.head.headers) }
         sink.value(request.clientIP)

@@ -23,23 +23,40 @@ public enum RequestID {
         return !u.isEmpty && u.count <= maxLength && u.allSatisfy { $0 > 0x20 && $0 < 0x7F }
     }
 
-    /// A new id: 32 hex digits, the process's random prefix and a counter.
-    public static func make() -> String {
-        let n = counter.wrappingAdd(1, ordering: .relaxed).oldValue
-        let digits: StaticString = "0123456789abcdef"
-        return String(unsafeUninitializedCapacity: 32) { buf in
-            let d = digits.utf8Start
+    /// A new id's number: its text (`withText`) is the process's random prefix and this counter,
+    /// 32 hex digits. Kept as a number until it is written: into the upstream request's fields
+    /// straight from the stack, and into a String only for a log line.
+    public static func next() -> UInt64 { counter.wrappingAdd(1, ordering: .relaxed).oldValue }
+
+    /// Calls `body` with the 32 hex digits of id number `n`, written on the stack.
+    public static func withText<R>(_ n: UInt64, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+        let p = prefix
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { buf in
+            let d: StaticString = "0123456789abcdef"
+            let digits = d.utf8Start
             for i in 0..<16 {
-                buf[i] = d[Int((prefix >> UInt64(60 - 4 * i)) & 0xF)]
-                buf[16 + i] = d[Int((n >> UInt64(60 - 4 * i)) & 0xF)]
+                buf[i] = digits[Int((p >> UInt64(60 - 4 * i)) & 0xF)]
+                buf[16 + i] = digits[Int((n >> UInt64(60 - 4 * i)) & 0xF)]
             }
-            return 32
+            return body(UnsafeBufferPointer(buf))
         }
+    }
+
+    /// The text of id number `n`.
+    public static func text(_ n: UInt64) -> String { withText(n) { String(decoding: $0, as: UTF8.self) } }
+
+    /// A new id: 32 hex digits, the process's random prefix and a counter.
+    public static func make() -> String { text(next()) }
+
+    /// The client's id, when it sent a usable one.
+    public static func client(_ headers: HTTPHeaders) -> String? {
+        guard let v = headers.first("x-request-id"), isUsable(v) else { return nil }
+        return v
     }
 
     /// The id of a request with these headers, and whether Turnout made it (and so adds the header).
     public static func of(_ headers: HTTPHeaders) -> (id: String, made: Bool) {
-        if let v = headers.first("x-request-id"), isUsable(v) { return (v, false) }
+        if let v = client(headers) { return (v, false) }
         return (make(), true)
     }
 }

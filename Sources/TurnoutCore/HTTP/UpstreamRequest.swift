@@ -15,30 +15,57 @@ public final class UpstreamRequest: Sendable {
     /// The protocol the request switches to (`Upgrade`, with `Connection: Upgrade`), or nil.
     public let upgrade: String?
     /// The request id (`X-Request-Id`) as it goes upstream, for the access log; nil when not known
-    /// (the client's field, if any, goes as it came).
-    public let requestID: String?
+    /// (the client's field, if any, goes as it came). Made into a String on each call.
+    public var requestID: String? { givenID ?? madeID.map(RequestID.text) }
+    /// The id as given (the client's, or one written out by the caller).
+    private let givenID: String?
+    /// The number of the id Turnout made (`RequestID.next`), kept as a number until written.
+    private let madeID: UInt64?
     /// Turnout made `requestID` (the client sent none it could use): it is sent instead of any
     /// `X-Request-Id` the client sent.
     public let madeRequestID: Bool
     /// A mirror's copy: `X-Turnout-Mirror: 1` is its last field.
     public let mirrorCopy: Bool
 
-    public init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String? = nil,
+    public convenience init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String? = nil,
                 requestID: String? = nil, madeRequestID: Bool = false, mirrorCopy: Bool = false) {
+        self.init(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
+                  givenID: requestID, madeID: nil, madeRequestID: madeRequestID && requestID != nil, mirrorCopy: mirrorCopy)
+    }
+
+    /// The request with the client's usable id (`clientID`), or else a new one Turnout made.
+    public convenience init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String,
+                            upgrade: String? = nil, clientID: String?) {
+        self.init(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
+                  givenID: clientID, madeID: clientID == nil ? RequestID.next() : nil, madeRequestID: clientID == nil,
+                  mirrorCopy: false)
+    }
+
+    private init(head: HTTPRequestHead, clientIP: String, scheme: String, fallbackHost: String, upgrade: String?,
+                 givenID: String?, madeID: UInt64?, madeRequestID: Bool, mirrorCopy: Bool) {
         self.head = head
         self.clientIP = clientIP
         self.scheme = scheme
         self.fallbackHost = fallbackHost
         self.upgrade = upgrade
-        self.requestID = requestID
-        self.madeRequestID = madeRequestID && requestID != nil
+        self.givenID = givenID
+        self.madeID = madeID
+        self.madeRequestID = madeRequestID
         self.mirrorCopy = mirrorCopy
+    }
+
+    /// Writes the id Turnout made as `X-Request-Id` (nothing when the client's goes as it came).
+    func writeMadeID<S: UpstreamHeadSink>(into sink: inout S) {
+        guard madeRequestID else { return }
+        sink.beginField("X-Request-Id", kind: .other)
+        if let givenID { sink.value(givenID) } else if let madeID { RequestID.withText(madeID) { sink.value($0) } }
+        sink.endField()
     }
 
     /// The same request as a mirror's copy.
     public func mirrored() -> UpstreamRequest {
         UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: fallbackHost, upgrade: upgrade,
-                        requestID: requestID, madeRequestID: madeRequestID, mirrorCopy: true)
+                        givenID: givenID, madeID: madeID, madeRequestID: madeRequestID, mirrorCopy: true)
     }
 
     /// The head as HTTP/1.1 bytes, ending with the empty line.

@@ -47,9 +47,8 @@ public enum RequestPlan {
         let decision = table.route(stickyKey: stickyKey, previewPool: preview)
         let poolName = table.pools[decision.pool].name
         guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
-        let requestID = RequestID.of(head.headers)
         let upstream = UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: endpoint.description,
-                                       upgrade: upgrade, requestID: requestID.id, madeRequestID: requestID.made)
+                                       upgrade: upgrade, clientID: RequestID.client(head.headers))
         return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
                                 upstream: upstream, upgrade: upgrade != nil))
     }
