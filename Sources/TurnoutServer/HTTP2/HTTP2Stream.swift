@@ -7,7 +7,9 @@ import TurnoutCore
 /// `HTTP2Connection`, loop-confined.
 final class HTTP2Stream: ExchangeSink {
     let id: Int32
-    unowned let connection: HTTP2Connection
+    /// The connection, which owns the stream and outlives it: `unowned(unsafe)`, so that reaching
+    /// it costs no reference count (it is reached several times per request).
+    unowned(unsafe) let connection: HTTP2Connection
 
     // The request as it arrives.
     private var method: String?
@@ -17,6 +19,8 @@ final class HTTP2Stream: ExchangeSink {
     /// `:protocol` of an extended CONNECT (RFC 8441), e.g. "websocket".
     private var connectProtocol: String?
     private var fields = HTTPHeaders()
+    /// `fields` starts with a Host field written from `:authority`.
+    private var hostFromAuthority = false
     private var cookies: [String] = []
     private var headerBytes = 0
     private var headerProblem: (status: Int, message: String)?
@@ -50,16 +54,26 @@ final class HTTP2Stream: ExchangeSink {
     func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, maxBytes: Int, maxCount: Int) {
         guard headerProblem == nil else { return }
         headerBytes += name.count + value.count + 32
-        if headerBytes > maxBytes || fields.count >= maxCount {
+        if headerBytes > maxBytes || fields.count - (hostFromAuthority ? 1 : 0) >= maxCount {
             headerProblem = (431, "the request's header fields are larger than the limit")
             fields = HTTPHeaders()
+            hostFromAuthority = false
             return
         }
         if name.first == 58 {  // ':' a pseudo-header
             let v = String(decoding: value, as: UTF8.self)
             if name.equals(":method") { method = v }
             else if name.equals(":path") { path = v }
-            else if name.equals(":authority") { authority = v }
+            else if name.equals(":authority") {
+                authority = v
+                // HTTP/1.1 upstreams need Host (RFC 9113 8.3.1): the authority, as the first
+                // field (pseudo-headers come before all others), unless the client sends Host.
+                if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
+                if !hostFromAuthority {
+                    ("host" as StaticString).withUTF8Buffer { fields.append(name: $0, value: value) }
+                    hostFromAuthority = true
+                }
+            }
             else if name.equals(":scheme") { requestScheme = v }
             else if name.equals(":protocol") { connectProtocol = v }
             // nghttp2 refuses any other pseudo-header before it gets here.
@@ -67,6 +81,11 @@ final class HTTP2Stream: ExchangeSink {
             cookies.append(String(decoding: value, as: UTF8.self))
         } else {
             if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
+            if hostFromAuthority && name.equals("host") {
+                // The client's Host goes as it came, instead of the authority.
+                fields.remove("host")
+                hostFromAuthority = false
+            }
             fields.append(name: name, value: value)
         }
     }
@@ -101,12 +120,9 @@ final class HTTP2Stream: ExchangeSink {
         var headers = fields
         fields = HTTPHeaders()
         isGRPC = GRPCStatus.isGRPC(contentType: headers.first("content-type"))
-        var host = authority
-        if let h = headers.first("host") {
-            if host == nil { host = h }
-        } else if let authority {
-            headers.prepend("host", authority)
-        }
+        // Host (written from :authority by `addHeader` when the client sent none) is for the
+        // upstream; the request's host is the authority, else the client's Host.
+        let host = authority ?? headers.first("host")
         if !cookies.isEmpty { headers.append("cookie", cookies.joined(separator: "; ")) }
         let framing: BodyFraming
         if websocket {
@@ -210,7 +226,7 @@ final class HTTP2Stream: ExchangeSink {
     func exchangeWantsBody(_ ex: UpstreamExchange) { pumpBody() }
 
     func exchangeInformational(_ ex: UpstreamExchange, _ head: HTTPResponseHead) {
-        var block = connection.headerBlock(status: head.status)
+        let block = connection.headerBlock(status: head.status)
         block.appendResponse(head, setCookie: nil, keepLength: false)
         connection.submitInformational(id, block)
     }
@@ -226,7 +242,7 @@ final class HTTP2Stream: ExchangeSink {
         if case .length = framing { keepLength = true }
         if case .none = framing { keepLength = true }
         if endStream { responseEnded = true }
-        var block = connection.headerBlock(status: head.status)
+        let block = connection.headerBlock(status: head.status)
         block.appendResponse(head, setCookie: ex.setCookie, keepLength: keepLength)
         connection.submitResponse(id, block, endStream: endStream)
     }
@@ -274,7 +290,7 @@ final class HTTP2Stream: ExchangeSink {
     /// The upstream accepted a WebSocket (extended CONNECT): the client gets 200 and the stream
     /// becomes the tunnel.
     func exchangeUpgraded(_ ex: UpstreamExchange, _ head: HTTPResponseHead, upstream: UpstreamConnection, leftover: ArraySlice<UInt8>) {
-        var block = connection.headerBlock(status: 200)
+        let block = connection.headerBlock(status: 200)
         block.appendResponse(head, setCookie: ex.setCookie, keepLength: false, except: "sec-websocket-accept")
         connection.submitResponse(id, block, endStream: false)
         let t = HTTP2Tunnel(stream: self, upstream: upstream, context: connection.context, clientIP: connection.clientIP,
@@ -318,7 +334,7 @@ final class HTTP2Stream: ExchangeSink {
         if isGRPC {
             // A gRPC client reads a status, not a page: a trailers-only answer (RFC-less, per the
             // gRPC HTTP/2 protocol) with the HTTP status mapped to its gRPC code.
-            var block = connection.headerBlock(status: 200)
+            let block = connection.headerBlock(status: 200)
             block.append("content-type", "application/grpc")
             block.append("grpc-status", String(GRPCStatus.code(forHTTP: status)))
             let text = String(decoding: body, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -330,7 +346,7 @@ final class HTTP2Stream: ExchangeSink {
             return
         }
         out.replace(with: body)
-        var block = connection.headerBlock(status: status)
+        let block = connection.headerBlock(status: status)
         block.append("content-type", "text/plain; charset=utf-8")
         block.append("content-length", String(body.count))
         block.append("cache-control", "no-store")
