@@ -5,27 +5,16 @@
 /// `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`, `Upgrade`, `TE`) are left out; `te:
 /// trailers` is sent when the client asked for trailers (gRPC does).
 ///
-/// A class that owns its memory: nghttp2 is given the names and values where they lie here
-/// (`NGHTTP2_NV_FLAG_NO_COPY_*`: no copy, and no second pass to lowercase them) and reads them
-/// when it frames the HEADERS, so the fields live as long as the request's stream holds them; a
-/// session keeps the buffers of requests already framed for the next ones. Written through raw
-/// pointers: a request's dozen fields cost no uniqueness or capacity check per byte appended.
+/// A class that owns its memory (a `FieldBuffer`): nghttp2 is given the names and values where
+/// they lie (`NGHTTP2_NV_FLAG_NO_COPY_*`: no copy, and no second pass to lowercase them) and reads
+/// them when it frames the HEADERS, so the fields live as long as the request's stream holds
+/// them; a session keeps the buffers of requests already framed for the next ones.
 public final class HTTP2RequestFields: @unchecked Sendable {
-    /// Each field as offsets into `bytes`, pseudo-headers first. `indexed` is false for a field
-    /// whose value is new on every request (`x-request-id`): HPACK must not put it in the dynamic
-    /// table (RFC 7541 6.2.2), where each request's id would push out an entry that repeats (the
-    /// forwarded fields, `via`, `user-agent`), and make both ends insert, evict and search for
-    /// nothing.
-    public typealias Span = (name: Int, nameLength: Int, value: Int, valueLength: Int, indexed: Bool)
-
-    /// Names and values, one after another (`byteCount` of them written).
-    public private(set) var bytes: UnsafeMutablePointer<UInt8>
-    public private(set) var byteCount = 0
-    public private(set) var byteCapacity: Int
-    /// The fields (`count` of them).
-    public private(set) var spans: UnsafeMutablePointer<Span>
-    public private(set) var count = 0
-    private var spanCapacity: Int
+    /// The fields, pseudo-headers first. A span's `indexed` is false for a field whose value is
+    /// new on every request (`x-request-id`): HPACK must not put it in the dynamic table (RFC 7541
+    /// 6.2.2), where each request's id would push out an entry that repeats (the forwarded fields,
+    /// `via`, `user-agent`), and make both ends insert, evict and search for nothing.
+    public private(set) var buffer = FieldBuffer(bytes: 512, fields: 16)
 
     /// `scheme`: "http" (h2c) or "https" (h2). `teTrailers`: the client sent `TE: trailers`.
     public convenience init(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
@@ -33,49 +22,28 @@ public final class HTTP2RequestFields: @unchecked Sendable {
         set(request, scheme: scheme, teTrailers: teTrailers)
     }
 
-    /// Empty, to be filled by `set` (and refilled: the buffers are kept).
-    public init() {
-        byteCapacity = 512
-        bytes = .allocate(capacity: byteCapacity)
-        spanCapacity = 16
-        spans = .allocate(capacity: spanCapacity)
-    }
+    /// Empty, to be filled by `set` (and refilled: the memory is kept).
+    public init() {}
 
-    deinit {
-        bytes.deallocate()
-        spans.deallocate()
-    }
+    deinit { buffer.deallocate() }
 
     /// The fields of `request`, replacing what was there.
     public func set(_ request: UpstreamRequest, scheme: String, teTrailers: Bool) {
-        var w = Writer(bytes: bytes, byteCapacity: byteCapacity, spans: spans, spanCapacity: spanCapacity,
-                       scheme: scheme, teTrailers: teTrailers)
+        buffer.removeAll()
+        var w = Writer(buffer: buffer, scheme: scheme, teTrailers: teTrailers)
         HeaderRewriter.writeUpstreamRequest(request, into: &w)
-        (bytes, byteCapacity, byteCount) = (w.bytes, w.byteCapacity, w.count)
-        (spans, spanCapacity, count) = (w.spans, w.spanCapacity, w.spanCount)
+        buffer = w.buffer
     }
 
     /// The fields as (name, value) strings, in order (for tests and logs).
-    public var pairs: [(String, String)] {
-        (0..<count).map { i in
-            let s = spans[i]
-            return (String(decoding: UnsafeBufferPointer(start: bytes + s.name, count: s.nameLength), as: UTF8.self),
-                    String(decoding: UnsafeBufferPointer(start: bytes + s.value, count: s.valueLength), as: UTF8.self))
-        }
-    }
+    public var pairs: [(String, String)] { buffer.pairs }
 
     /// Whether each field may be indexed, in order (for tests).
-    public var indexed: [Bool] { (0..<count).map { spans[$0].indexed } }
+    public var indexed: [Bool] { (0..<buffer.spanCount).map { buffer.spans[$0].indexed } }
 
-    /// `HeaderRewriter`'s sink for HTTP/2: appends to raw buffers it grows (doubling, copied)
-    /// when a write would not fit.
+    /// `HeaderRewriter`'s sink for HTTP/2.
     private struct Writer: UpstreamHeadSink {
-        var bytes: UnsafeMutablePointer<UInt8>
-        var byteCapacity: Int
-        var count = 0
-        var spans: UnsafeMutablePointer<Span>
-        var spanCapacity: Int
-        var spanCount = 0
+        var buffer: FieldBuffer
         let scheme: String
         let teTrailers: Bool
         /// Where `:authority` goes: after `:path`, the order nghttp2 likes.
@@ -87,107 +55,59 @@ public final class HTTP2RequestFields: @unchecked Sendable {
         var fieldIsAuthority = false
         var skipping = false
 
-        init(bytes: UnsafeMutablePointer<UInt8>, byteCapacity: Int, spans: UnsafeMutablePointer<Span>, spanCapacity: Int,
-             scheme: String, teTrailers: Bool) {
-            self.bytes = bytes
-            self.byteCapacity = byteCapacity
-            self.spans = spans
-            self.spanCapacity = spanCapacity
+        init(buffer: FieldBuffer, scheme: String, teTrailers: Bool) {
+            self.buffer = buffer
             self.scheme = scheme
             self.teTrailers = teTrailers
-        }
-
-        @inline(__always)
-        private mutating func write(_ source: UnsafeBufferPointer<UInt8>) {
-            let n = source.count
-            if count + n > byteCapacity { grow(to: count + n) }
-            if n > 0 { (bytes + count).update(from: source.baseAddress!, count: n) }
-            count += n
-        }
-
-        private mutating func grow(to needed: Int) {
-            var capacity = byteCapacity * 2
-            while capacity < needed { capacity *= 2 }
-            let b = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
-            b.update(from: bytes, count: count)
-            bytes.deallocate()
-            bytes = b
-            byteCapacity = capacity
-        }
-
-        @inline(__always)
-        private mutating func write(_ text: String) {
-            var text = text
-            text.withUTF8 { write($0) }
-        }
-
-        @inline(__always)
-        private mutating func write(_ literal: StaticString) { literal.withUTF8Buffer { write($0) } }
-
-        private mutating func addSpan(_ span: Span, at index: Int? = nil) {
-            if spanCount == spanCapacity {
-                let s = UnsafeMutablePointer<Span>.allocate(capacity: spanCapacity * 2)
-                s.moveInitialize(from: spans, count: spanCount)
-                spans.deallocate()
-                spans = s
-                spanCapacity *= 2
-            }
-            if let index, index < spanCount {
-                (spans + index + 1).moveInitialize(from: spans + index, count: spanCount - index)
-                (spans + index).initialize(to: span)
-            } else {
-                (spans + spanCount).initialize(to: span)
-            }
-            spanCount += 1
         }
 
         mutating func requestLine(method: String, target: String) {
             pseudo(":method", method)
             pseudo(":scheme", scheme)
             pseudo(":path", target)
-            authorityIndex = spanCount
+            authorityIndex = buffer.spanCount
         }
 
         private mutating func pseudo(_ name: StaticString, _ value: String) {
-            let n = count
-            write(name)
-            let v = count
-            write(value)
-            addSpan((n, v - n, v, count - v, true))
+            let n = buffer.count
+            buffer.write(name)
+            let v = buffer.count
+            buffer.write(value)
+            buffer.addSpan((n, v - n, v, buffer.count - v, true))
         }
 
         /// Opens `:authority`, for the first `Host`; false for any later one (left out).
         private mutating func startAuthority() -> Bool {
             if sawAuthority { return false }
             fieldIsAuthority = true
-            fieldStart = count
-            write(":authority")
-            valueStart = count
+            fieldStart = buffer.count
+            buffer.write(":authority")
+            valueStart = buffer.count
             return true
         }
 
         /// Opens a field whose name the caller writes next, then calls `nameWritten`.
         private mutating func startField() {
             fieldIsAuthority = false
-            fieldStart = count
+            fieldStart = buffer.count
         }
 
         /// Lowercases the name just written.
         private mutating func nameWritten() {
-            valueStart = count
-            for i in fieldStart..<valueStart where bytes[i] >= 65 && bytes[i] <= 90 { bytes[i] |= 0x20 }
+            valueStart = buffer.count
+            buffer.lowercase(from: fieldStart)
         }
 
         private mutating func close() {
             let nameLength = valueStart - fieldStart
             let indexed = !(nameLength == 12
-                            && UnsafeBufferPointer(start: bytes + fieldStart, count: nameLength).equals("x-request-id"))
-            let span: Span = (fieldStart, nameLength, valueStart, count - valueStart, indexed)
+                            && UnsafeBufferPointer(start: buffer.bytes + fieldStart, count: nameLength).equals("x-request-id"))
+            let span: FieldBuffer.Span = (fieldStart, nameLength, valueStart, buffer.count - valueStart, indexed)
             if fieldIsAuthority {
                 sawAuthority = true
-                addSpan(span, at: authorityIndex)
+                buffer.addSpan(span, at: authorityIndex)
             } else {
-                addSpan(span)
+                buffer.addSpan(span)
             }
         }
 
@@ -197,10 +117,10 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             case .host: guard startAuthority() else { return }
             default:
                 startField()
-                write(name)
+                buffer.write(name)
                 nameWritten()
             }
-            write(value)
+            buffer.write(value)
             close()
         }
 
@@ -211,18 +131,18 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             default:
                 skipping = false
                 startField()
-                write(name)
+                buffer.write(name)
                 nameWritten()
             }
         }
 
-        mutating func value(_ bytes: UnsafeBufferPointer<UInt8>) { if !skipping { write(bytes) } }
-        mutating func value(_ text: String) { if !skipping { write(text) } }
-        mutating func value(_ literal: StaticString) { if !skipping { write(literal) } }
+        mutating func value(_ bytes: UnsafeBufferPointer<UInt8>) { if !skipping { buffer.write(bytes) } }
+        mutating func value(_ text: String) { if !skipping { buffer.write(text) } }
+        mutating func value(_ literal: StaticString) { if !skipping { buffer.write(literal) } }
 
         mutating func decimal(_ n: Int64) {
             guard !skipping else { return }
-            HeaderRewriter.withDecimal(n) { write($0) }
+            HeaderRewriter.withDecimal(n) { buffer.write($0) }
         }
 
         mutating func endField() {
@@ -232,11 +152,11 @@ public final class HTTP2RequestFields: @unchecked Sendable {
 
         mutating func end() {
             if teTrailers {
-                let n = count
-                write("te")
-                let v = count
-                write("trailers")
-                addSpan((n, v - n, v, 8, true))
+                let n = buffer.count
+                buffer.write("te")
+                let v = buffer.count
+                buffer.write("trailers")
+                buffer.addSpan((n, v - n, v, 8, true))
             }
         }
     }

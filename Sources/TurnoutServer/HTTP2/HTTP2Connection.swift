@@ -262,6 +262,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func streamClosed(streamID: Int32, errorCode: UInt32) {
+        if !heldBlocks.isEmpty { heldBlocks.removeAll { $0.stream == streamID } }
         guard let s = streams.removeValue(forKey: streamID) else { return }
         if recentStream === s { recentStream = nil }
         waitingForDrain.remove(streamID)
@@ -295,48 +296,64 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         scheduleFlush()
     }
 
-    /// The block of the last response submitted, kept for its buffers: nghttp2 copies what it is given.
-    private var spareBlock: HTTP2HeaderBlock?
+    /// Header blocks submitted and not yet framed, by stream: nghttp2 reads them where they lie
+    /// (`NO_COPY`) when it frames them. Let go when the frame went out (`headersSent`), could not
+    /// go (`headersNotSent`), or the stream closed (nghttp2 frames nothing of a closed stream).
+    private var heldBlocks: [(stream: Int32, block: HTTP2HeaderBlock)] = []
+    /// Blocks already framed, for the next responses.
+    private var spareBlocks: [HTTP2HeaderBlock] = []
+    private static let maxSpareBlocks = 32
+    private static let maxSpareBlockBytes = 4096
 
-    /// An empty header block for a response, with the buffers of an earlier one when there is one.
+    /// An empty header block for a response, with the memory of an earlier one when there is one.
     func headerBlock(status: Int) -> HTTP2HeaderBlock {
-        guard var block = spareBlock else { return HTTP2HeaderBlock(status: status) }
-        spareBlock = nil
+        guard let block = spareBlocks.popLast() else { return HTTP2HeaderBlock(status: status) }
         block.reset(status: status)
         return block
     }
 
+    private func hold(_ block: HTTP2HeaderBlock, for streamID: Int32, submitted rc: Int32) {
+        if rc == 0 { heldBlocks.append((streamID, block)) } else { recycle(block) }
+    }
+
+    private func recycle(_ block: HTTP2HeaderBlock) {
+        if spareBlocks.count < Self.maxSpareBlocks && block.capacity <= Self.maxSpareBlockBytes { spareBlocks.append(block) }
+    }
+
+    /// A HEADERS frame of `streamID` went out (or, `sent` false, was dropped): its block (the
+    /// stream's oldest held one: a stream's HEADERS go in order) is free.
+    func headersFramed(streamID: Int32, sent: Bool) {
+        guard let i = heldBlocks.firstIndex(where: { $0.stream == streamID }) else { return }
+        recycle(heldBlocks.remove(at: i).block)
+    }
+
     /// Submits a response head (and a data source unless `endStream`).
     func submitResponse(_ streamID: Int32, _ block: HTTP2HeaderBlock, endStream: Bool) {
-        defer { spareBlock = block }
-        guard let session else { return }
-        block.withNV { nva, count in
-            if endStream {
-                _ = nghttp2_submit_response(session, streamID, nva, count, nil)
-            } else {
-                var provider = nghttp2_data_provider()
-                provider.read_callback = HTTP2Callbacks.readCallback
-                _ = nghttp2_submit_response(session, streamID, nva, count, &provider)
-            }
+        guard let session else { return recycle(block) }
+        let rc = block.withNV(noCopy: true) { nva, count -> Int32 in
+            if endStream { return nghttp2_submit_response(session, streamID, nva, count, nil) }
+            var provider = nghttp2_data_provider()
+            provider.read_callback = HTTP2Callbacks.readCallback
+            return nghttp2_submit_response(session, streamID, nva, count, &provider)
         }
+        hold(block, for: streamID, submitted: rc)
         scheduleFlush()
     }
 
     func submitInformational(_ streamID: Int32, _ block: HTTP2HeaderBlock) {
-        defer { spareBlock = block }
-        guard let session else { return }
-        block.withNV { nva, count in
-            _ = nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)
+        guard let session else { return recycle(block) }
+        let rc = block.withNV(noCopy: true) { nva, count in
+            nghttp2_submit_headers(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), streamID, nil, nva, count, nil)
         }
+        hold(block, for: streamID, submitted: rc < 0 ? rc : 0)
         scheduleFlush()
     }
 
     /// Submits a stream's trailers (from its data source's last read: nghttp2 allows it there).
     func submitTrailers(_ streamID: Int32, _ block: HTTP2HeaderBlock) {
         guard let session else { return }
-        block.withNV { nva, count in
-            _ = nghttp2_submit_trailer(session, streamID, nva, count)
-        }
+        let rc = block.withNV(noCopy: true) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count) }
+        hold(block, for: streamID, submitted: rc)
     }
 
     func resumeData(_ streamID: Int32) {

@@ -96,7 +96,7 @@ final class H2ProbeConnection: ChannelDelegate, LoopTimed, @unchecked Sendable {
     }
 
     private func submit(_ fields: [(String, String)], session: OpaquePointer) {
-        var block = HTTP2HeaderBlock(trailers: HTTPHeaders())
+        let block = HTTP2HeaderBlock(trailers: HTTPHeaders())
         for (name, value) in fields { block.append(name, value) }
         let withBody = !request.body.isEmpty
         block.withNV { nva, count in

@@ -12,7 +12,8 @@ import TurnoutCore
 /// only. Loop-confined.
 final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendable {
     let endpoint: UpstreamEndpoint
-    unowned let pool: UpstreamPool
+    /// The pool, which owns the session and outlives it (`unowned(unsafe)`: no reference count per use).
+    unowned(unsafe) let pool: UpstreamPool
     let transport: ClientTransport
     /// "http" for h2c, "https" for h2 (the `:scheme` of requests).
     let scheme: String
@@ -132,21 +133,11 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         // stream holds its fields until then (`headersSent`).
         let fields = spareFields.popLast() ?? HTTP2RequestFields()
         fields.set(request, scheme: scheme, teTrailers: teTrailers)
-        let noCopy = NGHTTP2_NV_FLAG_NO_COPY_NAME.rawValue | NGHTTP2_NV_FLAG_NO_COPY_VALUE.rawValue
-        let base = fields.bytes
-        let id: Int32 = withUnsafeTemporaryAllocation(of: nghttp2_nv.self, capacity: fields.count) { nva in
-            for i in 0..<fields.count {
-                let f = fields.spans[i]
-                let flags = f.indexed ? noCopy : noCopy | NGHTTP2_NV_FLAG_NO_INDEX.rawValue
-                nva.initializeElement(at: i, to: nghttp2_nv(name: base + f.name, value: base + f.value, namelen: f.nameLength,
-                                                            valuelen: f.valueLength, flags: UInt8(flags)))
-            }
-            if endStream {
-                return nghttp2_submit_request(session, nil, nva.baseAddress, fields.count, nil, nil)
-            }
+        let id: Int32 = NGHTTP2Fields.withNV(fields.buffer, noCopy: true) { nva, count in
+            if endStream { return nghttp2_submit_request(session, nil, nva, count, nil, nil) }
             var provider = nghttp2_data_provider()
             provider.read_callback = H2UpstreamCallbacks.readCallback
-            return nghttp2_submit_request(session, nil, nva.baseAddress, fields.count, &provider, nil)
+            return nghttp2_submit_request(session, nil, nva, count, &provider, nil)
         }
         guard id > 0 else {
             recycle(fields)
@@ -387,7 +378,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     private func recycle(_ fields: HTTP2RequestFields) {
-        if spareFields.count < Limits.spareFields && fields.byteCapacity <= Limits.spareFieldBytes { spareFields.append(fields) }
+        if spareFields.count < Limits.spareFields && fields.buffer.capacity <= Limits.spareFieldBytes { spareFields.append(fields) }
     }
 
     /// A request's HEADERS were never sent: it can go on another connection.

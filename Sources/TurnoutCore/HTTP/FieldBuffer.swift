@@ -1,0 +1,113 @@
+/// Header fields in raw memory, for handing to nghttp2 as they lie: names and values one after
+/// another in `bytes`, and each field's place in `spans`. Written through pointers, so that a
+/// head's dozen fields cost no uniqueness or capacity check per byte; grown (doubled, copied)
+/// when a write would not fit. A plain struct over memory its owner allocates once and frees in
+/// its `deinit` (`HTTP2RequestFields`, `HTTP2HeaderBlock`): copies share the memory.
+public struct FieldBuffer {
+    /// A field as offsets into `bytes`. `indexed` is false for a value HPACK must not put in its
+    /// dynamic table (RFC 7541 6.2.2).
+    public typealias Span = (name: Int, nameLength: Int, value: Int, valueLength: Int, indexed: Bool)
+
+    public private(set) var bytes: UnsafeMutablePointer<UInt8>
+    public private(set) var count = 0
+    public private(set) var capacity: Int
+    public private(set) var spans: UnsafeMutablePointer<Span>
+    public private(set) var spanCount = 0
+    public private(set) var spanCapacity: Int
+
+    public init(bytes: Int, fields: Int) {
+        capacity = max(bytes, 16)
+        self.bytes = .allocate(capacity: capacity)
+        spanCapacity = max(fields, 4)
+        spans = .allocate(capacity: spanCapacity)
+    }
+
+    public func deallocate() {
+        bytes.deallocate()
+        spans.deallocate()
+    }
+
+    /// Empties it, keeping the memory.
+    public mutating func removeAll() {
+        count = 0
+        spanCount = 0
+    }
+
+    public var isEmpty: Bool { spanCount == 0 }
+
+    @inline(__always)
+    public mutating func write(_ source: UnsafeBufferPointer<UInt8>) {
+        let n = source.count
+        if count + n > capacity { grow(to: count + n) }
+        if n > 0 { (bytes + count).update(from: source.baseAddress!, count: n) }
+        count += n
+    }
+
+    @inline(__always)
+    public mutating func write(_ text: String) {
+        var text = text
+        text.withUTF8 { write($0) }
+    }
+
+    @inline(__always)
+    public mutating func write(_ literal: StaticString) { literal.withUTF8Buffer { write($0) } }
+
+    /// Writes `source` with ASCII letters lowercased (HTTP/2 field names are lowercase).
+    public mutating func writeLowercased(_ source: UnsafeBufferPointer<UInt8>) {
+        let start = count
+        write(source)
+        lowercase(from: start)
+    }
+
+    /// Lowercases the ASCII letters written since `start`.
+    public mutating func lowercase(from start: Int) {
+        let b = bytes
+        for i in start..<count where b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
+    }
+
+    private mutating func grow(to needed: Int) {
+        var c = capacity * 2
+        while c < needed { c *= 2 }
+        let b = UnsafeMutablePointer<UInt8>.allocate(capacity: c)
+        b.update(from: bytes, count: count)
+        bytes.deallocate()
+        bytes = b
+        capacity = c
+    }
+
+    /// Adds a field, last or at `index` (the later ones move up).
+    public mutating func addSpan(_ span: Span, at index: Int? = nil) {
+        if spanCount == spanCapacity {
+            let s = UnsafeMutablePointer<Span>.allocate(capacity: spanCapacity * 2)
+            s.moveInitialize(from: spans, count: spanCount)
+            spans.deallocate()
+            spans = s
+            spanCapacity *= 2
+        }
+        if let index, index < spanCount {
+            (spans + index + 1).moveInitialize(from: spans + index, count: spanCount - index)
+            (spans + index).initialize(to: span)
+        } else {
+            (spans + spanCount).initialize(to: span)
+        }
+        spanCount += 1
+    }
+
+    /// A whole field: `name` lowercased, `value` as it is.
+    public mutating func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, indexed: Bool = true) {
+        let n = count
+        writeLowercased(name)
+        let v = count
+        write(value)
+        addSpan((n, v - n, v, count - v, indexed))
+    }
+
+    /// The fields as (name, value) strings, in order (for tests and logs).
+    public var pairs: [(String, String)] {
+        (0..<spanCount).map { i in
+            let s = spans[i]
+            return (String(decoding: UnsafeBufferPointer(start: bytes + s.name, count: s.nameLength), as: UTF8.self),
+                    String(decoding: UnsafeBufferPointer(start: bytes + s.value, count: s.valueLength), as: UTF8.self))
+        }
+    }
+}
