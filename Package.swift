@@ -5,7 +5,7 @@ import PackageDescription
 // class's stored property or a global, checked against a per-thread access set): they cost about
 // 1% of the CPU per proxied request. The compile-time checks stay, and debug builds (the unit
 // tests) keep the run-time ones.
-let releaseSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))]
+let releaseSettings: [SwiftSetting] = [.unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))]
 
 let package = Package(
     name: "turnout",

@@ -33,7 +33,8 @@ extension ChannelDelegate {
 /// sources' cancel handlers ran.
 final class SocketChannel: PollTarget, @unchecked Sendable {
     let fd: Int32
-    unowned let loop: EventLoop
+    /// Loops live as long as the process serves: `unowned(unsafe)`, reached without a reference count.
+    unowned(unsafe) let loop: EventLoop
     var delegate: ChannelDelegate?
     /// The loop's read buffer and I/O mode, kept here: the read path does not touch the loop
     /// (each use of an unowned reference is a retain and a release).

@@ -4,7 +4,8 @@ import TurnoutCore
 /// relaxed atomics (`CounterBlock`), so the ramp judge, `/metrics` and the dashboard read them
 /// from their own threads without entering the loop, and a busy loop delays none of them.
 final class LoopStats: @unchecked Sendable {
-    unowned let loop: EventLoop
+    /// The loop that owns the stats (`unowned(unsafe)`: no reference count per use).
+    unowned(unsafe) let loop: EventLoop
     /// Slots of a block: responses by status class (1...5; 0 unused), Turnout's own errors, the
     /// latency histogram's sum and buckets.
     enum Slot {

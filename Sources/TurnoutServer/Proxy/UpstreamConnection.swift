@@ -59,7 +59,8 @@ protocol UpstreamOwner: AnyObject, Sendable {
 final class UpstreamConnection: ChannelDelegate, @unchecked Sendable {
     let endpoint: UpstreamEndpoint
     let channel: SocketChannel
-    unowned let pool: UpstreamPool
+    /// The pool, which owns the connection and outlives it (`unowned(unsafe)`: no reference count per use).
+    unowned(unsafe) let pool: UpstreamPool
     /// Held strongly, not weakly: a weak reference would cost each exchange a side table, and
     /// every retain and release of it the slow path. The owner lets go (`owner = nil`) when it
     /// is done with the connection, and a closed connection lets go of its owner.

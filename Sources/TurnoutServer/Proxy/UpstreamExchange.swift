@@ -62,7 +62,8 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     let routeReason: RouteDecision.Reason
     private(set) var poolName: String
     private(set) var endpoint: UpstreamEndpoint
-    unowned let loop: EventLoop
+    /// Loops live as long as the process serves: `unowned(unsafe)`, reached without a reference count.
+    unowned(unsafe) let loop: EventLoop
     private let context: ProxyContext
     private let pool: UpstreamPool
     private let stats: LoopStats

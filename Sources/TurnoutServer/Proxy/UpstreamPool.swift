@@ -7,7 +7,8 @@ import TurnoutCore
 /// HAProxy's `pool-max-conn` and nghttpx's backend connections); a pool's `max_idle_connections`
 /// caps it. Emptied for endpoints that are no longer healthy. Loop-confined: no locks.
 final class UpstreamPool: @unchecked Sendable {
-    unowned let loop: EventLoop
+    /// The loop that owns the pool (`unowned(unsafe)`: no reference count per use).
+    unowned(unsafe) let loop: EventLoop
     let context: ProxyContext
     /// The loop's cached copy of the settings and routing table, read per request.
     let view: LoopView
