@@ -107,3 +107,20 @@ import Testing
         #expect(!GRPCStatus.isGRPC(contentType: "application/grpc-web") && !GRPCStatus.isGRPC(contentType: nil))
     }
 }
+
+@Suite struct FieldBufferTests {
+    /// Eight bytes at a time or one: only "A"..."Z" change, whatever their place; bytes of 0x80
+    /// and above, "@", "[", digits and punctuation stay as they are.
+    @Test func lowercasingChangesOnlyASCIICapitals() {
+        var all: [UInt8] = Array(0...255)
+        all += Array("X-Forwarded-For@[Z]`a{Ä".utf8)
+        for offset in 0..<9 {
+            var buf = FieldBuffer(bytes: 8, fields: 1)
+            defer { buf.deallocate() }
+            let input = Array(all[offset...])
+            input.withUnsafeBufferPointer { buf.writeLowercased($0) }
+            let got = Array(UnsafeBufferPointer(start: buf.bytes, count: buf.count))
+            #expect(got == input.map { $0 >= 65 && $0 <= 90 ? $0 | 0x20 : $0 })
+        }
+    }
+}

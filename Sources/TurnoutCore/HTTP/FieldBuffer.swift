@@ -59,10 +59,26 @@ public struct FieldBuffer {
         lowercase(from: start)
     }
 
-    /// Lowercases the ASCII letters written since `start`.
+    /// Lowercases the ASCII letters written since `start`, eight bytes at a time: a byte gets
+    /// 0x20 when it is in "A"..."Z" (no byte of 0x80 or above is touched).
     public mutating func lowercase(from start: Int) {
         let b = bytes
-        for i in start..<count where b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
+        var i = start
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        while i + 8 <= count {
+            let raw = UnsafeMutableRawPointer(b + i)
+            let w = raw.loadUnaligned(as: UInt64.self)
+            let low7 = w & (ones &* 0x7F)
+            let atLeastA = low7 &+ ones &* (0x80 - 0x41)  // high bit: byte >= "A"
+            let aboveZ = low7 &+ ones &* (0x80 - 0x5B)    // high bit: byte > "Z"
+            let upper = atLeastA & ~aboveZ & ~w & (ones &* 0x80)
+            if upper != 0 { raw.storeBytes(of: w | (upper >> 2), as: UInt64.self) }
+            i += 8
+        }
+        while i < count {
+            if b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
+            i += 1
+        }
     }
 
     private mutating func grow(to needed: Int) {

@@ -209,6 +209,12 @@ public struct HTTPHeaders: Sendable {
         spans.insert(spans.removeLast(), at: 0)
     }
 
+    /// Removes every field, keeping the memory when no other copy shares it.
+    public mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        spans.removeAll(keepingCapacity: true)
+    }
+
     /// Room for `bytes` of names and values in `fields` fields, so that appending does not grow
     /// the storage field by field.
     public mutating func reserve(bytes: Int, fields: Int) {

@@ -15,7 +15,6 @@ final class HTTP2Stream: ExchangeSink {
     private var method: String?
     private var path: String?
     private var authority: String?
-    private var requestScheme: String?
     /// `:protocol` of an extended CONNECT (RFC 8441), e.g. "websocket".
     private var connectProtocol: String?
     private var fields = HTTPHeaders()
@@ -60,12 +59,12 @@ final class HTTP2Stream: ExchangeSink {
             hostFromAuthority = false
             return
         }
-        if name.first == 58 {  // ':' a pseudo-header
-            let v = String(decoding: value, as: UTF8.self)
-            if name.equals(":method") { method = v }
-            else if name.equals(":path") { path = v }
-            else if name.equals(":authority") {
-                authority = v
+        if name.first == 58 {  // ':' a pseudo-header (nghttp2 refuses unknown ones before here)
+            switch name.count {
+            case 7 where name.equals(":method"): method = String(decoding: value, as: UTF8.self)
+            case 5 where name.equals(":path"): path = String(decoding: value, as: UTF8.self)
+            case 10 where name.equals(":authority"):
+                authority = String(decoding: value, as: UTF8.self)
                 // HTTP/1.1 upstreams need Host (RFC 9113 8.3.1): the authority, as the first
                 // field (pseudo-headers come before all others), unless the client sends Host.
                 if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
@@ -73,15 +72,14 @@ final class HTTP2Stream: ExchangeSink {
                     ("host" as StaticString).withUTF8Buffer { fields.append(name: $0, value: value) }
                     hostFromAuthority = true
                 }
+            case 9 where name.equals(":protocol"): connectProtocol = String(decoding: value, as: UTF8.self)
+            default: break  // :scheme: the scheme upstream is the listener's
             }
-            else if name.equals(":scheme") { requestScheme = v }
-            else if name.equals(":protocol") { connectProtocol = v }
-            // nghttp2 refuses any other pseudo-header before it gets here.
-        } else if name.equals("cookie") {
+        } else if name.count == 6 && name.equals("cookie") {
             cookies.append(String(decoding: value, as: UTF8.self))
         } else {
             if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
-            if hostFromAuthority && name.equals("host") {
+            if hostFromAuthority && name.count == 4 && name.equals("host") {
                 // The client's Host goes as it came, instead of the authority.
                 fields.remove("host")
                 hostFromAuthority = false
@@ -97,7 +95,8 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: problem.status, message: problem.message)
             return
         }
-        guard let method else {
+        // The request's parts move into its head (taken, not copied: no reference counts).
+        guard let method = method.take() else {
             answer(status: 400, message: "the request has no :method")
             return
         }
@@ -110,19 +109,19 @@ final class HTTP2Stream: ExchangeSink {
             }
             return
         }
-        guard let path, !path.isEmpty else {
+        guard let path = path.take(), !path.isEmpty else {
             answer(status: 400, message: "the request has no :path")
             return
         }
         // HTTP/1.1 upstreams need one Host field and one Cookie field (RFC 9113 8.3.1, 8.2.3).
         // Moved out, not copied: the stream's reference would make the first change below copy
         // both arrays of the fields.
-        var headers = fields
-        fields = HTTPHeaders()
+        var headers = HTTPHeaders()
+        swap(&headers, &fields)
         isGRPC = GRPCStatus.isGRPC(contentType: headers.first("content-type"))
         // Host (written from :authority by `addHeader` when the client sent none) is for the
         // upstream; the request's host is the authority, else the client's Host.
-        let host = authority ?? headers.first("host")
+        let host = authority.take() ?? headers.first("host")
         if !cookies.isEmpty { headers.append("cookie", cookies.joined(separator: "; ")) }
         let framing: BodyFraming
         if websocket {

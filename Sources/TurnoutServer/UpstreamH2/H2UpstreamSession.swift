@@ -291,11 +291,16 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
 
     private var headerBytes = 0
+    /// The fields of the header block being received (nghttp2 delivers one block at a time: its
+    /// CONTINUATION frames cannot interleave with other streams'). Handed on in the head or the
+    /// trailers; a holder that keeps them gets its own copy when the next block empties this one.
+    private var receiving = HTTPHeaders()
 
     func beginHeaders(_ id: Int32) {
         guard let s = stream(id) else { return }
-        s.fields = HTTPHeaders()
-        s.fields.reserveCapacity(bytes: 512, fields: 12)
+        // Emptied, not replaced: once the last head built on it is gone, its memory is kept.
+        receiving.removeAll()
+        receiving.reserveCapacity(bytes: 512, fields: 12)
         s.status = 0
         headerBytes = 0
     }
@@ -308,7 +313,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
             return
         }
         guard headerBytes <= Limits.maxHeaderBytes else { return }
-        s.fields.append(name: name, value: value)
+        receiving.append(name: name, value: value)
     }
 
     /// `:status` as a number: exactly three digits (RFC 9113 8.3.2 via RFC 9110 15), else 0.
@@ -334,16 +339,13 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
                 s.sawFinalHead = true
                 // A final head that ends the stream has no body: said as a length of 0, so that
                 // the client too gets one frame (a gRPC trailers-only answer stays one).
-                if endStream && !s.fields.contains("content-length") { s.fields.append("content-length", "0") }
+                if endStream && !receiving.contains("content-length") { receiving.append("content-length", "0") }
             }
-            let head = HTTPResponseHead(version: .http2, status: s.status, reason: HeaderRewriter.reasonPhrase(s.status), headers: s.fields, keepAlive: true)
-            s.fields = HTTPHeaders()
+            let head = HTTPResponseHead(version: .http2, status: s.status, reason: HeaderRewriter.reasonPhrase(s.status), headers: receiving, keepAlive: true)
             s.owner?.h2Head(s, head)
             if endStream { streamEnded(s, trailers: nil) }
         } else if endStream {
-            let trailers = s.fields
-            s.fields = HTTPHeaders()
-            streamEnded(s, trailers: trailers)
+            streamEnded(s, trailers: receiving)
         }
     }
 

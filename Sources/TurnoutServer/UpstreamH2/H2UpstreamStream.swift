@@ -39,8 +39,7 @@ final class H2UpstreamStream: UpstreamLink {
     /// nghttp2 asked for body bytes and none were there.
     var dataDeferred = false
 
-    // The response as it arrives.
-    var fields = HTTPHeaders()
+    // The response as it arrives (its fields collect in the session's `receiving`).
     var status = 0
     var sawFinalHead = false
     /// The upstream ended its side (END_STREAM), or the stream's end was reported already.
