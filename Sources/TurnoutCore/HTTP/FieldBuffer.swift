@@ -52,34 +52,36 @@ public struct FieldBuffer {
     @inline(__always)
     public mutating func write(_ literal: StaticString) { literal.withUTF8Buffer { write($0) } }
 
-    /// Writes `source` with ASCII letters lowercased (HTTP/2 field names are lowercase).
+    /// Writes `source` with ASCII letters lowercased (HTTP/2 field names are lowercase), eight
+    /// bytes at a time: a byte gets 0x20 when it is in "A"..."Z" (no byte of 0x80 or above is
+    /// touched). Lowercased on the way from the source, not in place after a copy: reading back
+    /// bytes just stored in smaller pieces would stall the load on the stores.
     public mutating func writeLowercased(_ source: UnsafeBufferPointer<UInt8>) {
-        let start = count
-        write(source)
-        lowercase(from: start)
-    }
-
-    /// Lowercases the ASCII letters written since `start`, eight bytes at a time: a byte gets
-    /// 0x20 when it is in "A"..."Z" (no byte of 0x80 or above is touched).
-    public mutating func lowercase(from start: Int) {
-        let b = bytes
-        var i = start
+        let n = source.count
+        guard n > 0, let src = source.baseAddress else { return }
+        if count + n > capacity { grow(to: count + n) }
+        let dst = bytes + count
+        var i = 0
         let ones: UInt64 = 0x0101_0101_0101_0101
-        while i + 8 <= count {
-            let raw = UnsafeMutableRawPointer(b + i)
-            let w = raw.loadUnaligned(as: UInt64.self)
+        while i + 8 <= n {
+            let w = UnsafeRawPointer(src + i).loadUnaligned(as: UInt64.self)
             let low7 = w & (ones &* 0x7F)
             let atLeastA = low7 &+ ones &* (0x80 - 0x41)  // high bit: byte >= "A"
             let aboveZ = low7 &+ ones &* (0x80 - 0x5B)    // high bit: byte > "Z"
             let upper = atLeastA & ~aboveZ & ~w & (ones &* 0x80)
-            if upper != 0 { raw.storeBytes(of: w | (upper >> 2), as: UInt64.self) }
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: w | (upper >> 2), as: UInt64.self)
             i += 8
         }
-        while i < count {
-            if b[i] >= 65 && b[i] <= 90 { b[i] |= 0x20 }
+        while i < n {
+            let c = src[i]
+            dst[i] = c >= 65 && c <= 90 ? c | 0x20 : c
             i += 1
         }
+        count += n
     }
+
+    @inline(__always)
+    public mutating func writeLowercased(_ literal: StaticString) { literal.withUTF8Buffer { writeLowercased($0) } }
 
     private mutating func grow(to needed: Int) {
         var c = capacity * 2

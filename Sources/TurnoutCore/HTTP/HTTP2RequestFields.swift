@@ -86,16 +86,12 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             return true
         }
 
-        /// Opens a field whose name the caller writes next, then calls `nameWritten`.
-        private mutating func startField() {
+        /// Opens a field and writes its name, lowercased.
+        private mutating func startField(_ name: UnsafeBufferPointer<UInt8>) {
             fieldIsAuthority = false
             fieldStart = buffer.count
-        }
-
-        /// Lowercases the name just written.
-        private mutating func nameWritten() {
+            buffer.writeLowercased(name)
             valueStart = buffer.count
-            buffer.lowercase(from: fieldStart)
         }
 
         private mutating func close() {
@@ -115,10 +111,7 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             switch kind {
             case .hopByHop: return
             case .host: guard startAuthority() else { return }
-            default:
-                startField()
-                buffer.write(name)
-                nameWritten()
+            default: startField(name)
             }
             buffer.write(value)
             close()
@@ -130,9 +123,7 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             case .host: skipping = !startAuthority()
             default:
                 skipping = false
-                startField()
-                buffer.write(name)
-                nameWritten()
+                name.withUTF8Buffer { startField($0) }
             }
         }
 
