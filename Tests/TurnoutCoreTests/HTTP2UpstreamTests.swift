@@ -124,3 +124,40 @@ import Testing
         }
     }
 }
+
+@Suite struct StreamMapTests {
+    final class Box { let n: Int32; init(_ n: Int32) { self.n = n } }
+
+    /// Random inserts, look-ups and removals (ids as clients and upstream sessions use them, and
+    /// ids that collide) give what a Dictionary gives, through growth and backward shifts.
+    @Test func behavesLikeADictionary() {
+        var g = SystemRandomNumberGenerator()
+        for pattern in 0..<3 {
+            var map = StreamMap<Box>()
+            var reference: [Int32: Box] = [:]
+            var next: Int32 = 1
+            for _ in 0..<20_000 {
+                let id: Int32
+                switch pattern {
+                case 0: id = Int32.random(in: 1...4_000, using: &g)          // dense, reused
+                case 1: id = Int32.random(in: 1...Int32.max, using: &g)      // anywhere
+                default: id = next; next = next < Int32.max - 2048 ? next + 2048 : 1  // strided
+                }
+                switch Int.random(in: 0..<3, using: &g) {
+                case 0, 1:
+                    let b = Box(id)
+                    map[id] = b
+                    reference[id] = b
+                default:
+                    #expect(map.removeValue(forKey: id) === reference.removeValue(forKey: id))
+                }
+                #expect(map.count == reference.count)
+            }
+            for (k, v) in reference { #expect(map[k] === v) }
+            #expect(Set(map.values.map(\.n)) == Set(reference.keys))
+            #expect(map[0] == nil && map[-3] == nil)
+            map.removeAll()
+            #expect(map.isEmpty && map.values.isEmpty && map[reference.keys.first ?? 1] == nil)
+        }
+    }
+}

@@ -93,22 +93,29 @@ public struct FieldBuffer {
         capacity = c
     }
 
-    /// Adds a field, last or at `index` (the later ones move up).
-    public mutating func addSpan(_ span: Span, at index: Int? = nil) {
-        if spanCount == spanCapacity {
-            let s = UnsafeMutablePointer<Span>.allocate(capacity: spanCapacity * 2)
-            s.moveInitialize(from: spans, count: spanCount)
-            spans.deallocate()
-            spans = s
-            spanCapacity *= 2
-        }
-        if let index, index < spanCount {
-            (spans + index + 1).moveInitialize(from: spans + index, count: spanCount - index)
-            (spans + index).initialize(to: span)
-        } else {
-            (spans + spanCount).initialize(to: span)
-        }
+    /// Adds a field, last.
+    @inline(__always)
+    public mutating func addSpan(_ span: Span) {
+        if spanCount == spanCapacity { growSpans() }
+        (spans + spanCount).initialize(to: span)
         spanCount += 1
+    }
+
+    /// Adds a field at `index` (the later ones move up).
+    public mutating func insertSpan(_ span: Span, at index: Int) {
+        guard index < spanCount else { return addSpan(span) }
+        if spanCount == spanCapacity { growSpans() }
+        (spans + index + 1).moveInitialize(from: spans + index, count: spanCount - index)
+        (spans + index).initialize(to: span)
+        spanCount += 1
+    }
+
+    private mutating func growSpans() {
+        let s = UnsafeMutablePointer<Span>.allocate(capacity: spanCapacity * 2)
+        s.moveInitialize(from: spans, count: spanCount)
+        spans.deallocate()
+        spans = s
+        spanCapacity *= 2
     }
 
     /// A whole field: `name` lowercased, `value` as it is.

@@ -101,7 +101,7 @@ public final class HTTP2RequestFields: @unchecked Sendable {
             let span: FieldBuffer.Span = (fieldStart, nameLength, valueStart, buffer.count - valueStart, indexed)
             if fieldIsAuthority {
                 sawAuthority = true
-                buffer.addSpan(span, at: authorityIndex)
+                buffer.insertSpan(span, at: authorityIndex)
             } else {
                 buffer.addSpan(span)
             }

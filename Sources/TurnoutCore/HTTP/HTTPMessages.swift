@@ -12,8 +12,8 @@ public enum HTTPVersion: Sendable, Equatable {
         }
     }
 
-    /// The protocol token a `Via` entry uses (RFC 9110 7.6.3).
-    public var viaToken: String {
+    /// The protocol token a `Via` entry uses (RFC 9110 7.6.3), as a literal.
+    public var viaLiteral: StaticString {
         switch self {
         case .http10: return "1.0"
         case .http11: return "1.1"

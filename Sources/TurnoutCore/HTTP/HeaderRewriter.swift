@@ -91,7 +91,7 @@ public enum HeaderRewriter {
         if let host = request.head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
         sink.beginField("Via", kind: .via)
         if hasVia { sink.values(of: "via", in: request.head.headers) }
-        sink.value(request.head.version.viaToken)
+        sink.value(request.head.version.viaLiteral)
         sink.value(" turnout")
         sink.endField()
         if let upgrade = request.upgrade {
@@ -159,7 +159,7 @@ public enum HeaderRewriter {
             out.append(literal: ", ")
             return true
         }
-        out.appendUTF8(version.viaToken)
+        out.append(literal: version.viaLiteral)
         out.append(literal: " turnout\r\n")
     }
 

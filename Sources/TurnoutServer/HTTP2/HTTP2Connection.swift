@@ -37,7 +37,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     let env: ClientEnvironment
 
     private var session: OpaquePointer?
-    private(set) var streams: [Int32: HTTP2Stream] = [:]
+    private(set) var streams = StreamMap<HTTP2Stream>()
     /// The stream the last callback was about: a HEADERS frame's fields, its end and the stream's
     /// DATA come one after another, each found without hashing.
     private var recentStream: HTTP2Stream?

@@ -79,7 +79,7 @@ final class HTTP2HeaderBlock {
                 return true
             }
         }
-        buffer.write(head.version.viaToken)
+        buffer.write(head.version.viaLiteral)
         buffer.write(" turnout")
         buffer.addSpan((nameStart, 3, valueStart, buffer.count - valueStart, true))
         if let setCookie { append("set-cookie", setCookie) }

@@ -26,7 +26,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     /// `close` is under way (its last flush must not close again).
     private var closing = false
     /// Submitted streams by id.
-    private var streams: [Int32: H2UpstreamStream] = [:]
+    private var streams = StreamMap<H2UpstreamStream>()
     /// Streams that joined before the connection was up.
     private var waiting: [H2UpstreamStream] = []
     /// Streams joined and not over.
