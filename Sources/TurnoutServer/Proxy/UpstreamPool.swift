@@ -76,14 +76,17 @@ final class UpstreamPool: @unchecked Sendable {
     // MARK: HTTP/2 upstreams
 
     /// HTTP/2 connections per endpoint id (pools with `protocol: h2c`).
-    private var h2Sessions: [Int: [H2UpstreamSession]] = [:]
+    /// HTTP/2 connections by endpoint id (ids are small and dense: an array, read per request
+    /// without hashing).
+    private var h2Sessions: [[H2UpstreamSession]] = []
+    private var h2SessionCount = 0
 
     /// A stream for a request to an HTTP/2 endpoint: on a connection with room (the fullest, so
     /// that few connections carry the load), on a new one while the endpoint has fewer than
     /// `max_connections`, else queued on the least busy (nghttp2 holds it until a stream ends).
     func h2Stream(_ endpoint: UpstreamEndpoint, owner: H2StreamOwner) throws(SystemError) -> H2UpstreamStream {
         let caps = view.settings.h2Caps(ofEndpoint: endpoint.id)
-        let sessions = h2Sessions[endpoint.id] ?? []
+        let sessions = endpoint.id < h2Sessions.count ? h2Sessions[endpoint.id] : []
         var best: H2UpstreamSession?
         for s in sessions where s.hasRoom(cap: caps.streams) {
             if best == nil || s.active > best!.active { best = s }
@@ -139,7 +142,11 @@ final class UpstreamPool: @unchecked Sendable {
             channel.delegate = session
             channel.start()
         }
-        h2Sessions[endpoint.id, default: []].append(session)
+        if endpoint.id >= h2Sessions.count {
+            h2Sessions.append(contentsOf: repeatElement([], count: endpoint.id + 1 - h2Sessions.count))
+        }
+        h2Sessions[endpoint.id].append(session)
+        h2SessionCount += 1
         let block = counters.block(endpoint.id)
         block.add(Slot.open)
         block.add(Slot.opened)
@@ -150,8 +157,10 @@ final class UpstreamPool: @unchecked Sendable {
 
     func h2SessionClosed(_ session: H2UpstreamSession, _ reason: UpstreamCloseReason) {
         let id = session.endpoint.id
-        h2Sessions[id]?.removeAll { $0 === session }
-        if h2Sessions[id]?.isEmpty == true { h2Sessions[id] = nil }
+        if id < h2Sessions.count, let i = h2Sessions[id].firstIndex(where: { $0 === session }) {
+            h2Sessions[id].remove(at: i)
+            h2SessionCount -= 1
+        }
         let block = counters.block(id)
         block.set(Slot.open, block.load(Slot.open) &- 1)
         block.add(Slot.closed + reason.rawValue)
@@ -160,11 +169,11 @@ final class UpstreamPool: @unchecked Sendable {
     /// Closes HTTP/2 connections with no stream for `upstream_idle`, and idle ones to endpoints
     /// no longer healthy or while draining.
     private func h2Tick(now: UInt64) {
-        guard !h2Sessions.isEmpty else { return }
+        guard h2SessionCount > 0 else { return }
         let idleNanos = UInt64(view.timeouts.upstreamIdleMs) * 1_000_000
         let connectNanos = UInt64(view.timeouts.connectMs) * 1_000_000
         let draining = context.isDraining
-        for sessions in Array(h2Sessions.values) {
+        for sessions in h2Sessions where !sessions.isEmpty {
             for s in sessions where !s.isOpen && !s.closed && now >= s.startedAt + connectNanos { s.connectTimedOut() }
             for s in sessions where s.isOpen && !s.closed { s.checkLiveness(now: now, answerNanos: connectNanos) }
             for s in sessions where s.active == 0 && !s.closed {
@@ -265,7 +274,7 @@ final class UpstreamPool: @unchecked Sendable {
     }
 
     func closeAllIdle() {
-        for sessions in Array(h2Sessions.values) {
+        for sessions in h2Sessions {
             for s in sessions where s.active == 0 { s.close(.shutdown) }
         }
         for case let list? in idle {
