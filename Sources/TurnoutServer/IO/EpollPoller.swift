@@ -31,7 +31,9 @@ final class EpollPoller: @unchecked Sendable {
     private var slots: [Slot] = []
     private var generation: UInt32 = 0
     private static let batch = 256
-    private static let rounds = 8
+    /// At most this many rounds, and about `busyNanos` of them, per call from Dispatch.
+    private static let rounds = 64
+    static let busyNanos: UInt64 = 2_000_000
     /// How long a loop that had events waits for more before giving its thread back to Dispatch.
     static let lingerMillis: Int32 = 1
     private let tokens = UnsafeMutablePointer<UInt64>.allocate(capacity: batch)
@@ -93,10 +95,11 @@ final class EpollPoller: @unchecked Sendable {
     /// descriptor is readable; tests call it to take pending events at a known moment.
     func handleEvents() {
         loop.assertOnLoop()
-        // Polls again while events keep coming, up to eight rounds: under load that saves the
-        // Dispatch wake-up (its manager thread re-arms the source and hands the queue to a worker
-        // thread) for each small batch; the bound lets timers and other queued work run. Events
-        // left over keep the descriptor readable, so Dispatch calls again after that work.
+        // Polls again while events keep coming, for up to `busyNanos` (and `rounds` rounds): under
+        // load that saves the Dispatch wake-up (its manager thread re-arms the source and hands
+        // the queue to a worker thread) for each small batch; the bound lets timers and other
+        // queued work run. Events left over keep the descriptor readable, so Dispatch calls again
+        // after that work.
         //
         // A loop that had events waits a little for the next ones (`lingerMillis`) before it
         // gives the thread back: under load the next batch comes within that time, and this
@@ -104,13 +107,20 @@ final class EpollPoller: @unchecked Sendable {
         // eventfd write), re-arming the source (epoll_ctl) and handing the queue to a worker
         // thread (a futex wake and a context switch): about 5% of the CPU per proxied h2c
         // request. Waiting costs no CPU; work queued meanwhile from other threads (the tick,
-        // control-plane changes) waits at most that long per round.
+        // control-plane changes) waits at most `busyNanos` plus one linger.
         defer { loop.roundStart = 0 }
+        let started = EventLoop.now()
+        var roundStart = started
         for round in 0..<Self.rounds {
+            // Time for the queue's other work: events not taken yet wait in epoll (the
+            // descriptor stays readable, so Dispatch calls again). Checked before polling: an
+            // event taken is handled, or edge-triggered epoll would not report it again.
+            if round > 0 && roundStart &- started > Self.busyNanos { return }
             var n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch), 0))
             if n == 0 && round > 0 { n = Int(turnout_epoll_poll(epfd, tokens, events, Int32(Self.batch), Self.lingerMillis)) }
             if n <= 0 { return }
-            loop.roundStart = EventLoop.now()
+            roundStart = EventLoop.now()
+            loop.roundStart = roundStart
             for i in 0..<n {
                 let token = tokens[i]
                 let fd = Int(UInt32(truncatingIfNeeded: token))
