@@ -54,4 +54,21 @@ private func scan(_ reads: [[UInt8]]) -> (read: Int, offset: Int, stream: UInt32
         #expect(scan([bytes + headers(3)]) == nil)
         #expect(scan([bytes + headers(UInt32(4 * HTTP2StreamOrder.remembered - 1))])?.stream == UInt32(4 * HTTP2StreamOrder.remembered - 1))
     }
+
+    /// The remembered identifiers are a ring: after many times its size, the newest and the
+    /// oldest still remembered are known, an identifier skipped within them is refused, and one
+    /// below them is left to libnghttp2.
+    @Test func theWindowSlidesOverManyStreams() {
+        var bytes = preface
+        let n = 3 * HTTP2StreamOrder.remembered + 7
+        for k in 0..<n { bytes += headers(UInt32(4 * k + 1)) }  // 1, 5, 9, …: every 4k+3 skipped
+        let newest = UInt32(4 * (n - 1) + 1)
+        let oldestRemembered = UInt32(4 * (n - HTTP2StreamOrder.remembered) + 1)
+        let forgotten = oldestRemembered - 4
+        #expect(scan([bytes + headers(newest) + headers(oldestRemembered)]) == nil)
+        #expect(scan([bytes + headers(newest - 2)])?.stream == newest - 2)
+        #expect(scan([bytes + headers(oldestRemembered - 2)])?.stream == oldestRemembered - 2)
+        #expect(scan([bytes + headers(forgotten)]) == nil)
+        #expect(scan([bytes + headers(forgotten - 2)]) == nil)
+    }
 }

@@ -16,8 +16,11 @@ public struct HTTP2StreamOrder: Sendable {
     private var header: [UInt8] = []
     /// Payload bytes of the current frame still to skip.
     private var payloadLeft = 0
-    /// Stream identifiers opened by the client, ascending, the last `remembered` of them.
-    private var opened: [UInt32] = []
+    /// Stream identifiers opened by the client, ascending, the last `remembered` of them: a ring
+    /// (`ringStart`, `ringCount`), so that forgetting the oldest moves nothing.
+    private var opened = [UInt32](repeating: 0, count: HTTP2StreamOrder.remembered)
+    private var ringStart = 0
+    private var ringCount = 0
     /// Identifiers at or below this are no longer remembered.
     private var floor: UInt32 = 0
 
@@ -27,8 +30,11 @@ public struct HTTP2StreamOrder: Sendable {
         header.reserveCapacity(9)
     }
 
+    @inline(__always)
+    private func openedAt(_ k: Int) -> UInt32 { opened[(ringStart + k) % Self.remembered] }
+
     /// The highest stream identifier the client opened.
-    public var highestOpened: UInt32 { opened.last ?? floor }
+    public var highestOpened: UInt32 { ringCount > 0 ? openedAt(ringCount - 1) : floor }
 
     /// Reads `bytes`. Returns nil when every frame in them keeps the rule, or the offset where the
     /// first frame that breaks it starts (what comes before it is fine) and its stream identifier.
@@ -49,20 +55,28 @@ public struct HTTP2StreamOrder: Sendable {
                 continue
             }
             let frameStart = i - header.count
-            while header.count < 9 && i < n {
-                header.append(bytes[i])
-                i += 1
+            let h: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+            if header.isEmpty && n - i >= 9 {
+                // The whole frame header is in this read (the usual case): read in place.
+                h = (bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4], bytes[i + 5], bytes[i + 6],
+                     bytes[i + 7], bytes[i + 8])
+                i += 9
+            } else {
+                while header.count < 9 && i < n {
+                    header.append(bytes[i])
+                    i += 1
+                }
+                guard header.count == 9 else { break }
+                h = (header[0], header[1], header[2], header[3], header[4], header[5], header[6], header[7], header[8])
+                header.removeAll(keepingCapacity: true)
             }
-            guard header.count == 9 else { break }
-            let length = Int(header[0]) << 16 | Int(header[1]) << 8 | Int(header[2])
-            let type = header[3]
-            let stream = (UInt32(header[5]) << 24 | UInt32(header[6]) << 16 | UInt32(header[7]) << 8 | UInt32(header[8])) & 0x7fff_ffff
-            header.removeAll(keepingCapacity: true)
+            let length = Int(h.0) << 16 | Int(h.1) << 8 | Int(h.2)
+            let type = h.3
+            let stream = (UInt32(h.5) << 24 | UInt32(h.6) << 16 | UInt32(h.7) << 8 | UInt32(h.8)) & 0x7fff_ffff
             payloadLeft = length
             if type == 1 && stream != 0 && stream & 1 == 1 {  // HEADERS on a client stream
                 if stream > highestOpened {
-                    opened.append(stream)
-                    if opened.count > Self.remembered { floor = opened.removeFirst() }
+                    remember(stream)
                 } else if stream > floor && !isOpened(stream) {
                     return (max(frameStart, 0), stream)
                 }
@@ -71,12 +85,22 @@ public struct HTTP2StreamOrder: Sendable {
         return nil
     }
 
+    private mutating func remember(_ stream: UInt32) {
+        if ringCount == Self.remembered {
+            floor = opened[ringStart]
+            ringStart = (ringStart + 1) % Self.remembered
+            ringCount -= 1
+        }
+        opened[(ringStart + ringCount) % Self.remembered] = stream
+        ringCount += 1
+    }
+
     private func isOpened(_ stream: UInt32) -> Bool {
-        var lo = 0, hi = opened.count
+        var lo = 0, hi = ringCount
         while lo < hi {
             let mid = (lo + hi) / 2
-            if opened[mid] < stream { lo = mid + 1 } else { hi = mid }
+            if openedAt(mid) < stream { lo = mid + 1 } else { hi = mid }
         }
-        return lo < opened.count && opened[lo] == stream
+        return lo < ringCount && openedAt(lo) == stream
     }
 }

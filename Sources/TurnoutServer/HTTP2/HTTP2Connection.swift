@@ -305,6 +305,18 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     private static let maxSpareBlocks = 32
     private static let maxSpareBlockBytes = 4096
 
+    /// The memory of finished streams' response queues, for the next streams' (at most
+    /// `maxSpareDataBuffers` of at most `maxSpareDataBytes` each).
+    private var spareDataBuffers: [[UInt8]] = []
+    private static let maxSpareDataBuffers = 16
+    static let maxSpareDataBytes = 16 * 1024
+
+    func spareDataBuffer() -> [UInt8]? { spareDataBuffers.popLast() }
+
+    func keepDataBuffer(_ buffer: [UInt8]) {
+        if spareDataBuffers.count < Self.maxSpareDataBuffers { spareDataBuffers.append(buffer) }
+    }
+
     /// An empty header block for a response, with the memory of an earlier one when there is one.
     func headerBlock(status: Int) -> HTTP2HeaderBlock {
         guard let block = spareBlocks.popLast() else { return HTTP2HeaderBlock(status: status) }

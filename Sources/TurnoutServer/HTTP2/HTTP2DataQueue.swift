@@ -17,6 +17,28 @@ struct HTTP2DataQueue {
         bytes.append(contentsOf: more)
     }
 
+    /// Whether it has memory of its own (a queue starts without).
+    var hasMemory: Bool { bytes.capacity > 0 }
+
+    /// Takes `buffer`'s memory (emptied) for its bytes; only while it has none of its own.
+    mutating func adopt(_ buffer: [UInt8]) {
+        guard bytes.capacity == 0 else { return }
+        bytes = buffer
+        bytes.removeAll(keepingCapacity: true)
+        start = 0
+    }
+
+    /// Gives its memory away for another queue, emptied; nil when it has none worth keeping
+    /// (none, or more than `maxKept`).
+    mutating func releaseMemory(maxKept: Int) -> [UInt8]? {
+        guard bytes.capacity > 0 && bytes.capacity <= maxKept else { return nil }
+        var out: [UInt8] = []
+        swap(&out, &bytes)
+        start = 0
+        out.removeAll(keepingCapacity: true)
+        return out
+    }
+
     /// Replaces whatever waits with `body` (an answer of Turnout's own).
     mutating func replace(with body: [UInt8]) {
         bytes = body

@@ -248,6 +248,7 @@ final class HTTP2Stream: ExchangeSink {
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         guard !responseEnded else { return }
+        if !out.hasMemory, let spare = connection.spareDataBuffer() { out.adopt(spare) }
         out.append(bytes)
         ex.bytesToClient += Int64(bytes.count)
         // The exchange stops reading its upstream past the watermark; wake it when below again.
@@ -396,5 +397,7 @@ final class HTTP2Stream: ExchangeSink {
             ex.cancel(reason: reason())
         }
         exchange = nil
+        // The response queue's memory serves the connection's next stream.
+        if let memory = out.releaseMemory(maxKept: HTTP2Connection.maxSpareDataBytes) { connection.keepDataBuffer(memory) }
     }
 }
