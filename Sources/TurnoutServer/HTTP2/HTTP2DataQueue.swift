@@ -20,11 +20,11 @@ struct HTTP2DataQueue {
     /// Whether it has memory of its own (a queue starts without).
     var hasMemory: Bool { bytes.capacity > 0 }
 
-    /// Takes `buffer`'s memory (emptied) for its bytes; only while it has none of its own.
+    /// Takes the memory of `buffer` (empty, from `releaseMemory`) for its bytes; only while it
+    /// has none of its own.
     mutating func adopt(_ buffer: [UInt8]) {
-        guard bytes.capacity == 0 else { return }
+        guard bytes.capacity == 0, buffer.isEmpty else { return }
         bytes = buffer
-        bytes.removeAll(keepingCapacity: true)
         start = 0
     }
 
