@@ -297,8 +297,8 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     /// Header blocks submitted and not yet framed, by stream: nghttp2 reads them where they lie
-    /// (`NO_COPY`) when it frames them. Let go when the frame went out (`headersSent`), could not
-    /// go (`headersNotSent`), or the stream closed (nghttp2 frames nothing of a closed stream).
+    /// (`NO_COPY`) when it frames them. Let go when the frame went out or could not go
+    /// (`headersFramed`), or the stream closed (nghttp2 frames nothing of a closed stream).
     private var heldBlocks: [(stream: Int32, block: HTTP2HeaderBlock)] = []
     /// Blocks already framed, for the next responses.
     private var spareBlocks: [HTTP2HeaderBlock] = []
