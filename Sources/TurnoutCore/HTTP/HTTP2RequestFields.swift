@@ -62,13 +62,14 @@ public final class HTTP2RequestFields: @unchecked Sendable {
         }
 
         mutating func requestLine(method: String, target: String) {
-            pseudo(":method", method)
-            pseudo(":scheme", scheme)
-            pseudo(":path", target)
+            whole(":method", method)
+            whole(":scheme", scheme)
+            whole(":path", target)
             authorityIndex = buffer.spanCount
         }
 
-        private mutating func pseudo(_ name: StaticString, _ value: String) {
+        /// A field written whole, its name already lowercase.
+        private mutating func whole(_ name: StaticString, _ value: String) {
             let n = buffer.count
             buffer.write(name)
             let v = buffer.count
@@ -142,13 +143,7 @@ public final class HTTP2RequestFields: @unchecked Sendable {
         }
 
         mutating func end() {
-            if teTrailers {
-                let n = buffer.count
-                buffer.write("te")
-                let v = buffer.count
-                buffer.write("trailers")
-                buffer.addSpan((n, v - n, v, 8, true))
-            }
+            if teTrailers { whole("te", "trailers") }
         }
     }
 }

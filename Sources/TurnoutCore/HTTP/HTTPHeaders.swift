@@ -215,13 +215,6 @@ public struct HTTPHeaders: Sendable {
         spans.removeAll(keepingCapacity: true)
     }
 
-    /// Room for `bytes` of names and values in `fields` fields, so that appending does not grow
-    /// the storage field by field.
-    public mutating func reserve(bytes: Int, fields: Int) {
-        self.bytes.reserveCapacity(bytes)
-        spans.reserveCapacity(fields)
-    }
-
     /// Removes every field named `name`. Their bytes stay in the storage, unused.
     public mutating func remove(_ name: String) {
         var name = name

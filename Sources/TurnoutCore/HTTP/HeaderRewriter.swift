@@ -90,9 +90,7 @@ public enum HeaderRewriter {
         sink.field("X-Forwarded-Proto", request.scheme, kind: .forwardedProto)
         if let host = request.head.host { sink.field("X-Forwarded-Host", host, kind: .forwardedHost) }
         sink.beginField("Via", kind: .via)
-        if hasVia { sink.values(of: "via", in: request.head.headers) }
-        sink.value(request.head.version.viaLiteral)
-        sink.value(" turnout")
+        viaValue(received: hasVia ? request.head.headers : nil, version: request.head.version) { sink.value($0) }
         sink.endField()
         if let upgrade = request.upgrade {
             sink.field("Upgrade", upgrade, kind: .hopByHop)
@@ -151,16 +149,25 @@ public enum HeaderRewriter {
         }
     }
 
+    /// The value of the `Via` Turnout sends on, in pieces: the entries of the `Via` fields of
+    /// `received` (nil: none), each followed by ", ", then its own (`<version> turnout`). Every
+    /// head Turnout writes (HTTP/1.1 and HTTP/2, to upstreams and to clients) takes it from here.
+    @inlinable
+    public static func viaValue(received: HTTPHeaders?, version: HTTPVersion, _ piece: (UnsafeBufferPointer<UInt8>) -> Void) {
+        received?.forEachValue("via") { v in
+            piece(v)
+            (", " as StaticString).withUTF8Buffer(piece)
+            return true
+        }
+        version.viaLiteral.withUTF8Buffer(piece)
+        (" turnout" as StaticString).withUTF8Buffer(piece)
+    }
+
     /// `Via` with the received entries (the `Via` fields of `received`), then Turnout's own.
     static func appendVia(_ out: inout [UInt8], _ received: HTTPHeaders?, version: HTTPVersion) {
         out.append(literal: "Via: ")
-        received?.forEachValue("via") { v in
-            out.append(contentsOf: v)
-            out.append(literal: ", ")
-            return true
-        }
-        out.append(literal: version.viaLiteral)
-        out.append(literal: " turnout\r\n")
+        viaValue(received: received, version: version) { out.append(contentsOf: $0) }
+        out.append(literal: "\r\n")
     }
 
     /// Calls `body` with each end-to-end field of a response, in order: hop-by-hop fields and

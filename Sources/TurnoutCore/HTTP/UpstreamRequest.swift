@@ -97,7 +97,7 @@ public protocol UpstreamHeadSink {
 
 extension UpstreamHeadSink {
     /// The values of every `name` field of `headers`, each followed by ", " (a list Turnout then
-    /// ends with its own entry: `X-Forwarded-For`, `Via`).
+    /// ends with its own entry: `X-Forwarded-For`).
     mutating func values(of name: String, in headers: HTTPHeaders) {
         headers.forEachValue(name) { v in
             value(v)

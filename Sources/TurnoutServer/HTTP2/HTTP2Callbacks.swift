@@ -44,14 +44,14 @@ enum HTTP2Callbacks {
         nghttp2_session_callbacks_set_on_frame_send_callback(cbs) { _, frame, user in
             guard let frame, let user else { return 0 }
             if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) {
-                connection(user) { $0.headersFramed(streamID: frame.pointee.hd.stream_id, sent: true) }
+                connection(user) { $0.headersFramed(streamID: frame.pointee.hd.stream_id) }
             }
             return 0
         }
         nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs) { _, frame, _, user in
             guard let frame, let user else { return 0 }
             if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) {
-                connection(user) { $0.headersFramed(streamID: frame.pointee.hd.stream_id, sent: false) }
+                connection(user) { $0.headersFramed(streamID: frame.pointee.hd.stream_id) }
             }
             return 0
         }

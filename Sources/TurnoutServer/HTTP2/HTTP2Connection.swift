@@ -332,9 +332,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         if spareBlocks.count < Self.maxSpareBlocks && block.capacity <= Self.maxSpareBlockBytes { spareBlocks.append(block) }
     }
 
-    /// A HEADERS frame of `streamID` went out (or, `sent` false, was dropped): its block (the
-    /// stream's oldest held one: a stream's HEADERS go in order) is free.
-    func headersFramed(streamID: Int32, sent: Bool) {
+    /// A HEADERS frame of `streamID` went out, or was dropped: its block (the stream's oldest
+    /// held one: a stream's HEADERS go in order) is free.
+    func headersFramed(streamID: Int32) {
         guard let i = heldBlocks.firstIndex(where: { $0.stream == streamID }) else { return }
         recycle(heldBlocks.remove(at: i).block)
     }

@@ -24,9 +24,9 @@ enum NGHTTP2Fields {
 
 /// A response header block for nghttp2, built as bytes: `:status` first, then the fields with
 /// their names lowercased as they are copied (HTTP/2 field names are lowercase), no Strings in
-/// between. A class that owns its memory: a block submitted to a session is held by its stream
-/// until nghttp2 has framed it (`HTTP2Stream.hold`), since nghttp2 reads it where it lies; then
-/// the connection reuses it for another response.
+/// between. A class that owns its memory: a block submitted to a session is held by its
+/// connection until nghttp2 has framed it (`HTTP2Connection.headersFramed`), since nghttp2 reads
+/// it where it lies; then the connection reuses it for another response.
 final class HTTP2HeaderBlock {
     private(set) var buffer = FieldBuffer(bytes: 512, fields: 12)
 
@@ -72,15 +72,7 @@ final class HTTP2HeaderBlock {
         let nameStart = buffer.count
         buffer.write("via")
         let valueStart = buffer.count
-        if hasVia {
-            head.headers.forEachValue("via") { v in
-                buffer.write(v)
-                buffer.write(", ")
-                return true
-            }
-        }
-        buffer.write(head.version.viaLiteral)
-        buffer.write(" turnout")
+        HeaderRewriter.viaValue(received: hasVia ? head.headers : nil, version: head.version) { buffer.write($0) }
         buffer.addSpan((nameStart, 3, valueStart, buffer.count - valueStart, true))
         if let setCookie { append("set-cookie", setCookie) }
     }

@@ -52,6 +52,7 @@ final class HTTP2Stream: ExchangeSink {
 
     func addHeader(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>, maxBytes: Int, maxCount: Int) {
         guard headerProblem == nil else { return }
+        if headerBytes == 0 { fields.reserveCapacity(bytes: 256, fields: 12) }
         headerBytes += name.count + value.count + 32
         if headerBytes > maxBytes || fields.count - (hostFromAuthority ? 1 : 0) >= maxCount {
             headerProblem = (431, "the request's header fields are larger than the limit")
@@ -67,7 +68,6 @@ final class HTTP2Stream: ExchangeSink {
                 authority = String(decoding: value, as: UTF8.self)
                 // HTTP/1.1 upstreams need Host (RFC 9113 8.3.1): the authority, as the first
                 // field (pseudo-headers come before all others), unless the client sends Host.
-                if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
                 if !hostFromAuthority {
                     ("host" as StaticString).withUTF8Buffer { fields.append(name: $0, value: value) }
                     hostFromAuthority = true
@@ -78,7 +78,6 @@ final class HTTP2Stream: ExchangeSink {
         } else if name.count == 6 && name.equals("cookie") {
             cookies.append(String(decoding: value, as: UTF8.self))
         } else {
-            if fields.count == 0 { fields.reserve(bytes: 256, fields: 12) }
             if hostFromAuthority && name.count == 4 && name.equals("host") {
                 // The client's Host goes as it came, instead of the authority.
                 fields.remove("host")
