@@ -6,8 +6,8 @@
 public enum RequestPlan {
     /// Forward to an endpoint.
     case forward(Forward)
-    /// No pool has a healthy endpoint: answer 503.
-    case unavailable(poolName: String)
+    /// No pool has a healthy endpoint: answer 503. The head comes back for the log line.
+    case unavailable(poolName: String, head: HTTPRequestHead)
 
     public struct Forward {
         public let poolName: String
@@ -24,8 +24,10 @@ public enum RequestPlan {
     }
 
     /// `upgrade`: the protocol the request switches to (HTTP/1.1 `Upgrade`, or `websocket` for an
-    /// HTTP/2 extended CONNECT), nil for none.
-    public static func make(_ head: HTTPRequestHead, table: RoutingTable, clientIP: String, scheme: String,
+    /// HTTP/2 extended CONNECT), nil for none. The head is taken, not copied: it moves into the
+    /// plan's `upstream` (or comes back with `unavailable`), which saves a reference count for
+    /// each of its parts.
+    public static func make(_ head: consuming HTTPRequestHead, table: RoutingTable, clientIP: String, scheme: String,
                             upgrade: String?) -> RequestPlan {
         var stickyKey: String?
         var newCookie: String?
@@ -46,9 +48,10 @@ public enum RequestPlan {
         let preview = table.previewHeader.flatMap { head.headers.first($0) }
         let decision = table.route(stickyKey: stickyKey, previewPool: preview)
         let poolName = table.pools[decision.pool].name
-        guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName) }
+        guard let endpoint = decision.endpoint else { return .unavailable(poolName: poolName, head: head) }
+        let clientID = RequestID.client(head.headers)
         let upstream = UpstreamRequest(head: head, clientIP: clientIP, scheme: scheme, fallbackHost: endpoint.description,
-                                       upgrade: upgrade, clientID: RequestID.client(head.headers))
+                                       upgrade: upgrade, clientID: clientID)
         return .forward(Forward(poolName: poolName, poolIndex: decision.pool, endpoint: endpoint, reason: decision.reason, setCookie: newCookie,
                                 upstream: upstream, upgrade: upgrade != nil))
     }

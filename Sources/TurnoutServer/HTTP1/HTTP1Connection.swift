@@ -228,14 +228,15 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         route(head)
     }
 
-    private func route(_ head: HTTPRequestHead) {
+    private func route(_ head: consuming HTTPRequestHead) {
         let table = view.table
         switch RequestPlan.make(head, table: table, clientIP: clientIP, scheme: scheme,
                                 upgrade: HeaderRewriter.requestedUpgrade(head)) {
-        case .unavailable(let poolName):
+        case .unavailable(let poolName, let head):
             respondWithoutUpstream(head, status: 503, message: "no healthy endpoint in pool \(poolName)",
                                    extra: [("Retry-After", "\(context.retryAfterSeconds)")], pool: poolName)
         case .forward(let plan):
+            let head = plan.upstream.head
             // A body whose bad bytes came with the head is refused before anything goes upstream.
             if let error = BodyReader.firstError(head.framing, in: input, from: inputStart, to: input.count) {
                 RequestRouter.recordUnforwarded(head, status: 400, pool: plan.poolName, bytes: 0, clientIP: clientIP,
@@ -245,7 +246,7 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
             }
             chunkToClient = false
             closeAfter = false
-            let ex = RequestRouter.exchange(head, plan, table: table, env: env, sink: self)
+            let ex = RequestRouter.exchange(plan, table: table, env: env, sink: self)
             exchange = ex
             setDeadline(ex.requestComplete ? .none : .body)
             ex.start()

@@ -137,23 +137,24 @@ final class HTTP2Stream: ExchangeSink {
         } else {
             framing = .chunked
         }
-        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
-                                   framing: framing, keepAlive: true,
-                                   expectsContinue: headers.first("expect")?.equalsIgnoringASCIICase("100-continue") == true)
         if let max = c.view.limits.maxBodyBytes, case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
+        // The fields' last use is the head's, so they move into it.
+        let expectsContinue = headers.first("expect")?.equalsIgnoringASCIICase("100-continue") == true
+        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
+                                   framing: framing, keepAlive: true, expectsContinue: expectsContinue)
         let table = c.view.table
         switch RequestPlan.make(head, table: table, clientIP: c.clientIP, scheme: c.scheme,
                                 upgrade: websocket ? "websocket" : nil) {
-        case .unavailable(let poolName):
+        case .unavailable(let poolName, let head):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
                                             context: c.context, stats: c.stats)
             answer(status: 503, message: "no healthy endpoint in pool \(poolName)",
                    extra: [("retry-after", "\(c.context.retryAfterSeconds)")])
         case .forward(let plan):
-            let ex = RequestRouter.exchange(head, plan, table: table, env: c.env, sink: self)
+            let ex = RequestRouter.exchange(plan, table: table, env: c.env, sink: self)
             exchange = ex
             ex.start()
         }

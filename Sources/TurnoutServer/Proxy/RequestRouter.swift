@@ -7,12 +7,12 @@ enum RequestRouter {
     /// holds it as its exchange, then calls `start` (which may call the sink back at once).
     /// `table` is the routing table the plan was made on; its mirror decides whether the request
     /// is also copied to the mirror pool.
-    static func exchange(_ head: HTTPRequestHead, _ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
+    static func exchange(_ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
                          sink: ExchangeSink) -> UpstreamExchange {
         let ex = UpstreamExchange(upstream: plan.upstream, poolName: plan.poolName, endpoint: plan.endpoint,
                                   reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
                                   context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
-        if table.mirror != nil, let tee = env.mirrors.tee(for: head, plan: plan, table: table, clientIP: env.clientIP) {
+        if table.mirror != nil, let tee = env.mirrors.tee(for: plan.upstream.head, plan: plan, table: table, clientIP: env.clientIP) {
             ex.mirror(tee, runner: env.mirrors)
         }
         return ex
