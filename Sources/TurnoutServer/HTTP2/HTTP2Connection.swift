@@ -40,7 +40,12 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     private(set) var streams = StreamMap<HTTP2Stream>()
     /// The stream the last callback was about: a HEADERS frame's fields, its end and the stream's
     /// DATA come one after another, each found without hashing.
-    private var recentStream: HTTP2Stream?
+    private var recentStream: HTTP2Stream? {
+        didSet { recentStreamRef = recentStream.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `recentStream` without a reference count, for the field callbacks (one per field): alive
+    /// while `recentStream` holds it, which a field callback never changes.
+    private var recentStreamRef: Unmanaged<HTTP2Stream>?
     /// Inside a call into nghttp2 (its callbacks may submit, but must not send).
     private var inSession = false
     private var closed = false
@@ -235,6 +240,16 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func header(streamID: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        // The block's stream is the recent one (`beginHeaders` made it so): reached unretained,
+        // since `addHeader` only collects the field and changes no stream table.
+        if let r = recentStreamRef {
+            let done = r._withUnsafeGuaranteedRef { s in
+                guard s.id == streamID else { return false }
+                s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
+                return true
+            }
+            if done { return }
+        }
         guard let s = stream(streamID) else { return }
         s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
     }

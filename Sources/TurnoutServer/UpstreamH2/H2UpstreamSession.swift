@@ -279,7 +279,12 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     /// The stream the last callback was about: a response's HEADERS, its fields, its DATA and its
     /// end come one after another, each found without hashing.
-    private var recent: H2UpstreamStream?
+    private var recent: H2UpstreamStream? {
+        didSet { recentRef = recent.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `recent` without a reference count, for the field callbacks (one per field): alive while
+    /// `recent` holds it, which a field callback never changes.
+    private var recentRef: Unmanaged<H2UpstreamStream>?
 
     @inline(__always)
     private func stream(_ id: Int32) -> H2UpstreamStream? {
@@ -306,7 +311,22 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
+        // The block's stream is the recent one (`beginHeaders` looked it up): reached unretained,
+        // since taking a field changes no stream table.
+        if let r = recentRef {
+            let done = r._withUnsafeGuaranteedRef { s in
+                guard s.id == id else { return false }
+                take(s, name: name, value: value)
+                return true
+            }
+            if done { return }
+        }
         guard let s = stream(id) else { return }
+        take(s, name: name, value: value)
+    }
+
+    @inline(__always)
+    private func take(_ s: H2UpstreamStream, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         headerBytes += name.count + value.count + 32
         if name.first == 58 {  // ':'
             if name.equals(":status") { s.status = Self.statusCode(value) }
