@@ -280,7 +280,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         if !heldBlocks.isEmpty { heldBlocks.removeAll { $0.stream == streamID } }
         guard let s = streams.removeValue(forKey: streamID) else { return }
         if recentStream === s { recentStream = nil }
-        waitingForDrain.remove(streamID)
+        if !waitingForDrain.isEmpty { waitingForDrain.remove(streamID) }  // no hashing in the common case
         // A stream closing while its exchange still runs was reset (by the client, or by nghttp2
         // for a protocol error in it).
         s.closed(reason: "stream reset (error code \(errorCode))")
