@@ -19,8 +19,9 @@ another, each preceded by a warm-up of the same load (--warmup seconds, not meas
   h2up     h2load -c10 -m10 over h2c to proxies whose upstreams speak HTTP/2 too (nginx h2c
            listeners): Turnout with `protocol: h2c` pools, nghttpx `proto=h2`, HAProxy `proto h2`
 
---scaling adds Turnout with workers: 2 (`workers: auto` on this 2-core machine) to the small and
-tls-new loads.
+--scaling adds Turnout with workers: 2 (`workers: auto` on this 2-core machine) to the small,
+tls-new and h2up loads (for h2up: Turnout as shipped against nghttpx as shipped, whose default is one
+worker; shown, not judged).
 
 Every measurement is repeated (--repeats) with the proxies in rotating order; the table shows
 medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests, peak RSS,
@@ -520,7 +521,7 @@ LOADS = {
 TARGETS = {"small": (1.0, 1.25)}
 DEFAULT_TARGET = (1.0, None)
 NAMES = {"turnout": "Turnout", "haproxy": "HAProxy", "nginx": "nginx", "nghttpx": "nghttpx",
-         "turnout-w2": "Turnout workers: 2", "turnout-h2up": "Turnout", "haproxy-h2up": "HAProxy", "nghttpx-h2up": "nghttpx"}
+         "turnout-w2": "Turnout workers: 2", "turnout-w2-h2up": "Turnout workers: 2", "turnout-h2up": "Turnout", "haproxy-h2up": "HAProxy", "nghttpx-h2up": "nghttpx"}
 
 
 def main():
@@ -531,7 +532,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--loads", default=",".join(LOADS))
     ap.add_argument("--proxies", default="turnout,haproxy,nginx,nghttpx", help="which proxies to run")
-    ap.add_argument("--scaling", action="store_true", help="also run Turnout with workers: 2 on small and tls-new")
+    ap.add_argument("--scaling", action="store_true", help="also run Turnout with workers: 2 on small, tls-new and h2up")
     a = ap.parse_args()
     loads = a.loads.split(",")
     for load in loads:
@@ -559,6 +560,7 @@ def main():
     blue_h2, green_h2 = upstreams.h2_ports
     for n, start in (("turnout", start_turnout), ("haproxy", start_haproxy), ("nghttpx", start_nghttpx)):
         starters[f"{n}-h2up"] = (lambda start: lambda: start(workdir, blue_h2, green_h2, h2_upstream=True))(start)
+    starters["turnout-w2-h2up"] = lambda: start_turnout(workdir, blue_h2, green_h2, workers=2, h2_upstream=True)
     proxies = {}
     results = {}
 
@@ -566,6 +568,8 @@ def main():
         names = [n for n in LOADS[load] if n.split("-")[0] in wanted]
         if a.scaling and load in ("small", "tls-new"):
             names.append("turnout-w2")
+        if a.scaling and load == "h2up" and "turnout" in wanted:
+            names.append("turnout-w2-h2up")
         return names
 
     try:
