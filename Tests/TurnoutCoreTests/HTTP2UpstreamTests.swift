@@ -149,6 +149,7 @@ import Testing
                     map[id] = b
                     reference[id] = b
                 default:
+                    #expect(map.lookup(id) === reference[id])
                     #expect(map.removeValue(forKey: id) === reference.removeValue(forKey: id))
                 }
                 #expect(map.count == reference.count)
@@ -159,5 +160,34 @@ import Testing
             map.removeAll()
             #expect(map.isEmpty && map.values.isEmpty && map[reference.keys.first ?? 1] == nil)
         }
+    }
+
+    /// The entry remembered for runs of look-ups is the one in the table, and is forgotten when it
+    /// leaves: a removed or replaced stream is never handed out again.
+    @Test func theRecentEntryLeavesWithItsStream() {
+        var map = StreamMap<Box>()
+        let a = Box(1), b = Box(3)
+        map[1] = a
+        map[3] = b
+        #expect(map.lookup(1) === a)
+        #expect(map.withEntry(3) { $0 } === b)
+        #expect(map.withEntry(3) { $0.n } == 3)
+        // Removed while remembered (`b` is still alive here, held by the test).
+        #expect(map.removeValue(forKey: 3) === b)
+        #expect(map.withEntry(3) { $0 } == nil)
+        #expect(map.lookup(3) == nil)
+        // Replaced while remembered.
+        #expect(map.lookup(1) === a)
+        let a2 = Box(1)
+        map[1] = a2
+        #expect(map.lookup(1) === a2)
+        map[1] = nil
+        #expect(map.lookup(1) == nil)
+        // Emptied while remembered.
+        map[5] = b
+        #expect(map.lookup(5) === b)
+        map.removeAll()
+        #expect(map.withEntry(5) { $0 } == nil)
+        #expect(a.n == 1 && b.n == 3)
     }
 }

@@ -3,11 +3,18 @@
 /// arrays, without the per-process seeded hashing a `Dictionary` does for every look-up. Ids are
 /// positive (31 bits); 0 marks a free slot. The table doubles at three quarters full and never
 /// shrinks (a connection's streams in flight are bounded by its concurrency limit).
+///
+/// It remembers the entry last inserted or looked up (`lookup`, `withEntry`): callbacks come in
+/// runs for one stream (a HEADERS frame's fields, its end, its DATA), and the run's later ones
+/// find it without hashing. Remembered unretained (the table holds every entry) and forgotten
+/// when the entry leaves the table.
 public struct StreamMap<Value: AnyObject> {
     private var keys: [Int32]
     private var slots: [Value?]
     public private(set) var count = 0
     private var shift: Int
+    private var recentKey: Int32 = 0
+    private var recent: Unmanaged<Value>?
 
     public init() {
         keys = Array(repeating: 0, count: 16)
@@ -45,7 +52,40 @@ public struct StreamMap<Value: AnyObject> {
         }
     }
 
+    /// `self[key]`, remembered as the recent entry.
+    @inline(__always)
+    public mutating func lookup(_ key: Int32) -> Value? {
+        withEntry(key) { $0 }
+    }
+
+    /// Calls `body` with the entry for `key` without retaining it (the table's reference keeps it
+    /// alive), and remembers it as the recent entry; nil when there is none. `body` must not
+    /// remove the entry from the table.
+    @inline(__always)
+    public mutating func withEntry<R>(_ key: Int32, _ body: (Value) -> R) -> R? {
+        if key != recentKey || recent == nil {
+            guard key > 0, let i = find(key), let v = slots[i] else { return nil }
+            remember(key, v)
+        }
+        return recent!._withUnsafeGuaranteedRef(body)
+    }
+
+    @inline(__always)
+    private mutating func remember(_ key: Int32, _ value: Value) {
+        recentKey = key
+        recent = Unmanaged.passUnretained(value)
+    }
+
+    @inline(__always)
+    private mutating func forget(_ key: Int32) {
+        if key == recentKey {
+            recentKey = 0
+            recent = nil
+        }
+    }
+
     private mutating func insert(_ key: Int32, _ value: Value) {
+        defer { remember(key, value) }
         if let i = find(key) {
             slots[i] = value
             return
@@ -62,6 +102,7 @@ public struct StreamMap<Value: AnyObject> {
     @discardableResult
     public mutating func removeValue(forKey key: Int32) -> Value? {
         guard key > 0, var i = find(key) else { return nil }
+        forget(key)
         let removed = slots[i]
         keys[i] = 0
         slots[i] = nil
@@ -96,6 +137,7 @@ public struct StreamMap<Value: AnyObject> {
     }
 
     public mutating func removeAll() {
+        forget(recentKey)
         for i in keys.indices where keys[i] != 0 {
             keys[i] = 0
             slots[i] = nil

@@ -37,15 +37,9 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     let env: ClientEnvironment
 
     private var session: OpaquePointer?
+    /// The streams by id; a callback's stream is found with `lookup`, which remembers it for the
+    /// callbacks that follow about the same stream.
     private(set) var streams = StreamMap<HTTP2Stream>()
-    /// The stream the last callback was about: a HEADERS frame's fields, its end and the stream's
-    /// DATA come one after another, each found without hashing.
-    private var recentStream: HTTP2Stream? {
-        didSet { recentStreamRef = recentStream.map { Unmanaged.passUnretained($0) } }
-    }
-    /// `recentStream` without a reference count, for the field callbacks (one per field): alive
-    /// while `recentStream` holds it, which a field callback never changes.
-    private var recentStreamRef: Unmanaged<HTTP2Stream>?
     /// Inside a call into nghttp2 (its callbacks may submit, but must not send).
     private var inSession = false
     private var closed = false
@@ -217,12 +211,7 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     // MARK: session callbacks (called from HTTP2Callbacks)
 
     @inline(__always)
-    private func stream(_ id: Int32) -> HTTP2Stream? {
-        if let s = recentStream, s.id == id { return s }
-        let s = streams[id]
-        if s != nil { recentStream = s }
-        return s
-    }
+    private func stream(_ id: Int32) -> HTTP2Stream? { streams.lookup(id) }
 
     /// The limits for the header block being received, read once per request block (and at the
     /// start, for trailers): nghttp2 hands over one block at a time (its CONTINUATION frames
@@ -235,23 +224,14 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
         guard streams[streamID] == nil else { return }
         let s = HTTP2Stream(id: streamID, connection: self)
         streams[streamID] = s
-        recentStream = s
         idleDeadline = 0
     }
 
     func header(streamID: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        // The block's stream is the recent one (`beginHeaders` made it so): reached unretained,
-        // since `addHeader` only collects the field and changes no stream table.
-        if let r = recentStreamRef {
-            let done = r._withUnsafeGuaranteedRef { s in
-                guard s.id == streamID else { return false }
-                s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
-                return true
-            }
-            if done { return }
+        // Reached unretained (one callback per field): `addHeader` only collects the field.
+        streams.withEntry(streamID) { s in
+            s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
         }
-        guard let s = stream(streamID) else { return }
-        s.addHeader(name: name, value: value, maxBytes: headerLimits.bytes, maxCount: headerLimits.count)
     }
 
     func headersComplete(streamID: Int32, endStream: Bool) {
@@ -279,7 +259,6 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     func streamClosed(streamID: Int32, errorCode: UInt32) {
         if !heldBlocks.isEmpty { heldBlocks.removeAll { $0.stream == streamID } }
         guard let s = streams.removeValue(forKey: streamID) else { return }
-        if recentStream === s { recentStream = nil }
         if !waitingForDrain.isEmpty { waitingForDrain.remove(streamID) }  // no hashing in the common case
         // A stream closing while its exchange still runs was reset (by the client, or by nghttp2
         // for a protocol error in it).
@@ -446,7 +425,6 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     private func cancelStreams(reason: String) {
         let all = streams.values
         streams.removeAll()
-        recentStream = nil
         waitingForDrain.removeAll()
         for s in all { s.closed(reason: reason) }
     }

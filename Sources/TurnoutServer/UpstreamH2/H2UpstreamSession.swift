@@ -187,7 +187,6 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         let owner = s.owner
         s.sessionEnded()
         if s.id > 0 { streams.removeValue(forKey: s.id) }
-        if recent === s { recent = nil }
         streamOver()
         owner?.h2Failed(s, error: error, refused: refused)
     }
@@ -277,22 +276,10 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     // MARK: nghttp2 callbacks (from H2UpstreamCallbacks)
 
-    /// The stream the last callback was about: a response's HEADERS, its fields, its DATA and its
-    /// end come one after another, each found without hashing.
-    private var recent: H2UpstreamStream? {
-        didSet { recentRef = recent.map { Unmanaged.passUnretained($0) } }
-    }
-    /// `recent` without a reference count, for the field callbacks (one per field): alive while
-    /// `recent` holds it, which a field callback never changes.
-    private var recentRef: Unmanaged<H2UpstreamStream>?
-
+    /// A callback's stream: a response's HEADERS, its fields, its DATA and its end come one after
+    /// another, and the table remembers the last one found (no hashing for the rest of the run).
     @inline(__always)
-    private func stream(_ id: Int32) -> H2UpstreamStream? {
-        if let r = recent, r.id == id { return r }
-        let s = streams[id]
-        if s != nil { recent = s }
-        return s
-    }
+    private func stream(_ id: Int32) -> H2UpstreamStream? { streams.lookup(id) }
 
 
     private var headerBytes = 0
@@ -311,18 +298,8 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     func header(_ id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
-        // The block's stream is the recent one (`beginHeaders` looked it up): reached unretained,
-        // since taking a field changes no stream table.
-        if let r = recentRef {
-            let done = r._withUnsafeGuaranteedRef { s in
-                guard s.id == id else { return false }
-                take(s, name: name, value: value)
-                return true
-            }
-            if done { return }
-        }
-        guard let s = stream(id) else { return }
-        take(s, name: name, value: value)
+        // Reached unretained (one callback per field): taking a field changes no stream table.
+        streams.withEntry(id) { s in take(s, name: name, value: value) }
     }
 
     @inline(__always)
@@ -420,7 +397,6 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     func streamClosed(_ id: Int32, errorCode: UInt32) {
         guard let s = streams.removeValue(forKey: id) else { return }
-        if recent === s { recent = nil }
         let owner = s.owner
         let ended = s.remoteEnded
         s.sessionEnded()
@@ -479,7 +455,6 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
         let all = waiting + Array(streams.values)
         waiting.removeAll()
         streams.removeAll()
-        recent = nil
         let open = all.filter { !$0.remoteEnded }
         if !open.isEmpty {
             pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) lost with \(open.count) stream(s) open (ids \(open.map(\.id).sorted().prefix(8)); GOAWAY received: \(goawayLastStream.map(String.init) ?? "no"))\(error.map { ": \($0)" } ?? "")")
