@@ -438,8 +438,8 @@ def test_websocket_over_http2_extended_connect(blue_green):
     c.close()
 
 
-# Raw frames, for what an HTTP/2 library will not send: the h2spec cases http2/5.1.1/2 and
-# http2/3.5/2, reproduced.
+# Raw frames, for what an HTTP/2 library will not send: the h2spec cases http2/5.1.1/2,
+# http2/5.1/8 and 11, http2/6.3/1, http2/5.3.1/2 and http2/3.5/2, reproduced.
 
 def raw_frame(ftype, flags, stream, payload=b""):
     return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
@@ -478,19 +478,26 @@ def request_block(encoder, port, method="GET", path="/"):
     return encoder.encode([(":method", method), (":path", path), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")])
 
 
+def ends_with_goaway(t, frames_out, code, words=None, sock=None):
+    """Sends `frames_out` on `sock`, or on a new connection after the preface and a SETTINGS, and
+    expects the connection to end with a GOAWAY of error `code`, and `words` in Turnout's log."""
+    s = sock or socket.create_connection(("127.0.0.1", t.port))
+    s.sendall(frames_out if sock else HTTP2_PREFACE + raw_frame(0x4, 0, 0) + frames_out)
+    frames, closed = read_frames(s, lambda f: False)
+    s.close()
+    assert goaway_code(frames) == code, frames
+    assert closed
+    if words:
+        wait_for(lambda: words in t.read_log(), what=words)
+
+
 def test_headers_on_a_lower_stream_id_never_opened_is_a_protocol_error(blue_green):
     """h2spec http2/5.1.1/2: HEADERS on stream 5, then on stream 3 (skipped, so closed)."""
     t, _, _ = blue_green()
-    s = socket.create_connection(("127.0.0.1", t.port))
     e = hpack.Encoder()
-    s.sendall(HTTP2_PREFACE + raw_frame(0x4, 0, 0)
-              + raw_frame(0x1, END_STREAM | END_HEADERS, 5, request_block(e, t.port))
-              + raw_frame(0x1, END_STREAM | END_HEADERS, 3, request_block(e, t.port)))
-    frames, closed = read_frames(s, lambda f: False)
-    s.close()
-    assert goaway_code(frames) == 1, frames  # PROTOCOL_ERROR
-    assert closed
-    assert "HEADERS on stream 3, below stream 5" in t.read_log()
+    ends_with_goaway(t, raw_frame(0x1, END_STREAM | END_HEADERS, 5, request_block(e, t.port))
+                     + raw_frame(0x1, END_STREAM | END_HEADERS, 3, request_block(e, t.port)),
+                     1, "HEADERS on stream 3, below stream 5")  # PROTOCOL_ERROR
 
 
 def test_trailers_on_an_open_lower_stream_are_still_fine(blue_green):
@@ -510,6 +517,37 @@ def test_trailers_on_an_open_lower_stream_are_still_fine(blue_green):
     s.close()
     assert not closed and goaway_code(frames) is None, frames
     assert {st for ty, _, st, _ in frames if ty == 0x1} >= {1, 3}
+
+
+def test_data_after_the_client_reset_its_stream_is_stream_closed(blue_green):
+    """h2spec http2/5.1/8: RST_STREAM from the client, then DATA on the same stream."""
+    t, _, _ = blue_green()
+    e = hpack.Encoder()
+    ends_with_goaway(t, raw_frame(0x1, END_HEADERS, 1, request_block(e, t.port, "POST", "/"))
+                     + raw_frame(0x3, 0, 1, (8).to_bytes(4, "big"))  # RST_STREAM CANCEL
+                     + raw_frame(0x0, 0, 1, b"late"),
+                     5, "DATA on stream 1 after the client ended or reset it")  # STREAM_CLOSED
+
+
+def test_data_on_a_stream_the_client_ended_and_turnout_answered_is_stream_closed(blue_green):
+    """h2spec http2/5.1/11: the stream is closed both ways (the answer came) when DATA arrives;
+    libnghttp2 has forgotten it, Turnout has not."""
+    t, _, _ = blue_green()
+    s = socket.create_connection(("127.0.0.1", t.port))
+    e = hpack.Encoder()
+    s.sendall(HTTP2_PREFACE + raw_frame(0x4, 0, 0)
+              + raw_frame(0x1, END_STREAM | END_HEADERS, 1, request_block(e, t.port)))
+    frames, closed = read_frames(s, lambda f: any(ty in (0x0, 0x1) and fl & END_STREAM and st == 1 for ty, fl, st, _ in f))
+    assert not closed
+    ends_with_goaway(t, raw_frame(0x0, END_STREAM, 1, b"late"), 5, sock=s)
+
+
+def test_priority_on_stream_zero_or_on_itself_is_a_protocol_error(blue_green):
+    """h2spec http2/6.3/1 and http2/5.3.1/2 (libnghttp2 skips PRIORITY frames when, as here, no
+    RFC 7540 priorities are announced)."""
+    t, _, _ = blue_green()
+    for stream, dependency, words in ((0, 1, "PRIORITY on stream 0"), (3, 3, "PRIORITY making stream 3 depend on itself")):
+        ends_with_goaway(t, raw_frame(0x2, 0, stream, dependency.to_bytes(4, "big") + b"\x0f"), 1, words)  # PROTOCOL_ERROR
 
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"

@@ -13,8 +13,8 @@ import TurnoutCore
 /// Loop-confined.
 final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHolder, LoopFlushable, @unchecked Sendable {
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
-    /// The rule on stream identifiers that libnghttp2 leaves to us.
-    private var streamOrder = HTTP2StreamOrder(prefaceLength: preface.count)
+    /// The rules on client frames that libnghttp2 leaves to us.
+    private var frameRules = HTTP2FrameRules(prefaceLength: preface.count)
 
     /// What the server announces and enforces (README "HTTP/2").
     enum Limits {
@@ -130,16 +130,18 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     private func receive(_ bytes: UnsafeRawBufferPointer) {
         guard let session, !closed else { return }
-        // A HEADERS frame on a stream the client skipped: what comes before it is processed,
-        // then the connection ends with PROTOCOL_ERROR (RFC 9113 5.1.1).
-        let violation = streamOrder.scan(bytes)
+        // A frame breaking a rule libnghttp2 does not check (a HEADERS on a stream the client
+        // skipped, DATA or HEADERS after the client ended the stream, a PRIORITY on stream 0 or on
+        // itself): what comes before it is processed, then the connection ends with the rule's
+        // error code (RFC 9113 5.1.1, 5.1, 6.3, 5.3.1).
+        let violation = frameRules.scan(bytes)
         let feed = violation.map { UnsafeRawBufferPointer(rebasing: bytes[..<$0.offset]) } ?? bytes
         inSession = true
         let n = nghttp2_session_mem_recv(session, feed.baseAddress?.assumingMemoryBound(to: UInt8.self), feed.count)
         inSession = false
         if let violation, n >= 0 {
-            context.logger.info("HTTP/2 session with \(clientIP) ended: HEADERS on stream \(violation.stream), below stream \(streamOrder.highestOpened) and never opened")
-            nghttp2_session_terminate_session(session, UInt32(NGHTTP2_PROTOCOL_ERROR.rawValue))
+            context.logger.info("HTTP/2 session with \(clientIP) ended: \(Self.describe(violation.violation, stream: violation.stream, highest: frameRules.highestOpened))")
+            nghttp2_session_terminate_session(session, violation.violation.errorCode)
             flush()
             closeGracefully()
             return
@@ -152,6 +154,17 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
             return
         }
         flush()
+    }
+
+    /// The log line's words for a broken frame rule.
+    static func describe(_ v: HTTP2FrameRules.Violation, stream: UInt32, highest: UInt32) -> String {
+        switch v {
+        case .skippedStream: return "HEADERS on stream \(stream), below stream \(highest) and never opened"
+        case .afterEnd(let type):
+            return "\(type == 0 ? "DATA" : "HEADERS") on stream \(stream) after the client ended or reset it (STREAM_CLOSED)"
+        case .priorityOnConnection: return "PRIORITY on stream 0"
+        case .dependsOnItself: return "PRIORITY making stream \(stream) depend on itself"
+        }
     }
 
     /// Writes what nghttp2 has to send while the socket keeps up, then wakes streams that waited.
