@@ -602,7 +602,7 @@ def main():
           "running, about 3 connections a second, included); "
           "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted). "
           "Verdicts judge the ratio of medians; 'run by run' adds each repeat's ratio, Turnout's run against the "
-          "reference's run of the same repeat (next to it in time).")
+          "reference's run in the same round of runs (close to it in time).")
     header = (f"{'load':8} {'proxy':19} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
               f"{'CPU s/100k':>10} {'ratio':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
     print(header)
@@ -628,8 +628,8 @@ def main():
             if name in ("turnout", "turnout-h2up") and ref:
                 want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
                 met = rr >= want_rps and (want_p99 is None or not pr or pr <= want_p99)
-                # Each repeat's Turnout run against the reference's run of the same repeat, which
-                # ran next to it: the machine's speed drifts over a minute, and a pair shares it.
+                # Each repeat's Turnout run against the reference's run in the same round, close to
+                # it in time: the machine's speed drifts over a minute, and a pair shares most of it.
                 paired = [t["rps"] / r["rps"] for t, r in zip(rs, ref) if r["rps"]]
                 verdicts.append(f"{load}: Turnout {rr:.2f}x {NAMES[ref_name]}'s req/s"
                                 + (f", p99 {pr:.2f}x (target <= {want_p99})" if want_p99 else f", p99 {pr:.2f}x" if pr else "")
