@@ -129,15 +129,21 @@ def process_tree(pid):
 
 
 def cpu_seconds(pids):
-    total = 0
+    return sum(cpu_split(pids))
+
+
+def cpu_split(pids):
+    """CPU seconds the processes used so far: (user, system)."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / TICKS
+    return user / TICKS, system / TICKS
 
 
 def rss_kib(pids):
@@ -494,15 +500,17 @@ def measure(proxy, load, seconds, warmup, connections, workdir, status_port):
     sampler.start()
     accepts_before = upstream_accepts(status_port)
     opened_before = proxy.upstream_opened()
-    before = cpu_seconds(pids)
+    user_before, system_before = cpu_split(pids)
     try:
         r = run_load(proxy, load, seconds, connections, workdir)
     finally:
         done.set()
         sampler.join()
-    cpu = cpu_seconds(pids) - before
+    user_after, system_after = cpu_split(pids)
     n = max(1, r["requests"])
-    r["cpu_per_100k"] = cpu / n * 100_000
+    r["user_per_100k"] = (user_after - user_before) / n * 100_000
+    r["system_per_100k"] = (system_after - system_before) / n * 100_000
+    r["cpu_per_100k"] = r["user_per_100k"] + r["system_per_100k"]
     r["rss_mib"] = peak[0] / 1024
     r["up_per_1k"] = (upstream_accepts(status_port) - accepts_before) / n * 1000
     opened_after = proxy.upstream_opened()
@@ -586,7 +594,8 @@ def main():
                     results.setdefault((load, name), []).append(r)
                     opened = f"  opened/1k {r['opened_per_1k']:.2f}" if r["opened_per_1k"] is not None else ""
                     print(f"  {load:7} {name:10} run {rep + 1}: {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
-                          f"p99 {r['p99']:.2f} ms  cpu {r['cpu_per_100k']:.2f} s/100k  rss {r['rss_mib']:.1f} MiB  "
+                          f"p99 {r['p99']:.2f} ms  cpu {r['cpu_per_100k']:.2f} s/100k (user {r['user_per_100k']:.2f}, "
+                          f"system {r['system_per_100k']:.2f})  rss {r['rss_mib']:.1f} MiB  "
                           f"upstream conns/1k {r['up_per_1k']:.2f}{opened}"
                           + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
     finally:
@@ -600,11 +609,12 @@ def main():
           "HAProxy for HTTP/1.1 loads; for h2c loads the better of HAProxy and nghttpx by req/s. "
           "up/1k: connections the nginx upstreams accepted per 1000 requests (the health checks of every proxy "
           "running, about 3 connections a second, included); "
-          "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted). "
+          "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted); "
+          "user, system: the CPU s/100k split into user space and kernel (system calls, the network stack). "
           "Verdicts judge the ratio of medians; 'run by run' adds each repeat's ratio, Turnout's run against the "
           "reference's run in the same round of runs (close to it in time).")
     header = (f"{'load':8} {'proxy':19} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
-              f"{'CPU s/100k':>10} {'ratio':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
+              f"{'CPU s/100k':>10} {'ratio':>6} {'user':>6} {'system':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -623,7 +633,7 @@ def main():
             cr = cpu / med(ref, "cpu_per_100k") if ref and med(ref, "cpu_per_100k") else 0
             errs = sum(1 for r in rs if r["errors"])
             print(f"{load:8} {NAMES.get(name, name):19} {rps:9.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} "
-                  f"{cr:6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
+                  f"{cr:6.2f} {med(rs, 'user_per_100k'):6.2f} {med(rs, 'system_per_100k'):6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
                   + (f"  ({errs} run(s) with errors)" if errs else ""))
             if name in ("turnout", "turnout-h2up") and ref:
                 want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
