@@ -626,14 +626,15 @@ def main():
         ref = results.get((load, ref_name))
         for name in names:
             rs = results[(load, name)]
-            rps, p50, p99, cpu, rss, up = (med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "rss_mib", "up_per_1k"))
+            rps, p50, p99, cpu, user, system, rss, up = (med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "user_per_100k",
+                                                                             "system_per_100k", "rss_mib", "up_per_1k"))
             opened = med(rs, "opened_per_1k") if rs[0]["opened_per_1k"] is not None else None
             rr = rps / med(ref, "rps") if ref else 0
             pr = p99 / med(ref, "p99") if ref and med(ref, "p99") else 0
             cr = cpu / med(ref, "cpu_per_100k") if ref and med(ref, "cpu_per_100k") else 0
             errs = sum(1 for r in rs if r["errors"])
             print(f"{load:8} {NAMES.get(name, name):19} {rps:9.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} "
-                  f"{cr:6.2f} {med(rs, 'user_per_100k'):6.2f} {med(rs, 'system_per_100k'):6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
+                  f"{cr:6.2f} {user:6.2f} {system:6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
                   + (f"  ({errs} run(s) with errors)" if errs else ""))
             if name in ("turnout", "turnout-h2up") and ref:
                 want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
