@@ -387,7 +387,9 @@ def start_nghttpx(workdir, blue, green, h2_upstream=False):
     cert, key = make_certificate(workdir)
     proto = "h2" if h2_upstream else "http/1.1"
     name = "nghttpx-h2up" if h2_upstream else "nghttpx"
-    return Proc(name, ["nghttpx", "--workers=1", f"--frontend=127.0.0.1,{port};no-tls",
+    # --conf=/dev/null: without it nghttpx also reads Debian's /etc/nghttpx/nghttpx.conf, whose
+    # frontend (127.0.0.1:3000) is added to ours, so that a second nghttpx cannot start.
+    return Proc(name, ["nghttpx", "--conf=/dev/null", "--workers=1", f"--frontend=127.0.0.1,{port};no-tls",
                        f"--frontend=127.0.0.1,{tls_port}",
                        f"--backend=127.0.0.1,{blue};;proto={proto};weight=90",
                        f"--backend=127.0.0.1,{green};;proto={proto};weight=10",
