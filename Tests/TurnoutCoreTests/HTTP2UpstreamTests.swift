@@ -105,6 +105,10 @@ import Testing
         #expect(GRPCStatus.encodeMessage("no 100% é") == "no 100%25 %C3%A9")
         #expect(GRPCStatus.isGRPC(contentType: "application/grpc+proto") && GRPCStatus.isGRPC(contentType: "Application/GRPC"))
         #expect(!GRPCStatus.isGRPC(contentType: "application/grpc-web") && !GRPCStatus.isGRPC(contentType: nil))
+        #expect(GRPCStatus.isGRPC(contentType: "application/grpc;charset=utf-8") && GRPCStatus.isGRPC(contentType: "application/grpc"))
+        for notGRPC in ["", "application/grp", "application/json", "xapplication/grpc", "application/grpcx"] {
+            #expect(!GRPCStatus.isGRPC(contentType: notGRPC), "\(notGRPC)")
+        }
     }
 }
 

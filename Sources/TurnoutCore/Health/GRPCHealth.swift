@@ -115,8 +115,16 @@ public enum GRPCStatus {
 
     /// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`...).
     public static func isGRPC(contentType: String?) -> Bool {
-        guard let ct = contentType?.lowercased() else { return false }
-        return ct == "application/grpc" || ct.hasPrefix("application/grpc+") || ct.hasPrefix("application/grpc;")
+        guard var ct = contentType else { return false }
+        return ct.withUTF8 { isGRPC(contentType: $0) }
+    }
+
+    /// The same test on the field's bytes, without making a String of them.
+    public static func isGRPC(contentType ct: UnsafeBufferPointer<UInt8>) -> Bool {
+        let base: StaticString = "application/grpc"
+        let n = base.utf8CodeUnitCount
+        guard ct.count >= n, UnsafeBufferPointer(rebasing: ct[0..<n]).equalsIgnoringASCIICase(base) else { return false }
+        return ct.count == n || ct[n] == UInt8(ascii: "+") || ct[n] == UInt8(ascii: ";")
     }
 }
 

@@ -21,12 +21,25 @@ public enum RequestPlan {
         public let upstream: UpstreamRequest
         /// The request asks for a protocol switch (a 101 opens a tunnel).
         public let upgrade: Bool
+
+        @usableFromInline
+        init(poolName: String, poolIndex: Int, endpoint: UpstreamEndpoint, reason: RouteDecision.Reason, setCookie: String?,
+             upstream: UpstreamRequest, upgrade: Bool) {
+            self.poolName = poolName
+            self.poolIndex = poolIndex
+            self.endpoint = endpoint
+            self.reason = reason
+            self.setCookie = setCookie
+            self.upstream = upstream
+            self.upgrade = upgrade
+        }
     }
 
     /// `upgrade`: the protocol the request switches to (HTTP/1.1 `Upgrade`, or `websocket` for an
     /// HTTP/2 extended CONNECT), nil for none. The head is taken, not copied: it moves into the
     /// plan's `upstream` (or comes back with `unavailable`), which saves a reference count for
     /// each of its parts.
+    @inlinable @inline(__always)
     public static func make(_ head: consuming HTTPRequestHead, table: RoutingTable, clientIP: String, scheme: String,
                             upgrade: String?) -> RequestPlan {
         var stickyKey: String?
@@ -56,6 +69,7 @@ public enum RequestPlan {
                                 upstream: upstream, upgrade: upgrade != nil))
     }
 
+    @usableFromInline
     static func randomCohortKey() -> String {
         var g = SystemRandomNumberGenerator()
         let hex = String(g.next() as UInt64, radix: 16)

@@ -117,10 +117,32 @@ final class HTTP2Stream: ExchangeSink {
         // both arrays of the fields.
         var headers = HTTPHeaders()
         swap(&headers, &fields)
-        isGRPC = GRPCStatus.isGRPC(contentType: headers.first("content-type"))
+        // The fields the request's handling reads, the first of each, found in one walk.
         // Host (written from :authority by `addHeader` when the client sent none) is for the
         // upstream; the request's host is the authority, else the client's Host.
-        let host = authority.take() ?? headers.first("host")
+        var host = authority.take()
+        let wantHost = host == nil
+        var contentLength: String?
+        var grpc = false, expectsContinue = false
+        var seen: UInt8 = 0  // content-type 1, host 2, content-length 4, expect 8
+        headers.forEach { name, value in
+            switch name.count {
+            case 4 where wantHost && seen & 2 == 0 && name.equalsIgnoringASCIICase("host"):
+                seen |= 2
+                host = String(decoding: value, as: UTF8.self)
+            case 6 where seen & 8 == 0 && name.equalsIgnoringASCIICase("expect"):
+                seen |= 8
+                expectsContinue = value.equalsIgnoringASCIICase("100-continue")
+            case 12 where seen & 1 == 0 && name.equalsIgnoringASCIICase("content-type"):
+                seen |= 1
+                grpc = GRPCStatus.isGRPC(contentType: value)
+            case 14 where seen & 4 == 0 && name.equalsIgnoringASCIICase("content-length"):
+                seen |= 4
+                contentLength = String(decoding: value, as: UTF8.self)
+            default: break
+            }
+        }
+        isGRPC = grpc
         if !cookies.isEmpty { headers.append("cookie", cookies.joined(separator: "; ")) }
         let framing: BodyFraming
         if websocket {
@@ -132,7 +154,7 @@ final class HTTP2Stream: ExchangeSink {
             framing = .none
         } else if endStream {
             framing = .none
-        } else if let cl = headers.first("content-length"), let n = Int64(cl), n >= 0 {
+        } else if let cl = contentLength, let n = Int64(cl), n >= 0 {
             framing = .length(n)
         } else {
             framing = .chunked
@@ -141,13 +163,13 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
-        // The fields' last use is the head's, so they move into it.
-        let expectsContinue = headers.first("expect")?.equalsIgnoringASCIICase("100-continue") == true
-        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
-                                   framing: framing, keepAlive: true, expectsContinue: expectsContinue)
+        // The fields' last use is the head's, so they move into it, and the head into the plan:
+        // made in the call, as a named head would be copied into it (a retain and a release for
+        // each of its parts).
         let table = c.view.table
-        switch RequestPlan.make(head, table: table, clientIP: c.clientIP, scheme: c.scheme,
-                                upgrade: websocket ? "websocket" : nil) {
+        switch RequestPlan.make(HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers,
+                                                host: host, framing: framing, keepAlive: true, expectsContinue: expectsContinue),
+                                table: table, clientIP: c.clientIP, scheme: c.scheme, upgrade: websocket ? "websocket" : nil) {
         case .unavailable(let poolName, let head):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
                                             context: c.context, stats: c.stats)
