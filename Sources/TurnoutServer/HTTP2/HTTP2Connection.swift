@@ -35,6 +35,8 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     let transport: ClientTransport
     let env: ClientEnvironment
+    /// The loop's settings and routing table (`UpstreamPool.viewRef`), read without a reference count.
+    let viewRef: Unretained<LoopView>
 
     private var session: OpaquePointer?
     /// The streams by id; a callback's stream is found with `lookup`, which remembers it for the
@@ -49,11 +51,12 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     /// Streams whose exchange waits for the client side to drain.
     private var waitingForDrain: Set<Int32> = []
 
-    private var limits: LimitsConfig { view.limits }
+    private var limits: LimitsConfig { viewRef.with { $0.limits } }
 
     init(transport: ClientTransport, env: ClientEnvironment) {
         self.transport = transport
         self.env = env
+        self.viewRef = env.pool.viewRef
     }
 
     deinit {
@@ -283,8 +286,10 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     /// Copies up to `length` response bytes of a stream into nghttp2's frame buffer.
     func readResponse(streamID: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let s = stream(streamID) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        return s.readResponse(into: buf, length: length, flags: flags)
+        // Reached unretained, as in `header`: the stream only copies bytes out (and may submit its
+        // trailers, which nghttp2 frames later), so it stays in `streams` throughout.
+        streams.withEntry(streamID) { s in s.readResponse(into: buf, length: length, flags: flags) }
+            ?? Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
     }
 
     // MARK: operations for streams

@@ -7,9 +7,10 @@ import TurnoutCore
 /// `HTTP2Connection`, loop-confined.
 final class HTTP2Stream: ExchangeSink {
     let id: Int32
-    /// The connection, which owns the stream and outlives it: `unowned(unsafe)`, so that reaching
-    /// it costs no reference count (it is reached several times per request).
-    unowned(unsafe) let connection: HTTP2Connection
+    /// The connection, which owns the stream and outlives it: held without a reference count, and
+    /// reached without one on the paths every request takes (`connectionRef.with`).
+    private let connectionRef: Unretained<HTTP2Connection>
+    var connection: HTTP2Connection { connectionRef.object }
 
     // The request as it arrives.
     private var method: String?
@@ -45,7 +46,7 @@ final class HTTP2Stream: ExchangeSink {
 
     init(id: Int32, connection: HTTP2Connection) {
         self.id = id
-        self.connection = connection
+        self.connectionRef = Unretained(connection)
     }
 
     // MARK: request head
@@ -159,14 +160,14 @@ final class HTTP2Stream: ExchangeSink {
         } else {
             framing = .chunked
         }
-        if let max = c.view.limits.maxBodyBytes, case .length(let n) = framing, n > max {
+        if let max = c.viewRef.with({ $0.limits.maxBodyBytes }), case .length(let n) = framing, n > max {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
         // The fields' last use is the head's, so they move into it, and the head into the plan:
         // made in the call, as a named head would be copied into it (a retain and a release for
         // each of its parts).
-        let table = c.view.table
+        let table = c.viewRef.with { $0.table }
         switch RequestPlan.make(HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers,
                                                 host: host, framing: framing, keepAlive: true, expectsContinue: expectsContinue),
                                 table: table, clientIP: c.clientIP, scheme: c.scheme, upgrade: websocket ? "websocket" : nil) {
@@ -242,7 +243,7 @@ final class HTTP2Stream: ExchangeSink {
 
     var pendingToClient: Int { out.count }
 
-    var sinkPendingBytes: Int { pendingToClient + connection.transport.pendingBytes }
+    var sinkPendingBytes: Int { pendingToClient + connectionRef.with { $0.transport.pendingBytes } }
 
     func exchangeWantsBody(_ ex: UpstreamExchange) { pumpBody() }
 
@@ -263,18 +264,22 @@ final class HTTP2Stream: ExchangeSink {
         if case .length = framing { keepLength = true }
         if case .none = framing { keepLength = true }
         if endStream { responseEnded = true }
-        let block = connection.headerBlock(status: head.status)
-        block.appendResponse(head, setCookie: ex.setCookie, keepLength: keepLength)
-        connection.submitResponse(id, block, endStream: endStream)
+        connectionRef.with { c in
+            let block = c.headerBlock(status: head.status)
+            block.appendResponse(head, setCookie: ex.setCookie, keepLength: keepLength)
+            c.submitResponse(id, block, endStream: endStream)
+        }
     }
 
     func exchangeResponseBody(_ ex: UpstreamExchange, _ bytes: UnsafeRawBufferPointer) {
         guard !responseEnded else { return }
-        if !out.hasMemory, let spare = connection.spareDataBuffer() { out.adopt(spare) }
-        out.append(bytes)
-        ex.bytesToClient += Int64(bytes.count)
-        // The exchange stops reading its upstream past the watermark; wake it when below again.
-        if sinkPendingBytes > SocketChannel.highWatermark { connection.waitForDrain(self) }
+        connectionRef.with { c in
+            if !out.hasMemory, let spare = c.spareDataBuffer() { out.adopt(spare) }
+            out.append(bytes)
+            ex.bytesToClient += Int64(bytes.count)
+            // The exchange stops reading its upstream past the watermark; wake it when below again.
+            if out.count + c.transport.pendingBytes > SocketChannel.highWatermark { c.waitForDrain(self) }
+        }
         wakeDataSource()
     }
 
@@ -382,9 +387,9 @@ final class HTTP2Stream: ExchangeSink {
     private func wakeDataSource() {
         if dataDeferred {
             dataDeferred = false
-            connection.resumeData(id)
+            connectionRef.with { $0.resumeData(id) }
         } else {
-            connection.scheduleFlush()
+            connectionRef.with { $0.scheduleFlush() }
         }
     }
 
@@ -420,6 +425,6 @@ final class HTTP2Stream: ExchangeSink {
         }
         exchange = nil
         // The response queue's memory serves the connection's next stream.
-        if let memory = out.releaseMemory(maxKept: HTTP2Connection.maxSpareDataBytes) { connection.keepDataBuffer(memory) }
+        if let memory = out.releaseMemory(maxKept: HTTP2Connection.maxSpareDataBytes) { connectionRef.with { $0.keepDataBuffer(memory) } }
     }
 }

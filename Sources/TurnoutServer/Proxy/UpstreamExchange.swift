@@ -62,11 +62,16 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     let routeReason: RouteDecision.Reason
     private(set) var poolName: String
     private(set) var endpoint: UpstreamEndpoint
-    /// Loops live as long as the process serves: `unowned(unsafe)`, reached without a reference count.
-    unowned(unsafe) let loop: EventLoop
+    /// Loops live as long as the process serves: held and read without a reference count.
+    private let loopRef: Unretained<EventLoop>
+    var loop: EventLoop { loopRef.object }
+    /// The loop's time for deadlines (`EventLoop.coarseNow`), read without counting the loop.
+    private var now: UInt64 { loopRef.with { $0.coarseNow } }
     private let context: ProxyContext
     private let pool: UpstreamPool
     private let stats: LoopStats
+    /// The pool's `viewRef`: the settings and routing table, read without a reference count.
+    private let viewRef: Unretained<LoopView>
     /// Where the response goes: the client connection (HTTP/1.1) or stream (HTTP/2) that owns
     /// this exchange. Held strongly until the exchange is over, then let go: a weak reference
     /// would give every HTTP/2 stream a side table, and make each retain and release of the sink
@@ -117,13 +122,14 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         self.routeReason = reason
         self.setCookie = setCookie
         self.clientIP = clientIP
-        self.loop = loop
+        self.loopRef = Unretained(loop)
         self.context = context
         self.pool = pool
         self.stats = stats
+        self.viewRef = pool.viewRef
         self.sink = sink
         self.startTime = EventLoop.now()
-        let t = pool.view.timeouts
+        let t = pool.viewRef.with { $0.timeouts }
         // A mirror copy is fed its body as bytes already taken from the client (never framed
         // by a client, never waiting for 100 Continue).
         let request = role == .live
@@ -191,7 +197,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// client's body is malformed (nothing of the bad bytes went upstream).
     func pumpClientBody(_ buffer: [UInt8], index: inout Int, end: Int) -> String? {
         guard let u = upstream else { return nil }
-        let now = loop.coarseNow
+        let now = self.now
         // Size lines and CRLFs wait here to go out with the data behind them.
         var framing: [UInt8] = []
         defer { if !framing.isEmpty { u.sendFraming(framing) } }
@@ -230,7 +236,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// `canSendBody`. Returns the error when the bytes overrun the declared Content-Length.
     func sendData(_ bytes: UnsafeRawBufferPointer) -> String? {
         guard let u = upstream, !bytes.isEmpty else { return nil }
-        switch machine.requestData(count: bytes.count, now: loop.coarseNow) {
+        switch machine.requestData(count: bytes.count, now: now) {
         case .forward:
             teeBody(bytes)
             u.sendBody(bytes)
@@ -246,7 +252,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// The client's unframed body (HTTP/2) is complete. Only while `canSendBody`. Returns the
     /// error when it ended short of its Content-Length.
     func endData() -> String? {
-        switch machine.requestDataEnded(now: loop.coarseNow) {
+        switch machine.requestDataEnded(now: now) {
         case .end(let lastChunk):
             upstream?.endBody(framing: [], lastChunk: lastChunk)
             teeCompleted()
@@ -284,7 +290,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     // MARK: connecting
 
     private func connect(fresh: Bool) {
-        if pool.view.settings.upstreamProtocol(ofEndpoint: endpoint.id) != .http1 {
+        if viewRef.with({ $0.settings.upstreamProtocol(ofEndpoint: endpoint.id) }) != .http1 {
             do {
                 // Hold the body from its first byte (a body partly sent and not held cannot go again).
                 if replayBody == nil && machine.bodyBytesSent == 0 && !machine.requestComplete { replayBody = [] }
@@ -293,7 +299,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 if s.isReady {
                     connected(pooled: s.sessionWasOpen)
                 } else {
-                    machine.connecting(now: loop.coarseNow)
+                    machine.connecting(now: now)
                 }
             } catch {
                 failed(.connectFailed, error: error)
@@ -312,7 +318,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             if u.isConnected {
                 connected(pooled: false)
             } else {
-                machine.connecting(now: loop.coarseNow)
+                machine.connecting(now: now)
             }
         } catch {
             failed(.connectFailed, error: error)
@@ -322,13 +328,13 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// The upstream answered something (the response's first byte, or more).
     @inline(__always)
     private func heard() {
-        machine.heardFromUpstream(now: loop.coarseNow)
+        machine.heardFromUpstream(now: now)
         if firstByteAt == 0 && headSentAt != 0 { firstByteAt = EventLoop.now() }
     }
 
     private func connected(pooled: Bool) {
         guard let u = upstream else { return }
-        switch machine.connected(pooled: pooled, now: loop.coarseNow) {
+        switch machine.connected(pooled: pooled, now: now) {
         case .sendHead(let wantBody):
             if context.accessLog != nil {
                 headSentAt = EventLoop.now()
@@ -431,7 +437,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// One response head, whatever the upstream speaks: interim ones go to the sink, the final one
     /// starts the response.
     private func takeHead(_ parsed: HTTPResponseHead, sink: ExchangeSink) -> HeadOutcome {
-        switch machine.responseHead(parsed, now: loop.coarseNow) {
+        switch machine.responseHead(parsed, now: now) {
         case .interim:
             sink.exchangeInformational(self, parsed)
             return .interim
@@ -455,7 +461,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func deliverBody(_ bytes: UnsafeRawBufferPointer, from: Int, to sink: ExchangeSink) {
         var index = from
         while !isOver {
-            switch machine.responseBody(bytes, index: &index, end: bytes.count, now: loop.coarseNow) {
+            switch machine.responseBody(bytes, index: &index, end: bytes.count, now: now) {
             case .deliver(let r):
                 sink.exchangeResponseBody(self, UnsafeRawBufferPointer(rebasing: bytes[r]))
             case .needMore:
@@ -516,7 +522,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             attempts += 1
             if next !== endpoint {
                 endpoint.requestEnded()
-                next.requestStarted(at: loop.coarseNow)
+                next.requestStarted(at: now)
                 endpoint = next
             }
             connect(fresh: true)

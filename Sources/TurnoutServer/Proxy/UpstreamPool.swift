@@ -12,6 +12,9 @@ final class UpstreamPool: @unchecked Sendable {
     let context: ProxyContext
     /// The loop's cached copy of the settings and routing table, read per request.
     let view: LoopView
+    /// The same, held without a reference count: kept by whoever reads the view per request (a
+    /// client connection, an exchange), whose `viewRef.with` then costs no count at all.
+    let viewRef: Unretained<LoopView>
     /// Idle connections per endpoint id. A list is a class so that it is changed in place: a
     /// dictionary value modified through the dictionary costs an allocation each time.
     private final class IdleList {
@@ -37,8 +40,11 @@ final class UpstreamPool: @unchecked Sendable {
     init(loop: EventLoop, context: ProxyContext) {
         self.loop = loop
         self.context = context
-        self.view = LoopView(context: context)
+        let view = LoopView(context: context)
+        self.view = view
+        self.viewRef = Unretained(view)
     }
+
 
     /// The most recently used idle connection to the endpoint, if any.
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {

@@ -289,11 +289,11 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     private var receiving = HTTPHeaders()
 
     func beginHeaders(_ id: Int32) {
-        guard let s = stream(id) else { return }
+        // Reached unretained, as in `header`: only the stream's status is reset.
+        guard streams.withEntry(id, { s in s.status = 0 }) != nil else { return }
         // Emptied, not replaced: once the last head built on it is gone, its memory is kept.
         receiving.removeAll()
         receiving.reserveCapacity(bytes: 512, fields: 12)
-        s.status = 0
         headerBytes = 0
     }
 
@@ -371,8 +371,8 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     /// A request's HEADERS went out: nghttp2 is done with its fields.
     func headersSent(_ id: Int32) {
-        guard let s = stream(id), let fields = s.requestFields else { return }
-        s.requestFields = nil
+        // Reached unretained: the fields are taken from the stream, which stays where it is.
+        guard let fields = streams.withEntry(id, { s in s.requestFields.take() }) ?? nil else { return }
         recycle(fields)
     }
 
