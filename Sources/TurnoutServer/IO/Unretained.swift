@@ -13,7 +13,13 @@ struct Unretained<Object: AnyObject> {
 
     /// Calls `body` with the object, which must still be alive (the holder's invariant).
     @inline(__always)
-    func with<R>(_ body: (Object) throws -> R) rethrows -> R { try ref._withUnsafeGuaranteedRef(body) }
+    func with<R>(_ body: (Object) -> R) -> R { ref._withUnsafeGuaranteedRef(body) }
+
+    /// `with` for a body that throws, keeping its error type.
+    @inline(__always)
+    func tryWith<R, E: Error>(_ body: (Object) throws(E) -> R) throws(E) -> R {
+        try ref._withUnsafeGuaranteedRef { o in Result { () throws(E) -> R in try body(o) } }.get()
+    }
 
     /// The object as an ordinary (counted) reference, for uses off the hot path.
     var object: Object { ref.takeUnretainedValue() }

@@ -67,9 +67,11 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     var loop: EventLoop { loopRef.object }
     /// The loop's time for deadlines (`EventLoop.coarseNow`), read without counting the loop.
     private var now: UInt64 { loopRef.with { $0.coarseNow } }
-    private let context: ProxyContext
-    private let pool: UpstreamPool
-    private let stats: LoopStats
+    /// The proxy's context and the loop's upstream pool and counters: made with the loops and
+    /// kept as long as they are (`ProxyServer`), so held like the loop, without a count.
+    private let contextRef: Unretained<ProxyContext>
+    private let poolRef: Unretained<UpstreamPool>
+    private let statsRef: Unretained<LoopStats>
     /// The pool's `viewRef`: the settings and routing table, read without a reference count.
     private let viewRef: Unretained<LoopView>
     /// Where the response goes: the client connection (HTTP/1.1) or stream (HTTP/2) that owns
@@ -123,9 +125,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         self.setCookie = setCookie
         self.clientIP = clientIP
         self.loopRef = Unretained(loop)
-        self.context = context
-        self.pool = pool
-        self.stats = stats
+        self.contextRef = Unretained(context)
+        self.poolRef = Unretained(pool)
+        self.statsRef = Unretained(stats)
         self.viewRef = pool.viewRef
         self.sink = sink
         self.startTime = EventLoop.now()
@@ -279,7 +281,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         case .connectTimedOut:
             failed(.connectTimedOut, error: nil)
         case .respond(let status, let message):
-            context.outliers.failed(endpoint)
+            contextRef.with { $0.outliers.failed(endpoint) }
             respond(status: status, message: message)
         case .abort(let reason):
             // The response stalled mid-body: the client must not mistake it for complete.
@@ -294,7 +296,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             do {
                 // Hold the body from its first byte (a body partly sent and not held cannot go again).
                 if replayBody == nil && machine.bodyBytesSent == 0 && !machine.requestComplete { replayBody = [] }
-                let s = try pool.h2Stream(endpoint, owner: self)
+                let s = try poolRef.tryWith { (p) throws(SystemError) in try p.h2Stream(endpoint, owner: self) }
                 upstream = s
                 if s.isReady {
                     connected(pooled: s.sessionWasOpen)
@@ -306,14 +308,14 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             }
             return
         }
-        if !fresh, let u = pool.acquire(endpoint) {
+        if !fresh, let u = poolRef.with({ $0.acquire(endpoint) }) {
             u.owner = self
             upstream = u
             connected(pooled: true)
             return
         }
         do {
-            let u = try pool.connect(endpoint, owner: self)
+            let u = try poolRef.tryWith { (p) throws(SystemError) in try p.connect(endpoint, owner: self) }
             upstream = u
             if u.isConnected {
                 connected(pooled: false)
@@ -336,7 +338,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         guard let u = upstream else { return }
         switch machine.connected(pooled: pooled, now: now) {
         case .sendHead(let wantBody):
-            if context.accessLog != nil {
+            if contextRef.with({ $0.accessLog != nil }) {
                 headSentAt = EventLoop.now()
                 firstByteAt = 0
             }
@@ -444,7 +446,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         case .dropInterim, .none:
             return .interim
         case .respond(let framing):
-            context.outliers.responded(endpoint, status: parsed.status)
+            contextRef.with { $0.outliers.responded(endpoint, status: parsed.status) }
             sink.exchangeResponseHead(self, parsed, framing: framing)
             return isOver ? .ended : .body
         case .switchProtocols:
@@ -494,7 +496,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// with Turnout's own error, break the transfer, or end a close-delimited response.
     private func failed(_ failure: ExchangeMachine.Failure, error: SystemError?) {
         let (action, counts) = machine.upstreamFailed(failure)
-        if counts { context.outliers.failed(endpoint) }
+        if counts { contextRef.with { $0.outliers.failed(endpoint) } }
         switch action {
         case .retry where role == .mirror:
             // A copy is not worth a second connection: it fails as it is.
@@ -504,7 +506,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             }
         case .retry(let sameEndpoint):
             dropUpstream()
-            let table = pool.view.table
+            let table = viewRef.with { $0.table }
             var next: UpstreamEndpoint?
             if let p = table.poolIndex(named: poolName) {
                 next = table.pools[p].pickEndpoint(excluding: endpoint.id)
@@ -552,7 +554,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         }
         upstream = nil
         u.owner = nil
-        stats.record(endpoint: endpoint, pool: poolName, status: 101, startedAt: startTime, proxyGenerated: false)
+        statsRef.with { $0.record(endpoint: endpoint, pool: poolName, status: 101, startedAt: startTime, proxyGenerated: false) }
         logAccess(note: nil)
         self.sink = nil
         sink.exchangeUpgraded(self, parsed, upstream: u, leftover: leftover)
@@ -576,7 +578,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private func respond(status: Int, message: String) {
         dropUpstream()
         // A mirror's failures are counted, not logged one by one (a dead mirror fails every copy).
-        if role == .live { context.logger.warning("\(status) for \(head.method) \(head.target): \(message)") }
+        if role == .live { contextRef.object.logger.warning("\(status) for \(head.method) \(head.target): \(message)") }
         sink?.exchangeFailed(self, status: status, message: message)
         finish(reusable: false)
     }
@@ -622,18 +624,22 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
             let proxyGenerated = machine.proxyGenerated || machine.recordedStatus != machine.status
             switch role {
             case .live:
-                let grpcError = grpcStatus.map { pool.view.settings.config.routing.grpcErrorCodes.contains($0) } ?? false
-                stats.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
-                             proxyGenerated: proxyGenerated, grpcError: grpcError)
+                let grpcError = grpcStatus.map { code in viewRef.with { $0.settings.config.routing.grpcErrorCodes.contains(code) } } ?? false
+                statsRef.with {
+                    $0.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
+                              proxyGenerated: proxyGenerated, grpcError: grpcError)
+                }
             case .mirror:
-                stats.recordMirror(pool: poolName, status: machine.recordedStatus, startedAt: startTime, proxyGenerated: proxyGenerated)
+                statsRef.with {
+                    $0.recordMirror(pool: poolName, status: machine.recordedStatus, startedAt: startTime, proxyGenerated: proxyGenerated)
+                }
             }
         }
         logAccess(note: note)
     }
 
     private func logAccess(note: String?) {
-        guard role == .live, let access = context.accessLog else { return }
+        guard role == .live, let access = contextRef.with({ $0.accessLog }) else { return }
         access.write(AccessRecord(clientIP: clientIP,
                                   kind: .request(method: head.method, target: head.target, version: head.version.text,
                                                  status: status, bytes: bytesToClient),
