@@ -18,8 +18,8 @@ Swift type metadata, named from the binary's symbols). A call with no object (ni
 tagged value (small strings and other values with the top bit set), or on one of the runtime's
 immortal empty-collection singletons (statically made with an immortal count, which is never
 written), does no atomic work and is counted apart as "cheap"; the rest are "real" operations,
-listed by type. The list says which
-objects are counted most per request, which the call counts above cannot.
+listed by type. The list says which objects are counted most per request, which the call counts
+above cannot.
 
 The counts repeat within a fraction of a percent from run to run. No time is measured: each probe
 hit traps into the kernel, which makes the process many times slower while it is counted. Needs root and `perf`
@@ -109,18 +109,25 @@ def symbolizer(pid):
     return name
 
 
-def count_by_type(pid, port, requests, data):
+def under_load(port, requests, perf):
+    """Runs `perf` (stopped with SIGINT) around `requests` requests of h2load, after a warm-up
+    (connections open, buffers grown); returns what perf wrote to stderr."""
     h2load = lambda n: subprocess.run(["h2load", "-c10", "-m10", f"-n{n}", f"http://127.0.0.1:{port}/"],
                                       capture_output=True, text=True, timeout=300).stdout
     h2load(max(2000, requests // 10))
-    rec = subprocess.Popen(["perf", "record", "-q", "-e", "probe_libswiftCore:turnout_rel", "-e", "probe_libswiftCore:turnout_ret",
-                            "-o", data, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(perf, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     out = h2load(requests)
-    rec.send_signal(2)
-    rec.communicate()
+    proc.send_signal(2)
+    err = proc.communicate()[1]
     if f"{requests} succeeded" not in out:
         sys.exit("h2load did not finish every request:\n" + out)
+    return err
+
+
+def count_by_type(pid, port, requests, data):
+    under_load(port, requests, ["perf", "record", "-q", "-e", "probe_libswiftCore:turnout_rel",
+                                "-e", "probe_libswiftCore:turnout_ret", "-o", data, "-p", str(pid)])
     name = symbolizer(pid)
     script = subprocess.run(["perf", "script", "-i", data, "-F", "event,trace"], capture_output=True, text=True).stdout
     cheap, real, by_meta = 0, 0, {}
@@ -151,17 +158,7 @@ def count_by_type(pid, port, requests, data):
 
 
 def count(pid, port, requests):
-    h2load = lambda n: subprocess.run(["h2load", "-c10", "-m10", f"-n{n}", f"http://127.0.0.1:{port}/"],
-                                      capture_output=True, text=True, timeout=300).stdout
-    h2load(max(2000, requests // 10))  # warm-up: connections open, buffers grown
-    stat = subprocess.Popen(["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid)],
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    out = h2load(requests)
-    stat.send_signal(2)
-    err = stat.communicate()[1]
-    if f"{requests} succeeded" not in out:
-        sys.exit("h2load did not finish every request:\n" + out)
+    err = under_load(port, requests, ["perf", "stat", "-x,", "-e", ",".join(EVENTS), "-p", str(pid)])
     got = {}
     for line in err.splitlines():
         f = line.split(",")

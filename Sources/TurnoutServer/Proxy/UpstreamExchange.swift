@@ -64,7 +64,6 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     private(set) var endpoint: UpstreamEndpoint
     /// Loops live as long as the process serves: held and read without a reference count.
     private let loopRef: Unretained<EventLoop>
-    var loop: EventLoop { loopRef.object }
     /// The loop's time for deadlines (`EventLoop.coarseNow`), read without counting the loop.
     private var now: UInt64 { loopRef.with { $0.coarseNow } }
     /// The proxy's context and the loop's upstream pool and counters: made with the loops and

@@ -45,7 +45,6 @@ final class UpstreamPool: @unchecked Sendable {
         self.viewRef = Unretained(view)
     }
 
-
     /// The most recently used idle connection to the endpoint, if any.
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
