@@ -63,6 +63,8 @@ import TurnoutCore
         let pool: UpstreamPool
         let stats: LoopStats
         var connections: [HTTP1Connection] = []
+        /// Every client and upstream end the rig handed out, so that `deinit` can hang them up.
+        private var peers: [Peer] = []
 
         init(timeouts: String) throws {
             listener = try Sockets.listen(on: SocketAddress.resolve("127.0.0.1", port: 0)[0], backlog: 16)
@@ -84,7 +86,27 @@ import TurnoutCore
             loop.queue.sync { loop.testClock = ExchangeDriverTests.start }
         }
 
+        /// The drivers hold the loop, pool and context without a reference count (`Unretained`,
+        /// `unowned(unsafe)`), as the server can: its loops and pools live as long as it serves. A
+        /// test's loop and pool go with the rig, so every connection on them must be over first,
+        /// or a late hang-up would reach a freed pool. The peers hang up, as clients and upstreams
+        /// do, and the rig waits until the loop has closed its side of each.
         deinit {
+            for p in peers { Glibc.shutdown(p.fd, Int32(SHUT_RDWR)) }
+            let connections = self.connections, pool = self.pool
+            let over = waitOnLoop {
+                connections.allSatisfy(\.isFinished) && pool.connectionCounts().values.allSatisfy { $0.open == 0 && $0.idle == 0 }
+            }
+            #expect(over, "a connection on the test loop outlived its peers' hang-up")
+            guard over else {
+                // Kept, not freed: what is still open on them may still reach them.
+                _ = Unmanaged.passRetained(loop)
+                _ = Unmanaged.passRetained(pool)
+                _ = Unmanaged.passRetained(context)
+                _ = Unmanaged.passRetained(stats)
+                Glibc.close(listener)
+                return
+            }
             loop.shutdown()
             Glibc.close(listener)
         }
@@ -100,14 +122,18 @@ import TurnoutCore
             let conn = HTTP1Connection(transport: SocketChannel(fd: fds[0], loop: loop), env: env, acceptsPriorKnowledgeH2: true)
             loop.queue.sync { conn.start() }
             connections.append(conn)
-            return (Peer(fd: fds[1]), conn)
+            let peer = Peer(fd: fds[1])
+            peers.append(peer)
+            return (peer, conn)
         }
 
         /// The next connection the proxy opens to the upstream.
         func acceptUpstream() -> Peer {
             let fd = Glibc.accept(listener, nil, nil)
             precondition(fd >= 0, "the proxy never connected to the upstream")
-            return Peer(fd: fd)
+            let peer = Peer(fd: fd)
+            peers.append(peer)
+            return peer
         }
 
         /// Moves the loop's clock on by `ms` milliseconds and runs its tick.

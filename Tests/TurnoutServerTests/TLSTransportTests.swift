@@ -106,6 +106,7 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
         let (s, c) = socketPair()
         let seen = Seen()
         let transport = serve(s, loop: loop, context: context, seen: seen)
+        defer { shutDown(transport, loop) }
         let message = Array(String(repeating: "hello, tls! ", count: 100_000).utf8)  // 1.2 MB
         let result = runClient(fd: c, alpn: [2, 104, 50, 8] + Array("http/1.1".utf8), message: message)
         close(c)
@@ -114,7 +115,6 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
         #expect(r.echo == message.map { $0 >= 97 && $0 <= 122 ? $0 - 32 : $0 })
         #expect(seen.alpn.withLock { $0 } == ["h2"])
         #expect(seen.failures.withLock { $0 }.isEmpty)
-        shutDown(transport, loop)
     }
 
     @Test func clientsOfferingOnlyHTTP11GetIt() throws {
@@ -124,11 +124,11 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
         let (s, c) = socketPair()
         let seen = Seen()
         let transport = serve(s, loop: loop, context: context, seen: seen)
+        defer { shutDown(transport, loop) }
         let result = runClient(fd: c, alpn: [8] + Array("http/1.1".utf8), message: Array("ping".utf8))
         close(c)
         let r = try #require(result)
         #expect(r.alpn == "http/1.1" && r.echo == Array("PING".utf8))
-        shutDown(transport, loop)
     }
 
     @Test func aClientThatIsNotSpeakingTLSFailsTheHandshakeAndIsClosed() throws {
@@ -138,6 +138,7 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
         let (s, c) = socketPair()
         let seen = Seen()
         let transport = serve(s, loop: loop, context: context, seen: seen)
+        defer { shutDown(transport, loop) }
         let garbage = Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
         _ = garbage.withUnsafeBytes { write(c, $0.baseAddress, $0.count) }
         // The server answers with at most an alert, then closes: read until EOF.
@@ -152,6 +153,5 @@ private func shutDown(_ transport: TLSTransport, _ loop: EventLoop) {
         #expect(total < 100)
         #expect(seen.failures.withLock { $0 }.count == 1)
         #expect(seen.alpn.withLock { $0 }.isEmpty)
-        shutDown(transport, loop)
     }
 }

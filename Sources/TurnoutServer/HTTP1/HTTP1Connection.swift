@@ -65,8 +65,11 @@ final class HTTP1Connection: ChannelDelegate, ExchangeSink, ClientSession, Clien
         deadline = loop.coarseNow + UInt64(ms) * 1_000_000
     }
 
+    /// Whether the connection is over: closed, and its socket too (not still lingering).
+    var isFinished: Bool { closed && transport.isClosed }
+
     func checkTimeouts(now: UInt64) {
-        if closed && transport.isClosed {
+        if isFinished {
             unregister()
             return
         }

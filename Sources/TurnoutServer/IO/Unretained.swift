@@ -7,6 +7,11 @@
 /// (`Unmanaged._withUnsafeGuaranteedRef`): no count at all. On the loop and the client connection
 /// alone that is about 24 atomic increments and decrements fewer per proxied HTTP/2 request
 /// (`Benchmarks/h2up_counts.py --by-type`).
+///
+/// Nothing keeps the object alive for the holder: whoever makes the object must keep it until
+/// every holder is gone. `ProxyServer` keeps its loops, pools, counters and context for as long
+/// as it serves; a test that makes its own must end every connection on them first
+/// (`ExchangeDriverTests.Rig`), or a late event reaches freed memory.
 struct Unretained<Object: AnyObject> {
     private let ref: Unmanaged<Object>
 
