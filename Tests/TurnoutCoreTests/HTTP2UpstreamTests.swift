@@ -166,6 +166,35 @@ import Testing
         }
     }
 
+    /// The table owns its entries, which move in and out without a copy: an entry only the table
+    /// holds stays alive through growth and backward shifts, and is freed once removed or replaced.
+    @Test func theTableOwnsItsEntries() {
+        struct Weak { weak var box: Box? }
+        var map = StreamMap<Box>()
+        var seen: [Int32: Weak] = [:]
+        // Colliding ids (strided by the table size) so that removals shift entries back.
+        let ids: [Int32] = (0..<40).map { 1 + $0 * 64 }
+        for id in ids {
+            let b = Box(id)
+            seen[id] = Weak(box: b)
+            map[id] = b
+        }
+        for id in ids { #expect(seen[id]?.box?.n == id) }
+        for id in ids where id % 3 == 0 {
+            _ = map.removeValue(forKey: id)
+            #expect(seen[id]?.box == nil, "removed, so freed")
+        }
+        for id in ids where id % 3 != 0 {
+            #expect(map.unretained(id)?.takeUnretainedValue().n == id)
+            #expect(seen[id]?.box != nil, "still in the table")
+        }
+        let replaced = ids[1]
+        map[replaced] = Box(replaced)
+        #expect(seen[replaced]?.box == nil, "replaced, so freed")
+        map.removeAll()
+        #expect(seen.values.allSatisfy { $0.box == nil })
+    }
+
     /// The entry remembered for runs of look-ups is the one in the table, and is forgotten when it
     /// leaves: a removed or replaced stream is never handed out again.
     @Test func theRecentEntryLeavesWithItsStream() {

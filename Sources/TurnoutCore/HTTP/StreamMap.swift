@@ -63,11 +63,20 @@ public struct StreamMap<Value: AnyObject> {
     /// remove the entry from the table.
     @inline(__always)
     public mutating func withEntry<R>(_ key: Int32, _ body: (Value) -> R) -> R? {
+        unretained(key)?._withUnsafeGuaranteedRef(body)
+    }
+
+    /// The entry for `key` without a reference count, remembered as the recent entry; nil when
+    /// there is none. For a caller whose use of the entry reaches the table again (which
+    /// `withEntry`'s body cannot: it runs inside the table's access), and which knows the entry
+    /// stays in the table meanwhile.
+    @inline(__always)
+    public mutating func unretained(_ key: Int32) -> Unmanaged<Value>? {
         if key != recentKey || recent == nil {
             guard key > 0, let i = find(key), let v = slots[i] else { return nil }
             remember(key, v)
         }
-        return recent!._withUnsafeGuaranteedRef(body)
+        return recent
     }
 
     @inline(__always)
@@ -84,10 +93,11 @@ public struct StreamMap<Value: AnyObject> {
         }
     }
 
-    private mutating func insert(_ key: Int32, _ value: Value) {
-        defer { remember(key, value) }
+    /// Takes `value` (moved into its slot, not copied: no retain and release on the way in).
+    private mutating func insert(_ key: Int32, _ value: consuming Value) {
+        remember(key, value)
         if let i = find(key) {
-            slots[i] = value
+            slots[i] = consume value
             return
         }
         if (count + 1) * 4 > keys.count * 3 { grow() }
@@ -95,7 +105,7 @@ public struct StreamMap<Value: AnyObject> {
         var i = home(key)
         while keys[i] != 0 { i = (i + 1) & mask }
         keys[i] = key
-        slots[i] = value
+        slots[i] = consume value
         count += 1
     }
 
@@ -103,9 +113,9 @@ public struct StreamMap<Value: AnyObject> {
     public mutating func removeValue(forKey key: Int32) -> Value? {
         guard key > 0, var i = find(key) else { return nil }
         forget(key)
-        let removed = slots[i]
+        // Moved out, not copied (no retain and release).
+        let removed = slots[i].take()
         keys[i] = 0
-        slots[i] = nil
         count -= 1
         // Entries after the gap that would no longer be found move back into it.
         let mask = keys.count - 1
@@ -119,9 +129,8 @@ public struct StreamMap<Value: AnyObject> {
             let stays = i <= j ? (i < h && h <= j) : (i < h || h <= j)
             if stays { continue }
             keys[i] = k
-            slots[i] = slots[j]
+            slots.swapAt(i, j)  // slot i is empty: the entry moves without a count
             keys[j] = 0
-            slots[j] = nil
             i = j
         }
         return removed

@@ -61,7 +61,10 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     let setCookie: String?
     let routeReason: RouteDecision.Reason
     private(set) var poolName: String
+    /// The endpoint the request goes to (another after a retry, the only change). Held here; the
+    /// calls that only count or record on it read `endpointRef`, without a reference count.
     private(set) var endpoint: UpstreamEndpoint
+    private var endpointRef: Unretained<UpstreamEndpoint>
     /// Loops live as long as the process serves: held and read without a reference count.
     private let loopRef: Unretained<EventLoop>
     /// The loop's time for deadlines (`EventLoop.coarseNow`), read without counting the loop.
@@ -120,6 +123,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         self.upstreamRequest = upstream
         self.poolName = poolName
         self.endpoint = endpoint
+        self.endpointRef = Unretained(endpoint)
         self.routeReason = reason
         self.setCookie = setCookie
         self.clientIP = clientIP
@@ -150,7 +154,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
 
     /// Sends the request on its way.
     func start() {
-        endpoint.requestStarted(at: startTime)
+        endpointRef.with { $0.requestStarted(at: startTime) }
         machine.start()
         teeCompleted()
         connect(fresh: false)
@@ -291,14 +295,17 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     // MARK: connecting
 
     private func connect(fresh: Bool) {
-        if viewRef.with({ $0.settings.upstreamProtocol(ofEndpoint: endpoint.id) }) != .http1 {
+        let endpointID = endpointRef.with { $0.id }
+        if viewRef.with({ $0.settings.upstreamProtocol(ofEndpoint: endpointID) }) != .http1 {
             do {
                 // Hold the body from its first byte (a body partly sent and not held cannot go again).
                 if replayBody == nil && machine.bodyBytesSent == 0 && !machine.requestComplete { replayBody = [] }
                 let s = try poolRef.tryWith { (p) throws(SystemError) in try p.h2Stream(endpoint, owner: self) }
-                upstream = s
-                if s.isReady {
-                    connected(pooled: s.sessionWasOpen)
+                // Read before the stream moves into `upstream` (after it, each read is a count).
+                let ready = s.isReady, pooled = s.sessionWasOpen
+                upstream = consume s
+                if ready {
+                    connected(pooled: pooled)
                 } else {
                     machine.connecting(now: now)
                 }
@@ -445,7 +452,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         case .dropInterim, .none:
             return .interim
         case .respond(let framing):
-            contextRef.with { $0.outliers.responded(endpoint, status: parsed.status) }
+            endpointRef.with { e in contextRef.with { $0.outliers.responded(e, status: parsed.status) } }
             sink.exchangeResponseHead(self, parsed, framing: framing)
             return isOver ? .ended : .body
         case .switchProtocols:
@@ -525,6 +532,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 endpoint.requestEnded()
                 next.requestStarted(at: now)
                 endpoint = next
+                endpointRef = Unretained(next)
             }
             connect(fresh: true)
         case .respond:
@@ -618,15 +626,17 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     /// Stats and the access log, once, when the machine has ended.
     private func ended(note: String?) {
         teeAbandoned()
-        endpoint.requestEnded()
+        endpointRef.with { $0.requestEnded() }
         if machine.recordsOutcome {
             let proxyGenerated = machine.proxyGenerated || machine.recordedStatus != machine.status
             switch role {
             case .live:
                 let grpcError = grpcStatus.map { code in viewRef.with { $0.settings.config.routing.grpcErrorCodes.contains(code) } } ?? false
-                statsRef.with {
-                    $0.record(endpoint: endpoint, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
-                              proxyGenerated: proxyGenerated, grpcError: grpcError)
+                endpointRef.with { e in
+                    statsRef.with {
+                        $0.record(endpoint: e, pool: poolName, status: machine.recordedStatus, startedAt: startTime,
+                                  proxyGenerated: proxyGenerated, grpcError: grpcError)
+                    }
                 }
             case .mirror:
                 statsRef.with {

@@ -45,7 +45,8 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     private var inSession = false
     /// Inside `nghttp2_session_mem_recv` (see `cancel`).
     private var reading = false
-    private var cancelAfterRead: [H2UpstreamStream] = []
+    /// Streams let go while nghttp2 was reading, by id: reset after the read if still open.
+    private var cancelAfterRead: [Int32] = []
     /// Fields of requests already framed, for the next ones (at most `Limits.spareFields`).
     private var spareFields: [HTTP2RequestFields] = []
     private var flushScheduled = false
@@ -157,17 +158,23 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     /// has taken that frame's END_STREAM; the stream is closed by then and needs no reset (each
     /// request used to cost the upstream an RST_STREAM on a stream it had ended).
     func cancel(_ s: H2UpstreamStream) {
-        if reading && s.id > 0 {
-            cancelAfterRead.append(s)
-            return
-        }
-        if s.id > 0, let session, streams[s.id] != nil {
-            nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), s.id, NGHTTP2_CANCEL.rawValue)
-            scheduleFlush()
-        } else if s.id <= 0 {
+        if s.id > 0 {
+            if reading {
+                cancelAfterRead.append(s.id)
+            } else {
+                reset(s.id)
+            }
+        } else {
             waiting.removeAll { $0 === s }
             streamOver()
         }
+    }
+
+    /// Resets a submitted stream nghttp2 has not closed yet (CANCEL).
+    private func reset(_ id: Int32) {
+        guard let session, streams[id] != nil else { return }
+        nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_CANCEL.rawValue)
+        scheduleFlush()
     }
 
     func resumeData(_ id: Int32) {
@@ -230,7 +237,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
             let pending = cancelAfterRead
             cancelAfterRead.removeAll(keepingCapacity: true)
             // Those nghttp2 closed meanwhile are gone from `streams`: no reset for them.
-            if n >= 0 { for s in pending { cancel(s) } }
+            if n >= 0 { for id in pending { reset(id) } }
         }
         if n < 0 {
             pool.context.logger.warning("HTTP/2 connection to \(endpoint.address) failed: \(String(cString: nghttp2_strerror(Int32(n))))")
@@ -276,11 +283,17 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     // MARK: nghttp2 callbacks (from H2UpstreamCallbacks)
 
-    /// A callback's stream: a response's HEADERS, its fields, its DATA and its end come one after
-    /// another, and the table remembers the last one found (no hashing for the rest of the run).
+    /// Calls `body` with a callback's stream, without retaining it. The table's reference keeps it
+    /// alive throughout: a stream leaves the table in `streamClosed` (a callback of its own, never
+    /// inside another), in `failAll` (never reached while nghttp2 reads: the session writes only
+    /// in `flush`, which does not run inside the session) or in `fail` of a stream being
+    /// submitted, never one nghttp2 is reading for; `cancel` during a read waits for the read's
+    /// end. A response's HEADERS, its fields, its DATA and its end come one after another, and
+    /// the table remembers the last one found (no hashing for the rest of the run).
     @inline(__always)
-    private func stream(_ id: Int32) -> H2UpstreamStream? { streams.lookup(id) }
-
+    private func withStream<R>(_ id: Int32, _ body: (H2UpstreamStream) -> R) -> R? {
+        streams.unretained(id)?._withUnsafeGuaranteedRef(body)
+    }
 
     private var headerBytes = 0
     /// The fields of the header block being received (nghttp2 delivers one block at a time: its
@@ -326,7 +339,10 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     func headersReceived(_ id: Int32, endStream: Bool) {
-        guard let s = stream(id) else { return }
+        withStream(id) { s in headersReceived(s, endStream: endStream) }
+    }
+
+    private func headersReceived(_ s: H2UpstreamStream, endStream: Bool) {
         if headerBytes > Limits.maxHeaderBytes {
             return resetAndFail(s, why: "the upstream's response header block is larger than \(Limits.maxHeaderBytes) bytes")
         }
@@ -347,21 +363,19 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     func dataReceived(_ id: Int32, _ bytes: UnsafeRawBufferPointer) {
-        guard let s = stream(id) else {
-            if let session { nghttp2_session_consume(session, id, bytes.count) }
-            return
+        let known: Void? = withStream(id) { s in
+            if s.paused {
+                s.unconsumed += bytes.count
+            } else if let session {
+                nghttp2_session_consume(session, id, bytes.count)
+            }
+            s.owner?.h2Data(s, bytes)
         }
-        if s.paused {
-            s.unconsumed += bytes.count
-        } else if let session {
-            nghttp2_session_consume(session, id, bytes.count)
-        }
-        s.owner?.h2Data(s, bytes)
+        if known == nil, let session { nghttp2_session_consume(session, id, bytes.count) }
     }
 
     func dataEnded(_ id: Int32) {
-        guard let s = stream(id) else { return }
-        streamEnded(s, trailers: nil)
+        withStream(id) { s in streamEnded(s, trailers: nil) }
     }
 
     private func streamEnded(_ s: H2UpstreamStream, trailers: HTTPHeaders?) {
@@ -382,7 +396,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
 
     /// A request's HEADERS were never sent: it can go on another connection.
     func notSent(_ id: Int32) {
-        guard let s = stream(id), !s.remoteEnded else { return }
+        guard let s = streams[id], !s.remoteEnded else { return }
         goingAway = true
         fail(s, error: nil, refused: true)
     }
@@ -408,10 +422,11 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
     }
 
     func readBody(_ id: Int32, into buf: UnsafeMutablePointer<UInt8>, length: Int, flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let s = stream(id) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        let n = s.readBody(into: buf, length: length, flags: flags)
-        if n > 0 { tookBody.append(s) }
-        return n
+        withStream(id) { s in
+            let n = s.readBody(into: buf, length: length, flags: flags)
+            if n > 0 { tookBody.append(s) }
+            return n
+        } ?? Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
     }
 
     private func resetAndFail(_ s: H2UpstreamStream, why: String) {
