@@ -88,9 +88,14 @@ final class HTTP2Stream: ExchangeSink {
         }
     }
 
+    /// The request's head is whole (from the connection's nghttp2 callback, which the connection
+    /// is inside of: it is alive throughout, and reached without a count).
     func requestHeadComplete(endStream: Bool) {
+        connectionRef.with { c in requestHeadComplete(endStream: endStream, on: c) }
+    }
+
+    private func requestHeadComplete(endStream: Bool, on c: HTTP2Connection) {
         if endStream { requestEnded = true }
-        let c = connection
         if let problem = headerProblem {
             answer(status: problem.status, message: problem.message)
             return

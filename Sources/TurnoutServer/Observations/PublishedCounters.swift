@@ -65,27 +65,42 @@ final class CounterTable<Key: Hashable & Sendable>: @unchecked Sendable {
 }
 
 /// Counter blocks by endpoint id (small and dense: an array, so that counting a request indexes
-/// rather than hashes); otherwise as `CounterTable`.
+/// rather than hashes); otherwise as `CounterTable`. A block is never removed: `published` keeps
+/// every one for as long as the table lives, so the loop's own list holds them unretained and
+/// `withBlock` counts without a reference count.
 final class EndpointCounterTable: @unchecked Sendable {
     let slots: Int
-    private var local: [CounterBlock?] = []
+    private var local: [Unmanaged<CounterBlock>?] = []
     private let published = Mutex<[Int: CounterBlock]>([:])
 
     init(slots: Int) { self.slots = slots }
 
+    /// The block for `id`, made when there is none yet; on the owning loop.
     @inline(__always)
-    func block(_ id: Int) -> CounterBlock {
+    func block(_ id: Int) -> CounterBlock { unretainedBlock(id).takeUnretainedValue() }
+
+    /// Calls `body` with the block for `id` (made when there is none yet), without counting it.
+    @inline(__always)
+    func withBlock<R>(_ id: Int, _ body: (CounterBlock) -> R) -> R { unretainedBlock(id)._withUnsafeGuaranteedRef(body) }
+
+    @inline(__always)
+    private func unretainedBlock(_ id: Int) -> Unmanaged<CounterBlock> {
         if id < local.count, let b = local[id] { return b }
+        return make(id)
+    }
+
+    private func make(_ id: Int) -> Unmanaged<CounterBlock> {
         local.grow(toInclude: id, with: nil)
         let b = CounterBlock(slots: slots)
-        local[id] = b
         published.withLock { $0[id] = b }
-        return b
+        let u = Unmanaged.passUnretained(b)
+        local[id] = u
+        return u
     }
 
     /// The block for `id` if one was made; on the owning loop.
     @inline(__always)
-    func existing(_ id: Int) -> CounterBlock? { id < local.count ? local[id] : nil }
+    func existing(_ id: Int) -> CounterBlock? { id < local.count ? local[id]?.takeUnretainedValue() : nil }
 
     func blocks() -> [Int: CounterBlock] { published.withLock { $0 } }
 }

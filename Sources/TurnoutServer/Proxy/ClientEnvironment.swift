@@ -4,7 +4,8 @@
 /// tunnel. Loop-confined like the connections that hold it. A class: its parts are reached many
 /// times per request, and each copy of a struct of them would retain every one.
 final class ClientEnvironment {
-    /// Loops live as long as the process serves: `unowned(unsafe)`, reached without a reference count.
+    /// Loops live as long as the process serves: `unowned(unsafe)`, not counted when stored (each
+    /// use still is a retain and a release; `UpstreamPool.loopRef` is read without any).
     unowned(unsafe) let loop: EventLoop
     let context: ProxyContext
     let pool: UpstreamPool

@@ -28,8 +28,13 @@ final class LoopStats: @unchecked Sendable {
 
     @inline(__always)
     func record(endpoint: UpstreamEndpoint?, pool: String, status: Int, startedAt: UInt64, proxyGenerated: Bool, grpcError: Bool = false) {
-        Self.count(endpoint.map { endpoints.block($0.id) } ?? poolOnly.block(pool), status: status, startedAt: startedAt,
-                   proxyGenerated: proxyGenerated, grpcError: grpcError)
+        if let id = endpoint?.id {
+            endpoints.withBlock(id) {
+                Self.count($0, status: status, startedAt: startedAt, proxyGenerated: proxyGenerated, grpcError: grpcError)
+            }
+        } else {
+            Self.count(poolOnly.block(pool), status: status, startedAt: startedAt, proxyGenerated: proxyGenerated, grpcError: grpcError)
+        }
     }
 
     @inline(__always)

@@ -111,7 +111,7 @@ final class MirrorRunner: LoopTimed, @unchecked Sendable {
         }
         let sink = MirrorSink(runner: self, body: tee.body)
         let ex = UpstreamExchange(upstream: tee.upstream, poolName: tee.pool, endpoint: endpoint,
-                                  reason: .weighted, setCookie: nil, clientIP: tee.clientIP, loop: loop, context: context,
+                                  reason: .weighted, setCookie: nil, clientIP: tee.clientIP, context: context,
                                   pool: pool, stats: stats, sink: sink, role: .mirror)
         sink.exchange = ex
         inFlight[ObjectIdentifier(sink)] = sink

@@ -10,7 +10,7 @@ enum RequestRouter {
     static func exchange(_ plan: RequestPlan.Forward, table: RoutingTable, env: ClientEnvironment,
                          sink: ExchangeSink) -> UpstreamExchange {
         let ex = UpstreamExchange(upstream: plan.upstream, poolName: plan.poolName, endpoint: plan.endpoint,
-                                  reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP, loop: env.loop,
+                                  reason: plan.reason, setCookie: plan.setCookie, clientIP: env.clientIP,
                                   context: env.context, pool: env.pool, stats: env.stats, sink: sink, upgrade: plan.upgrade)
         if table.mirror != nil, let tee = env.mirrors.tee(for: plan.upstream.head, plan: plan, table: table, clientIP: env.clientIP) {
             ex.mirror(tee, runner: env.mirrors)

@@ -116,7 +116,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     var status: Int { machine.status }
 
     init(upstream: UpstreamRequest, poolName: String, endpoint: UpstreamEndpoint,
-         reason: RouteDecision.Reason, setCookie: String?, clientIP: String, loop: EventLoop,
+         reason: RouteDecision.Reason, setCookie: String?, clientIP: String,
          context: ProxyContext, pool: UpstreamPool, stats: LoopStats, sink: ExchangeSink, upgrade: Bool = false,
          role: Role = .live) {
         self.role = role
@@ -127,7 +127,7 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
         self.routeReason = reason
         self.setCookie = setCookie
         self.clientIP = clientIP
-        self.loopRef = Unretained(loop)
+        self.loopRef = pool.loopRef  // the pool's loop is the exchange's
         self.contextRef = Unretained(context)
         self.poolRef = Unretained(pool)
         self.statsRef = Unretained(stats)

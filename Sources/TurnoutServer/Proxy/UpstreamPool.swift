@@ -7,8 +7,10 @@ import TurnoutCore
 /// HAProxy's `pool-max-conn` and nghttpx's backend connections); a pool's `max_idle_connections`
 /// caps it. Emptied for endpoints that are no longer healthy. Loop-confined: no locks.
 final class UpstreamPool: @unchecked Sendable {
-    /// The loop that owns the pool (`unowned(unsafe)`: no reference count per use).
+    /// The loop that owns the pool (`unowned(unsafe)`: not counted when stored; each use still is).
     unowned(unsafe) let loop: EventLoop
+    /// The same loop, for holders that read it per request (an exchange) without any count.
+    let loopRef: Unretained<EventLoop>
     let context: ProxyContext
     /// The loop's cached copy of the settings and routing table, read per request.
     let view: LoopView
@@ -39,6 +41,7 @@ final class UpstreamPool: @unchecked Sendable {
 
     init(loop: EventLoop, context: ProxyContext) {
         self.loop = loop
+        self.loopRef = Unretained(loop)
         self.context = context
         let view = LoopView(context: context)
         self.view = view
@@ -49,10 +52,10 @@ final class UpstreamPool: @unchecked Sendable {
     func acquire(_ endpoint: UpstreamEndpoint) -> UpstreamConnection? {
         // Popped in place: a copy of the list taken out of the dictionary would be copied again.
         guard endpoint.id < idle.count, let list = idle[endpoint.id] else { return nil }
-        defer { counters.block(endpoint.id).set(Slot.idle, UInt64(list.connections.count)) }
+        defer { counters.withBlock(endpoint.id) { $0.set(Slot.idle, UInt64(list.connections.count)) } }
         while let c = list.connections.popLast() {
             if !c.isClosed {
-                counters.block(endpoint.id).add(Slot.reused)
+                counters.withBlock(endpoint.id) { $0.add(Slot.reused) }
                 return c
             }
         }
@@ -72,9 +75,10 @@ final class UpstreamPool: @unchecked Sendable {
         conn.owner = owner
         channel.delegate = conn
         channel.start()
-        let block = counters.block(endpoint.id)
-        block.add(Slot.open)
-        block.add(Slot.opened)
+        counters.withBlock(endpoint.id) { block in
+            block.add(Slot.open)
+            block.add(Slot.opened)
+        }
         return conn
     }
 
@@ -97,7 +101,7 @@ final class UpstreamPool: @unchecked Sendable {
             if best == nil || s.active > best!.active { best = s }
         }
         if let best {
-            if best.isOpen { counters.block(endpoint.id).add(Slot.reused) }
+            if best.isOpen { counters.withBlock(endpoint.id) { $0.add(Slot.reused) } }
             return best.join(owner: owner)
         }
         let usable = sessions.filter { !$0.goingAway && !$0.closed }
@@ -152,9 +156,10 @@ final class UpstreamPool: @unchecked Sendable {
         }
         h2Sessions[endpoint.id].append(session)
         h2SessionCount += 1
-        let block = counters.block(endpoint.id)
-        block.add(Slot.open)
-        block.add(Slot.opened)
+        counters.withBlock(endpoint.id) { block in
+            block.add(Slot.open)
+            block.add(Slot.opened)
+        }
         let stream = session.join(owner: owner)
         if session.isOpen { session.flush() }
         return stream
@@ -166,9 +171,10 @@ final class UpstreamPool: @unchecked Sendable {
             h2Sessions[id].remove(at: i)
             h2SessionCount -= 1
         }
-        let block = counters.block(id)
-        block.set(Slot.open, block.load(Slot.open) &- 1)
-        block.add(Slot.closed + reason.rawValue)
+        counters.withBlock(id) { block in
+            block.set(Slot.open, block.load(Slot.open) &- 1)
+            block.add(Slot.closed + reason.rawValue)
+        }
     }
 
     /// Closes HTTP/2 connections with no stream for `upstream_idle`, and idle ones to endpoints
@@ -215,20 +221,21 @@ final class UpstreamPool: @unchecked Sendable {
         conn.idleDeadline = loop.coarseNow + UInt64(settings.config.timeouts.upstreamIdleMs) * 1_000_000
         conn.channel.resumeReading()
         list.connections.append(conn)
-        counters.block(id).set(Slot.idle, UInt64(list.connections.count))
+        counters.withBlock(id) { $0.set(Slot.idle, UInt64(list.connections.count)) }
     }
 
     func connectionClosed(_ conn: UpstreamConnection, _ reason: UpstreamCloseReason) {
-        let block = counters.block(conn.endpoint.id)
-        block.set(Slot.open, block.load(Slot.open) &- 1)
-        block.add(Slot.closed + reason.rawValue)
+        counters.withBlock(conn.endpoint.id) { block in
+            block.set(Slot.open, block.load(Slot.open) &- 1)
+            block.add(Slot.closed + reason.rawValue)
+        }
     }
 
     func idleConnectionLost(_ conn: UpstreamConnection) {
         conn.close(.upstreamClosed)
         guard conn.endpoint.id < idle.count, let list = idle[conn.endpoint.id] else { return }
         list.connections.removeAll { $0 === conn }
-        counters.block(conn.endpoint.id).set(Slot.idle, UInt64(list.connections.count))
+        counters.withBlock(conn.endpoint.id) { $0.set(Slot.idle, UInt64(list.connections.count)) }
     }
 
     var idleCount: Int { idle.reduce(0) { $0 + ($1?.connections.count ?? 0) } }
@@ -274,7 +281,7 @@ final class UpstreamPool: @unchecked Sendable {
                 }
             }
             list.connections = keep
-            counters.block(id).set(Slot.idle, UInt64(keep.count))
+            counters.withBlock(id) { $0.set(Slot.idle, UInt64(keep.count)) }
         }
     }
 
@@ -285,7 +292,7 @@ final class UpstreamPool: @unchecked Sendable {
         for case let list? in idle {
             for c in list.connections {
                 c.close(.shutdown)
-                counters.block(c.endpoint.id).set(Slot.idle, 0)
+                counters.withBlock(c.endpoint.id) { $0.set(Slot.idle, 0) }
             }
         }
         idle = []

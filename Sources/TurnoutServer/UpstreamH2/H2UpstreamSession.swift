@@ -146,7 +146,7 @@ final class H2UpstreamSession: ChannelDelegate, LoopFlushable, @unchecked Sendab
             goingAway = true
             return fail(s, error: nil, refused: true)
         }
-        s.requestFields = fields
+        s.requestFields = consume fields
         s.id = id
         streams[id] = s
         scheduleFlush()
