@@ -226,8 +226,15 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
 
     // MARK: session callbacks (called from HTTP2Callbacks)
 
+    /// Calls `body` with a callback's stream, without retaining it. The table's reference keeps
+    /// it alive throughout: a stream leaves the table in `streamClosed` (a callback of its own,
+    /// never inside another) or when the connection closes (`cancelStreams`), which nothing inside
+    /// nghttp2's read reaches (`flush` does not run inside the session, and the socket's end and
+    /// errors, the tick and a drain come from the loop, not from a callback).
     @inline(__always)
-    private func stream(_ id: Int32) -> HTTP2Stream? { streams.lookup(id) }
+    private func withStream<R>(_ id: Int32, _ body: (HTTP2Stream) -> R) -> R? {
+        streams.unretained(id)?._withUnsafeGuaranteedRef(body)
+    }
 
     /// The limits for the header block being received, read once per request block (and at the
     /// start, for trailers): nghttp2 hands over one block at a time (its CONTINUATION frames
@@ -251,25 +258,22 @@ final class HTTP2Connection: ChannelDelegate, ClientSession, ClientEnvironmentHo
     }
 
     func headersComplete(streamID: Int32, endStream: Bool) {
-        guard let s = stream(streamID) else { return }
-        if s.exchange != nil || s.answered {
-            // Trailers: not forwarded (HTTP/1.1 upstreams get chunked bodies without them).
-            if endStream { s.requestBodyEnded() }
-            return
+        withStream(streamID) { s in
+            if s.exchange != nil || s.answered {
+                // Trailers: not forwarded (HTTP/1.1 upstreams get chunked bodies without them).
+                if endStream { s.requestBodyEnded() }
+                return
+            }
+            s.requestHeadComplete(endStream: endStream)
         }
-        s.requestHeadComplete(endStream: endStream)
     }
 
     func dataReceived(streamID: Int32, _ bytes: UnsafeRawBufferPointer) {
-        guard let s = stream(streamID) else {
-            consume(streamID, bytes.count)
-            return
-        }
-        s.bodyReceived(bytes)
+        if withStream(streamID, { s in s.bodyReceived(bytes) }) == nil { consume(streamID, bytes.count) }
     }
 
     func dataComplete(streamID: Int32, endStream: Bool) {
-        if endStream { stream(streamID)?.requestBodyEnded() }
+        if endStream { withStream(streamID) { s in s.requestBodyEnded() } }
     }
 
     func streamClosed(streamID: Int32, errorCode: UInt32) {
