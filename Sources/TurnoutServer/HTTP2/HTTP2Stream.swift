@@ -282,7 +282,7 @@ final class HTTP2Stream: ExchangeSink {
             out.append(bytes)
             ex.bytesToClient += Int64(bytes.count)
             // The exchange stops reading its upstream past the watermark; wake it when below again.
-            if out.count + c.transport.pendingBytes > SocketChannel.highWatermark { c.waitForDrain(self) }
+            if sinkPendingBytes > SocketChannel.highWatermark { c.waitForDrain(self) }
         }
         wakeDataSource()
     }

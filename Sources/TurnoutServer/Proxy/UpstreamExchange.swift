@@ -61,9 +61,9 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
     let setCookie: String?
     let routeReason: RouteDecision.Reason
     private(set) var poolName: String
-    /// The endpoint the request goes to (another after a retry, the only change). Held here; the
-    /// calls that only count or record on it read `endpointRef`, without a reference count.
-    private(set) var endpoint: UpstreamEndpoint
+    /// The endpoint the request goes to (another after a retry). Held here; the calls that only
+    /// count or record on it read `endpointRef`, without a reference count, which follows it.
+    private(set) var endpoint: UpstreamEndpoint { didSet { endpointRef = Unretained(endpoint) } }
     private var endpointRef: Unretained<UpstreamEndpoint>
     /// Loops live as long as the process serves: held and read without a reference count.
     private let loopRef: Unretained<EventLoop>
@@ -532,7 +532,6 @@ final class UpstreamExchange: UpstreamOwner, @unchecked Sendable {
                 endpoint.requestEnded()
                 next.requestStarted(at: now)
                 endpoint = next
-                endpointRef = Unretained(next)
             }
             connect(fresh: true)
         case .respond:
