@@ -20,11 +20,8 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-def free_port():
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "integration"))
+from ports import free_port  # noqa: E402,F401 (never the same port twice; see Tests/integration/ports.py)
 
 
 def prepare(settings, intro="Turnout runs with the defaults README ships, except:", tools=("nginx", "wrk")):

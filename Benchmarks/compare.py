@@ -59,10 +59,8 @@ TURNOUT_SETTINGS = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "integration"))
+from ports import free_port  # noqa: E402 (never the same port twice; see Tests/integration/ports.py)
 
 
 def wait_port(port, timeout=20):

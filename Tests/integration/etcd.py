@@ -83,7 +83,31 @@ class EtcdCluster:
         self.initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
         for m in self.members:
             m.start()
-        wait_for(lambda: all(m.healthy() for m in self.members), timeout=30, what="etcd to be healthy")
+        # Done when every member is healthy, or as soon as one has exited (it will not come back).
+        try:
+            wait_for(lambda: all(m.healthy() for m in self.members) or not all(m.running() for m in self.members),
+                     timeout=30, what="etcd to be healthy")
+            problem = None if all(m.running() for m in self.members) else "an etcd member exited while starting"
+        except AssertionError as e:
+            problem = str(e)
+        if problem:
+            report = self.report()
+            self.stop()
+            raise AssertionError(f"{problem}\n{report}")
+
+    def report(self):
+        """Each member's state and the last lines of its log, for a failure message."""
+        lines = []
+        for m in self.members:
+            state = "running" if m.running() else f"exited with {m.proc.returncode if m.proc else 'no process'}"
+            lines.append(f"etcd member {m.name} (client {m.url}, peer {m.peer_url}): {state}, "
+                         f"{'healthy' if m.running() and m.healthy() else 'not healthy'}; last log lines:")
+            try:
+                with open(m.log_path, errors="replace") as f:
+                    lines += ["  " + line.rstrip()[:300] for line in f.readlines()[-8:]]
+            except OSError as err:
+                lines.append(f"  (no log: {err})")
+        return "\n".join(lines)
 
     def tls_flags(self):
         if not self.tls:

@@ -20,10 +20,7 @@ def turnout_binary():
     return path
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ports import free_port  # noqa: E402,F401 (the tests import it from here)
 
 
 def wait_for(predicate, timeout=10.0, what="condition"):

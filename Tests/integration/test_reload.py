@@ -3,7 +3,7 @@ import http.client
 import signal
 import threading
 
-from harness import Turnout, Upstream, admin_call, run_cli, wait_for
+from harness import Turnout, Upstream, admin_call, free_port, run_cli, wait_for
 
 
 def served_by(port, conn=None):
@@ -95,10 +95,7 @@ def test_reload_adds_and_removes_listeners_without_dropping_connections(blue_gre
     # Two entries with the same address are one listener: nothing to add.
     status, body, _ = admin_call(t, "POST", "/v1/reload")
     assert status == 200
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        extra = s.getsockname()[1]
+    extra = free_port()
     rewrite(t, "  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n", f"  - address: 127.0.0.1:{extra}\n")
     status, body, _ = admin_call(t, "POST", "/v1/reload")
     assert status == 200 and f"listener 127.0.0.1:{extra} added" in body["changes"], body
@@ -194,9 +191,7 @@ def test_reloading_listeners_in_and_out_under_load_drops_no_request(cleanup):
         seen = count[0]
         wait_for(lambda: count[0] >= seen + 10 or failures, what="requests between reloads")
         if i % 2 == 0:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                extra = s.getsockname()[1]
+            extra = free_port()
             new = base + f"  - address: 127.0.0.1:{extra}\n"
         else:
             new = base
