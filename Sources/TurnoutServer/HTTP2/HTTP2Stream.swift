@@ -169,12 +169,14 @@ final class HTTP2Stream: ExchangeSink {
             answer(status: 413, message: "the request body is larger than \(max) bytes")
             return
         }
-        // The fields' last use is the head's, so they move into it, and the head into the plan.
-        let head = HTTPRequestHead(method: websocket ? "GET" : method, target: path, version: .http2, headers: headers, host: host,
-                                   framing: framing, keepAlive: true, expectsContinue: expectsContinue)
+        // The parts move into the head (`consume`: the last use of each), and the head into the
+        // plan, made in the call: a head held in a local first was copied into the call and the
+        // local destroyed (four reference counts per request, with the retains of the parts).
         let table = c.viewRef.with { $0.table }
-        switch RequestPlan.make(head, table: table, clientIP: c.clientIP, scheme: c.scheme,
-                                upgrade: websocket ? "websocket" : nil) {
+        switch RequestPlan.make(HTTPRequestHead(method: websocket ? "GET" : method, target: consume path, version: .http2,
+                                                headers: consume headers, host: consume host, framing: framing,
+                                                keepAlive: true, expectsContinue: expectsContinue),
+                                table: table, clientIP: c.clientIP, scheme: c.scheme, upgrade: websocket ? "websocket" : nil) {
         case .unavailable(let poolName, let head):
             RequestRouter.recordUnforwarded(head, status: 503, pool: poolName, bytes: 0, clientIP: c.clientIP,
                                             context: c.context, stats: c.stats)
