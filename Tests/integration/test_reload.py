@@ -159,7 +159,6 @@ def test_reload_under_load_drops_no_request(cleanup):
 def test_reloading_listeners_in_and_out_under_load_drops_no_request(cleanup):
     """Every closed connection tells the listeners (to resume a paused accept) while a reload adds
     and removes listeners: the two meet on every loop at once."""
-    import socket
     blue, green = Upstream("blue"), Upstream("green")
     cleanup.extend([blue, green])
     t = Turnout({"blue": [blue.address], "green": [green.address]})
