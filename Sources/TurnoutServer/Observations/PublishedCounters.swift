@@ -75,18 +75,12 @@ final class EndpointCounterTable: @unchecked Sendable {
 
     init(slots: Int) { self.slots = slots }
 
-    /// The block for `id`, made when there is none yet; on the owning loop.
+    /// Calls `body` with the block for `id` (made when there is none yet), without counting it;
+    /// on the owning loop.
     @inline(__always)
-    func block(_ id: Int) -> CounterBlock { unretainedBlock(id).takeUnretainedValue() }
-
-    /// Calls `body` with the block for `id` (made when there is none yet), without counting it.
-    @inline(__always)
-    func withBlock<R>(_ id: Int, _ body: (CounterBlock) -> R) -> R { unretainedBlock(id)._withUnsafeGuaranteedRef(body) }
-
-    @inline(__always)
-    private func unretainedBlock(_ id: Int) -> Unmanaged<CounterBlock> {
-        if id < local.count, let b = local[id] { return b }
-        return make(id)
+    func withBlock<R>(_ id: Int, _ body: (CounterBlock) -> R) -> R {
+        let b = id < local.count ? local[id] : nil
+        return (b ?? make(id))._withUnsafeGuaranteedRef(body)
     }
 
     private func make(_ id: Int) -> Unmanaged<CounterBlock> {
@@ -97,10 +91,6 @@ final class EndpointCounterTable: @unchecked Sendable {
         local[id] = u
         return u
     }
-
-    /// The block for `id` if one was made; on the owning loop.
-    @inline(__always)
-    func existing(_ id: Int) -> CounterBlock? { id < local.count ? local[id]?.takeUnretainedValue() : nil }
 
     func blocks() -> [Int: CounterBlock] { published.withLock { $0 } }
 }
