@@ -66,6 +66,28 @@ def test_h2c_prior_knowledge_reaches_both_pools_per_the_weights(blue_green):
     assert r.stdout in (b"blue\n2", b"green\n2")
 
 
+def test_a_new_http2_client_gets_the_cohort_cookie_and_keeps_its_pool(blue_green):
+    # The cookie goes on the HTTP/2 response's fields after Turnout's own `via`.
+    t, _, _ = blue_green(weights={"blue": 50, "green": 50}, extra="  sticky: { cookie: turnout_cohort }\n")
+
+    def fields(*args):
+        r = curl("--http2-prior-knowledge", "-i", *args, f"{t.url}/")
+        assert r.returncode == 0, r.stderr
+        head = r.stdout.decode().split("\r\n\r\n", 1)[0].split("\r\n")
+        assert head[0].startswith("HTTP/2 200"), head
+        return [tuple(line.split(": ", 1)) for line in head[1:]]
+
+    first = fields()
+    cookies = [v for n, v in first if n == "set-cookie"]
+    assert len(cookies) == 1 and re.fullmatch(
+        r"turnout_cohort=[0-9a-f]{16}; Path=/; Max-Age=31536000; HttpOnly; SameSite=Lax", cookies[0]), first
+    assert [v for n, v in first if n == "via"] == ["1.1 turnout"], first
+    pool = dict(first)["x-served-by"]
+    for _ in range(5):
+        again = fields("-H", f"Cookie: {cookies[0].split(';')[0]}")
+        assert "set-cookie" not in dict(again) and dict(again)["x-served-by"] == pool, again
+
+
 def test_tls_negotiates_h2_and_http11_still_works(tls_blue_green):
     t, _, _ = tls_blue_green(weights={"blue": 50, "green": 50})
     url = f"https://127.0.0.1:{t.tls_port}/"

@@ -127,6 +127,12 @@ public struct FieldBuffer {
         addSpan((n, v - n, v, count - v, indexed))
     }
 
+    /// A whole field from strings: `name` lowercased, `value` as it is.
+    public mutating func append(_ name: String, _ value: String) {
+        var name = name, value = value
+        name.withUTF8 { n in value.withUTF8 { v in append(name: n, value: v) } }
+    }
+
     /// The fields as (name, value) strings, in order (for tests and logs).
     public var pairs: [(String, String)] {
         (0..<spanCount).map { i in

@@ -79,15 +79,10 @@ final class HTTP2HeaderBlock {
         let valueStart = b.count
         HeaderRewriter.viaValue(received: hasVia ? head.headers : nil, version: head.version) { b.write($0) }
         b.addSpan((nameStart, 3, valueStart, b.count - valueStart, true))
-        if var setCookie {
-            setCookie.withUTF8 { v in ("set-cookie" as StaticString).withUTF8Buffer { n in b.append(name: n, value: v) } }
-        }
+        if let setCookie { b.append("set-cookie", setCookie) }
     }
 
-    func append(_ name: String, _ value: String) {
-        var name = name, value = value
-        name.withUTF8 { n in value.withUTF8 { v in append(name: n, value: v) } }
-    }
+    func append(_ name: String, _ value: String) { buffer.append(name, value) }
 
     func append(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) {
         buffer.append(name: name, value: value)
