@@ -24,7 +24,8 @@ tls-new and h2up loads (for h2up: Turnout as shipped against nghttpx as shipped,
 worker; shown, not judged).
 
 Every measurement is repeated (--repeats) with the proxies in rotating order; the table shows
-medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests, peak RSS,
+medians: requests/s, p50 and p99 latency, CPU seconds the proxy used per 100k requests (and, beside
+it, those the nginx upstreams used behind it, and the share of the machine left idle), peak RSS,
 upstream connections per 1000 requests (accepted by the nginx upstreams, the health checks of every
 running proxy included;
 for Turnout also its own turnout_upstream_connections_opened_total, probes not counted), and each
@@ -484,7 +485,15 @@ def run_load(proxy, load, seconds, connections, workdir):
     raise ValueError(load)
 
 
-def measure(proxy, load, seconds, warmup, connections, workdir, status_port):
+def machine_ticks():
+    """The whole machine's CPU time so far from /proc/stat, in clock ticks summed over the CPUs:
+    (all, idle), idle counting iowait too."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+
+
+def measure(proxy, load, seconds, warmup, connections, workdir, status_port, upstream_pids):
     if warmup > 0 and load != "tls-new":
         run_load(proxy, load, warmup, connections, workdir)
     pids = proxy.pids()
@@ -501,13 +510,21 @@ def measure(proxy, load, seconds, warmup, connections, workdir, status_port):
     accepts_before = upstream_accepts(status_port)
     opened_before = proxy.upstream_opened()
     user_before, system_before = cpu_split(pids)
+    upstream_before = cpu_seconds(upstream_pids)
+    all_before, idle_before = machine_ticks()
     try:
         r = run_load(proxy, load, seconds, connections, workdir)
     finally:
         done.set()
         sampler.join()
     user_after, system_after = cpu_split(pids)
+    upstream_after = cpu_seconds(upstream_pids)
+    all_after, idle_after = machine_ticks()
     n = max(1, r["requests"])
+    # What the proxy costs the upstream (the fields it adds are parsed there too), and how much of
+    # the machine stayed idle: the load's clients, the proxy and the upstreams share its cores.
+    r["upstream_per_100k"] = (upstream_after - upstream_before) / n * 100_000
+    r["idle_pct"] = (idle_after - idle_before) / max(1, all_after - all_before) * 100
     r["user_per_100k"] = (user_after - user_before) / n * 100_000
     r["system_per_100k"] = (system_after - system_before) / n * 100_000
     r["cpu_per_100k"] = r["user_per_100k"] + r["system_per_100k"]
@@ -590,12 +607,13 @@ def main():
             for rep in range(a.repeats):
                 order = names[rep % len(names):] + names[:rep % len(names)]
                 for name in order:
-                    r = measure(proxies[name], load, a.seconds, a.warmup, a.connections, workdir, status_port)
+                    r = measure(proxies[name], load, a.seconds, a.warmup, a.connections, workdir, status_port,
+                                upstreams.pids())
                     results.setdefault((load, name), []).append(r)
                     opened = f"  opened/1k {r['opened_per_1k']:.2f}" if r["opened_per_1k"] is not None else ""
                     print(f"  {load:7} {name:10} run {rep + 1}: {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
                           f"p99 {r['p99']:.2f} ms  cpu {r['cpu_per_100k']:.2f} s/100k (user {r['user_per_100k']:.2f}, "
-                          f"system {r['system_per_100k']:.2f})  rss {r['rss_mib']:.1f} MiB  "
+                          f"system {r['system_per_100k']:.2f}; upstream {r['upstream_per_100k']:.2f})  idle {r['idle_pct']:.1f}%  rss {r['rss_mib']:.1f} MiB  "
                           f"upstream conns/1k {r['up_per_1k']:.2f}{opened}"
                           + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
     finally:
@@ -610,11 +628,13 @@ def main():
           "up/1k: connections the nginx upstreams accepted per 1000 requests (the health checks of every proxy "
           "running, about 3 connections a second, included); "
           "opened/1k: Turnout's turnout_upstream_connections_opened_total per 1000 requests (probes not counted); "
-          "user, system: the CPU s/100k split into user space and kernel (system calls, the network stack). "
+          "user, system: the CPU s/100k split into user space and kernel (system calls, the network stack); "
+          "upstream CPU: what the nginx upstreams used per 100k requests behind this proxy; idle: the share of the "
+          "machine's CPU time no process used during the measurement. "
           "Verdicts judge the ratio of medians; 'run by run' adds each repeat's ratio, Turnout's run against the "
           "reference's run in the same round of runs (close to it in time).")
     header = (f"{'load':8} {'proxy':19} {'req/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} {'ratio':>6} "
-              f"{'CPU s/100k':>10} {'ratio':>6} {'user':>6} {'system':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
+              f"{'CPU s/100k':>10} {'ratio':>6} {'user':>6} {'system':>6} {'upstream CPU':>12} {'idle %':>6} {'RSS MiB':>8} {'up/1k':>7} {'opened/1k':>9}")
     print(header)
     print("-" * len(header))
     verdicts = []
@@ -626,15 +646,16 @@ def main():
         ref = results.get((load, ref_name))
         for name in names:
             rs = results[(load, name)]
-            rps, p50, p99, cpu, user, system, rss, up = (med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "user_per_100k",
-                                                                             "system_per_100k", "rss_mib", "up_per_1k"))
+            rps, p50, p99, cpu, user, system, upcpu, idle, rss, up = (
+                med(rs, k) for k in ("rps", "p50", "p99", "cpu_per_100k", "user_per_100k", "system_per_100k",
+                                     "upstream_per_100k", "idle_pct", "rss_mib", "up_per_1k"))
             opened = med(rs, "opened_per_1k") if rs[0]["opened_per_1k"] is not None else None
             rr = rps / med(ref, "rps") if ref else 0
             pr = p99 / med(ref, "p99") if ref and med(ref, "p99") else 0
             cr = cpu / med(ref, "cpu_per_100k") if ref and med(ref, "cpu_per_100k") else 0
             errs = sum(1 for r in rs if r["errors"])
             print(f"{load:8} {NAMES.get(name, name):19} {rps:9.0f} {rr:6.2f} {p50:7.2f} {p99:7.2f} {pr:6.2f} {cpu:10.2f} "
-                  f"{cr:6.2f} {user:6.2f} {system:6.2f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
+                  f"{cr:6.2f} {user:6.2f} {system:6.2f} {upcpu:12.2f} {idle:6.1f} {rss:8.1f} {up:7.2f} {opened if opened is not None else float('nan'):9.2f}"
                   + (f"  ({errs} run(s) with errors)" if errs else ""))
             if name in ("turnout", "turnout-h2up") and ref:
                 want_rps, want_p99 = TARGETS.get(load, DEFAULT_TARGET)
