@@ -602,13 +602,14 @@ def main():
             proxies[name] = starters[name]()
         for p in proxies.values():
             p.wait_ready()
+        upstream_pids = upstreams.pids()  # nginx's master and worker, for the whole run
         for load in loads:
             names = names_for(load)
             for rep in range(a.repeats):
                 order = names[rep % len(names):] + names[:rep % len(names)]
                 for name in order:
                     r = measure(proxies[name], load, a.seconds, a.warmup, a.connections, workdir, status_port,
-                                upstreams.pids())
+                                upstream_pids)
                     results.setdefault((load, name), []).append(r)
                     opened = f"  opened/1k {r['opened_per_1k']:.2f}" if r["opened_per_1k"] is not None else ""
                     print(f"  {load:7} {name:10} run {rep + 1}: {r['rps']:10.0f} req/s  p50 {r['p50']:.2f} ms  "
